@@ -1,0 +1,244 @@
+"""One DeepSpeed learner rank, run as a Ray actor. N of them form a data-parallel group (ZeRO stage 0-3).
+
+The reference model (for the KL term) lives inside each learner rank rather than in its own actor group: it
+needs exactly the same sequences the learner already holds, so no data moves, and on the CPU/debug machine an
+extra group would cost one more set of processes for nothing. Under ZeRO-3 it is sharded like the policy. With
+`algo.kl_coef=0` it is not loaded at all.
+
+Loss normalisation: the driver passes, per mini-batch, the global token and sequence counts. DeepSpeed divides
+each micro-batch loss by the accumulation steps and averages gradients over ranks, so we hand the aggregation
+`count / (accum_steps * world_size)` as normaliser: the resulting gradient is exactly that of the whole
+mini-batch's token-mean, however it is split across micro-batches and ranks.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from rlpost.algos import KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, entropy_from_logits, masked_mean
+from rlpost.digest import weights_digest
+from rlpost.learner.ds_config import build_ds_config, build_ref_ds_config, lr_multiplier
+from rlpost.learner.logprobs import PackedBatch, forward_logits, pack, token_logprobs, unpack
+from rlpost.sync.buckets import Bucket, TensorSpec, plan_buckets
+from rlpost.sync.transport import SyncGroupInfo, WeightTransport, create_transport
+from rlpost.sync.weights import send_weights
+
+
+@dataclass
+class TrainItem:
+    """One sampled completion as the learner needs it."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    advantage: float
+    rollout_logprobs: list[float]
+
+
+@dataclass
+class MiniBatch:
+    """This rank's share of one mini-batch, plus the mini-batch's global counts (for loss normalisation)."""
+
+    items: list[TrainItem]
+    global_tokens: int
+    global_seqs: int
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class LearnerRank:
+    def __init__(self, cfg: dict, rank: int, world_size: int, model_path: str, total_optimizer_steps: int) -> None:
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.model_path = model_path
+        self.total_optimizer_steps = total_optimizer_steps
+        self._transport: WeightTransport | None = None
+        self._plan: list[Bucket] = []
+
+    def address(self) -> tuple[str, int]:
+        """Where this rank can host a rendezvous (the training group's, or the weight-sync group's)."""
+        import ray
+
+        return ray.util.get_node_ip_address(), _free_port()
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        import deepspeed
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
+                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
+        lc, algo = self.cfg["learner"], self.cfg["algo"]
+        device = self.cfg["cluster"]["device"]
+        deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl")
+        self.device = torch.device("cpu") if device == "cpu" else torch.device("cuda", torch.cuda.current_device())
+        torch.manual_seed(self.cfg["trainer"]["seed"])
+        dtype = self.cfg["model"]["dtype"]
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.temperature = self.cfg["rollout"]["temperature"] or 1.0
+
+        # Weights load in fp32 and DeepSpeed casts to the configured training dtype (it keeps fp32 master
+        # weights in the optimizer either way).
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+        if lc["gradient_checkpointing"]:
+            model.gradient_checkpointing_enable()
+        self.zero3 = lc["zero_stage"] == 3
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lc["lr"], betas=tuple(lc["betas"]),
+                                      weight_decay=lc["weight_decay"])
+        samples = self.cfg["trainer"]["prompts_per_step"] * algo["group_size"]
+        per_rank = samples // algo["num_minibatches"] // self.world_size
+        self.micro = lc["micro_batch_size"]
+        self.accum = per_rank // self.micro
+
+        def schedule(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+            return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(
+                s, lc["warmup_steps"], self.total_optimizer_steps, lc["lr_schedule"], lc["min_lr_ratio"]))
+
+        ds_cfg = build_ds_config(lc["zero_stage"], self.micro, self.accum, self.world_size, lc["grad_clip"], dtype)
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                               config=ds_cfg)
+        self.ref = None
+        if algo["kl_coef"] > 0:
+            ref = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, dtype))
+            ref.requires_grad_(False).eval()
+            if self.zero3:
+                ref_cfg = build_ref_ds_config(3, self.micro, self.world_size, dtype)
+                self.ref, *_ = deepspeed.initialize(model=ref, config=ref_cfg)
+            else:
+                self.ref = ref.to(self.device)
+        self._params = dict(self.engine.module.named_parameters())
+
+    # ---- training ---------------------------------------------------------------------------------------
+    def _micro_batches(self, items: list[TrainItem]) -> list[list[TrainItem]]:
+        return [items[i:i + self.micro] for i in range(0, len(items), self.micro)]
+
+    def _pack(self, items: list[TrainItem]) -> PackedBatch:
+        return pack([it.prompt_ids for it in items], [it.completion_ids for it in items], self.pad_id).to(
+            self.device)
+
+    @torch.no_grad()
+    def _logprobs(self, model: torch.nn.Module, items: list[TrainItem]) -> list[torch.Tensor]:
+        """Per micro-batch [b, L-1] logprobs of `model`, in `_micro_batches` order (for ref / old policy)."""
+        out = []
+        for micro in self._micro_batches(items):
+            batch = self._pack(micro)
+            out.append(token_logprobs(forward_logits(model, batch), batch.targets, self.temperature))
+        return out
+
+    def train_step(self, minibatches: list[MiniBatch]) -> dict[str, float]:
+        algo = self.cfg["algo"]
+        policy_loss = POLICY_LOSSES.get("clipped")
+        aggregate = LOSS_AGGREGATIONS.get(algo["loss_agg"])
+        kl_fn = KL_ESTIMATORS.get(algo["kl_estimator"])
+        # Old-policy logprobs are only needed when the policy moves between mini-batches; with a single update
+        # per rollout the ratio is exactly 1 and the detached current logprobs serve (saves a forward pass).
+        needs_old = algo["num_minibatches"] * algo["epochs"] > 1
+        self.engine.eval()
+        refs = [self._logprobs(self.ref, mb.items) for mb in minibatches] if self.ref is not None else None
+        olds = [self._logprobs(self.engine, mb.items) for mb in minibatches] if needs_old else None
+        self.engine.train()
+
+        sums: dict[str, float] = {}
+        def add(key: str, value: float, weight: float) -> None:
+            sums[key] = sums.get(key, 0.0) + value * weight
+            sums[f"_w/{key}"] = sums.get(f"_w/{key}", 0.0) + weight
+
+        t0, tokens, grad_norms = time.perf_counter(), 0, []
+        for epoch in range(algo["epochs"]):
+            for m, mb in enumerate(minibatches):
+                norm = self.accum * self.world_size
+                for k, micro in enumerate(self._micro_batches(mb.items)):
+                    batch = self._pack(micro)
+                    mask = batch.completion_mask
+                    logits = forward_logits(self.engine, batch)
+                    logprobs = token_logprobs(logits, batch.targets, self.temperature)
+                    old = olds[m][k] if olds is not None else logprobs.detach()
+                    adv = torch.tensor([it.advantage for it in micro], device=self.device)
+                    per_token, clip_frac = policy_loss(logprobs, old, adv, mask, algo["clip_low"], algo["clip_high"])
+                    pg_loss = aggregate(per_token, mask, mb.global_tokens / norm, mb.global_seqs / norm)
+                    loss = pg_loss
+                    n_tok = float(mask.sum())
+                    if refs is not None:
+                        kl = kl_fn(logprobs, refs[m][k])
+                        loss = loss + algo["kl_coef"] * aggregate(kl, mask, mb.global_tokens / norm,
+                                                                  mb.global_seqs / norm)
+                        add("actor/kl", float(masked_mean(kl.detach(), mask)), n_tok)
+                    self.engine.backward(loss)
+                    self.engine.step()
+                    if k == self.accum - 1:  # the optimizer stepped
+                        gn = self.engine.get_global_grad_norm()
+                        if gn is not None:
+                            grad_norms.append(float(gn))
+                    tokens += int(batch.attention_mask.sum())
+                    with torch.no_grad():
+                        add("actor/pg_loss", float(masked_mean(per_token.detach(), mask)), n_tok)
+                        add("actor/entropy", float(masked_mean(entropy_from_logits(logits.detach()), mask)), n_tok)
+                        add("actor/clip_frac", float(clip_frac), n_tok)
+                        if epoch == 0 and m == 0:  # the policy still equals the one that sampled
+                            rollout = _pad_like(logprobs, [it.rollout_logprobs for it in micro], mask)
+                            add("rollout/logprob_diff", float(masked_mean((logprobs.detach() - rollout).abs(), mask)),
+                                n_tok)
+        seconds = time.perf_counter() - t0
+        metrics = {k: v / sums[f"_w/{k}"] for k, v in sums.items() if not k.startswith("_w/") and sums[f"_w/{k}"]}
+        metrics["actor/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
+        metrics["actor/lr"] = float(self.engine.get_lr()[0])
+        metrics["learner/tokens"] = float(tokens)
+        metrics["learner/seconds"] = seconds
+        return metrics
+
+    # ---- scoring (diagnostics and tests) ----------------------------------------------------------------
+    def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
+        """Logprobs of given completions under the current policy. Under ZeRO-3 every rank must call this with
+        the same inputs (the forward gathers parameters collectively)."""
+        items = [TrainItem(p, c, 0.0, []) for p, c in zip(prompts, completions, strict=True)]
+        self.engine.eval()
+        out = []
+        for micro, lp in zip(self._micro_batches(items), self._logprobs(self.engine, items), strict=True):
+            out.extend(unpack(lp, self._pack(micro).completion_mask))
+        return out
+
+    # ---- weight sync ------------------------------------------------------------------------------------
+    def sync_plan(self, bucket_mb: float) -> list[Bucket]:
+        specs = [TensorSpec(name, tuple(getattr(p, "ds_shape", p.shape)), p.dtype) for name, p in self._params.items()]
+        self._plan = plan_buckets(specs, int(bucket_mb * 2**20))
+        return self._plan
+
+    def init_weight_sync(self, info: SyncGroupInfo) -> None:
+        """Rank 0 joins the sync group as its sender; other ranks only take part in ZeRO-3 gathers."""
+        if self.rank == 0:
+            self._transport = create_transport(info, 0)
+
+    @contextmanager
+    def _gathered(self, names: list[str]):
+        params = [self._params[n] for n in names]
+        if self.zero3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                yield [p.data for p in params]
+        else:
+            yield [p.data for p in params]
+
+    def send_weights(self) -> dict[str, float]:
+        return send_weights(self._transport, self._plan, lambda b: self._gathered([s.name for s in b.specs]))
+
+    def weights_digest(self) -> str:
+        with self._gathered(list(self._params)) as tensors:
+            return weights_digest(zip(self._params, tensors, strict=True))
+
+
+def _pad_like(like: torch.Tensor, values: list[list[float]], mask: torch.Tensor) -> torch.Tensor:
+    """Scatter per-row completion values into a tensor shaped like `like`, at the mask's positions."""
+    out = torch.zeros_like(like)
+    for row, vals in enumerate(values):
+        out[row, mask[row].bool()] = torch.tensor(vals, dtype=out.dtype, device=out.device)
+    return out
+

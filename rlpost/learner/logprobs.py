@@ -1,0 +1,68 @@
+"""Teacher-forced token logprobs: the one computation that learner and engines must agree on.
+
+Sequences are prompt + completion, right-padded. Position t's logits predict token t+1, so every per-token
+tensor here has length L-1 and is aligned with `targets = input_ids[:, 1:]`; `completion_mask` marks the targets
+that are completion tokens (the only ones that are scored and trained on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor  # [B, L] long, right-padded
+    attention_mask: torch.Tensor  # [B, L]
+    completion_mask: torch.Tensor  # [B, L-1] float, 1 on completion targets
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.input_ids[:, 1:]
+
+    def to(self, device: torch.device | str) -> PackedBatch:
+        return PackedBatch(self.input_ids.to(device), self.attention_mask.to(device),
+                           self.completion_mask.to(device))
+
+
+def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> PackedBatch:
+    width = max(len(p) + len(c) for p, c in zip(prompts, completions, strict=True))
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros((len(prompts), width - 1), dtype=torch.float32)
+    for row, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        n = len(p) + len(c)
+        input_ids[row, :n] = torch.tensor(p + c)
+        attention[row, :n] = 1
+        mask[row, len(p) - 1:n - 1] = 1.0
+    return PackedBatch(input_ids, attention, mask)
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log_softmax(logits / T) at the target tokens; logits [B, T, V], targets [B, T] -> [B, T] in float32."""
+    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def forward_logits(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
+    """Logits for positions 0..L-2 (the ones that predict a target)."""
+    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits[:, :-1]
+
+
+def unpack(values: torch.Tensor, mask: torch.Tensor) -> list[list[float]]:
+    """Per-row lists of the masked entries (the completion tokens' values, in order)."""
+    return [row[m.bool()].tolist() for row, m in zip(values.cpu(), mask.cpu(), strict=True)]
+
+
+@torch.no_grad()
+def sequence_logprobs(model: torch.nn.Module, prompts: list[list[int]], completions: list[list[int]],
+                      temperature: float, pad_id: int, device: torch.device | str,
+                      batch_size: int = 16) -> list[list[float]]:
+    out: list[list[float]] = []
+    for i in range(0, len(prompts), batch_size):
+        batch = pack(prompts[i:i + batch_size], completions[i:i + batch_size], pad_id).to(device)
+        lp = token_logprobs(forward_logits(model, batch), batch.targets, temperature)
+        out.extend(unpack(lp, batch.completion_mask))
+    return out

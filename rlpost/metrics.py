@@ -1,0 +1,54 @@
+"""Step metrics: a live progress line, one JSON object per step in `<run_dir>/metrics.jsonl`, and wandb
+(offline unless `logger.wandb.mode=online`; `disabled` turns it off)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+from tqdm import tqdm
+
+# What the progress line shows, in order: (metric, short label, format).
+PROGRESS_FIELDS = [("reward/mean", "reward", "{:.3f}"), ("accuracy", "acc", "{:.2f}"),
+                   ("response/length_mean", "len", "{:.0f}"), ("actor/kl", "kl", "{:.4f}"),
+                   ("perf/step_seconds", "s/step", "{:.1f}")]
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: str, total_steps: int, wandb_mode: str, wandb_project: str,
+                 config: dict[str, Any], progress: bool = True, start_step: int = 0) -> None:
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="rlpost", disable=not progress,
+                        dynamic_ncols=True)
+        self.wandb = None
+        if wandb_mode != "disabled":
+            import wandb
+
+            self.wandb = wandb.init(project=wandb_project, mode=wandb_mode, dir=run_dir, config=config,
+                                    name=os.path.basename(run_dir))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+        self.bar.set_postfix_str(" ".join(lbl + "=" + fmt.format(metrics[k])
+                                          for k, lbl, fmt in PROGRESS_FIELDS if k in metrics))
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.finish()
+            wandb.teardown()  # joins wandb's service process so the driver exits promptly
+            self.wandb = None
+
+
+def _clean(v: float) -> float | None:
+    """JSON has no NaN: write null for metrics that have no value this step."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v

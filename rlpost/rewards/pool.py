@@ -1,0 +1,215 @@
+"""A small pool of persistent worker processes that run reward functions with a hard per-call deadline.
+
+Why not `multiprocessing.Pool` or `concurrent.futures`: neither can stop one call that hangs. Here every
+worker runs one call at a time over its own Pipe, so a call past its deadline is handled by SIGKILLing its
+worker and starting a fresh one; the other calls are not affected. A worker that dies on its own (exception in
+C code, segfault, `os._exit`) is replaced the same way, and its call reports an error.
+
+Choices:
+- "spawn" start method: forking a process that holds Ray / torch / gRPC threads is unsafe (a lock held by
+  another thread at fork time stays locked forever in the child), and reward actors are exactly such processes.
+- The reward functions are loaded once per worker, by spec, inside the worker (functions from a file loaded by
+  path can't be pickled by reference). If loading fails there, the worker still starts and answers every call
+  with that error, so the caller sees the reason instead of a stream of crashes.
+- A fresh worker first reports "ready" (after importing the reward modules, ~1 s for math-verify). A call sent
+  to a worker still starting gets `startup_timeout_s` for the start-up plus `timeout_s` from "ready", so a
+  replacement worker's imports don't eat into the next call's time budget.
+- Workers are daemonic (they die with the parent), ignore SIGINT (Ctrl-C is the parent's business), and exit
+  when their pipe closes, so a SIGKILLed parent leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from typing import Any
+
+from rlpost.config import RewardFunctionConfig
+
+_READY = -1  # task id of the message a worker sends once its functions are loaded
+
+
+@dataclass
+class CallResult:
+    value: Any = None
+    error: str | None = None  # set when the call raised, its worker died, or it timed out
+    timed_out: bool = False
+
+
+def _worker_loop(conn, specs: list[RewardFunctionConfig]) -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"  # before any reward module imports numpy/torch: N workers, not N * cores
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from rlpost.rewards.loader import load_reward_fn
+
+    fns, load_error = [], None
+    try:
+        fns = [load_reward_fn(spec, i) for i, spec in enumerate(specs)]
+    except Exception as e:
+        load_error = f"loading the reward functions in the worker failed: {type(e).__name__}: {e}"
+    conn.send((_READY, True, None))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        if message is None:
+            return
+        task_id, fn_index, args, kwargs = message
+        if load_error is not None:
+            conn.send((task_id, False, load_error))
+            continue
+        try:
+            reply = (task_id, True, fns[fn_index](*args, **kwargs))
+        except Exception as e:
+            reply = (task_id, False, f"{type(e).__name__}: {e}")
+        try:
+            conn.send(reply)
+        except Exception as e:  # e.g. the result can't be pickled
+            conn.send((task_id, False, f"could not send the result back: {type(e).__name__}: {e}"))
+
+
+class _Worker:
+    def __init__(self, ctx, specs: list[RewardFunctionConfig]):
+        self.conn, child_conn = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_worker_loop, args=(child_conn, specs), daemon=True,
+                                name="rlpost-reward-worker")
+        self.proc.start()
+        child_conn.close()  # ours is closed so that EOF reaches us if the worker dies
+        self.ready = False
+        self.call: int | None = None  # index into the current map's calls
+        self.task_id: int | None = None
+        self.timeout_s = 0.0
+        self.deadline = float("inf")
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(timeout=5)
+        self.conn.close()
+
+
+def _death_reason(proc) -> str:
+    code = proc.exitcode
+    if code is not None and code < 0:
+        try:
+            return f"worker process was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            pass
+    return f"worker process died (exit code {code})"
+
+
+class ProcessPool:
+    """`num_workers` processes that run the functions of `specs`; `map()` runs calls on them with a deadline."""
+
+    def __init__(self, specs: list[RewardFunctionConfig], num_workers: int, startup_timeout_s: float = 60.0):
+        self.specs = list(specs)
+        self.startup_timeout_s = startup_timeout_s
+        self._ctx = mp.get_context("spawn")
+        self._next_task_id = 0
+        self._workers = [_Worker(self._ctx, self.specs) for _ in range(num_workers)]
+
+    def wait_ready(self, timeout_s: float | None = None) -> bool:
+        """Block until every idle worker has loaded its functions. False if one died starting, or on timeout."""
+        deadline = time.monotonic() + (self.startup_timeout_s if timeout_s is None else timeout_s)
+        while starting := [w for w in self._workers if not w.ready and w.call is None]:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            ready = set(wait([w.conn for w in starting] + [w.proc.sentinel for w in starting], timeout=left))
+            for w in starting:
+                if w.conn in ready or w.proc.sentinel in ready:
+                    with contextlib.suppress(EOFError, OSError):
+                        w.ready = w.conn.poll() and w.conn.recv()[0] == _READY
+                    if not w.ready:  # it died before saying ready
+                        self._replace(w)
+                        return False
+        return True
+
+    def map(self, calls: list[tuple[int, tuple, dict]], timeout_s: float) -> list[CallResult]:
+        """Run `(fn_index, args, kwargs)` calls in parallel; results in input order, never raises for a call."""
+        results: list[CallResult | None] = [None] * len(calls)
+        pending = deque(range(len(calls)))
+        while pending or any(w.call is not None for w in self._workers):
+            for w in list(self._workers):
+                if pending and w.call is None:
+                    if not w.proc.is_alive():  # died while idle (killed from outside): start a fresh one
+                        w = self._replace(w)
+                    index = pending.popleft()
+                    self._dispatch(w, index, calls[index], timeout_s, results)
+            busy = [w for w in self._workers if w.call is not None]
+            if not busy:
+                continue
+            left = min(w.deadline for w in busy) - time.monotonic()
+            ready = set(wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=max(0.0, left)))
+            for w in busy:
+                if w.conn in ready or w.proc.sentinel in ready:
+                    self._collect(w, results)
+            now = time.monotonic()
+            for w in self._workers:
+                if w.call is not None and now >= w.deadline:
+                    phase = f"{w.timeout_s:g} s" if w.ready else f"worker start-up ({self.startup_timeout_s:g} s)"
+                    results[w.call] = CallResult(error=f"timed out after {phase}", timed_out=True)
+                    self._replace(w)
+        return results  # type: ignore[return-value]
+
+    def _dispatch(self, w: _Worker, index: int, call: tuple[int, tuple, dict], timeout_s: float, results) -> None:
+        fn_index, args, kwargs = call
+        self._next_task_id += 1
+        try:
+            w.conn.send((self._next_task_id, fn_index, args, kwargs))
+        except Exception as e:  # arguments that can't be pickled, or the worker died just now
+            results[index] = CallResult(error=f"could not send the call to a worker: {type(e).__name__}: {e}")
+            if isinstance(e, OSError):  # a pickling error leaves the worker untouched (nothing was sent)
+                self._replace(w)
+            return
+        w.call, w.task_id, w.timeout_s = index, self._next_task_id, timeout_s
+        w.deadline = time.monotonic() + (timeout_s if w.ready else self.startup_timeout_s + timeout_s)
+
+    def _collect(self, w: _Worker, results) -> None:
+        """Read what `w` sent; if it died without answering, its call gets an error and `w` is replaced."""
+        while w.call is not None:
+            try:
+                if not w.conn.poll():
+                    break
+                task_id, ok, value = w.conn.recv()
+            except (EOFError, OSError):  # its end of the pipe closed: it is exiting; let it finish
+                w.proc.join(timeout=1)
+                break
+            if task_id == _READY:
+                w.ready = True
+                w.deadline = time.monotonic() + w.timeout_s  # the call's own time starts now
+            elif task_id == w.task_id:
+                results[w.call] = CallResult(value=value) if ok else CallResult(error=value)
+                w.call = w.task_id = None
+                w.deadline = float("inf")
+        if w.call is not None and not w.proc.is_alive():
+            w.proc.join()
+            results[w.call] = CallResult(error=_death_reason(w.proc))
+            self._replace(w)
+
+    def _replace(self, w: _Worker) -> _Worker:
+        w.kill()
+        fresh = _Worker(self._ctx, self.specs)
+        self._workers[self._workers.index(w)] = fresh
+        return fresh
+
+    def close(self) -> None:
+        for w in self._workers:
+            with contextlib.suppress(OSError):  # already dead
+                w.conn.send(None)
+        for w in self._workers:
+            w.proc.join(timeout=2)
+            w.kill()
+        self._workers = []
+
+    def __enter__(self) -> ProcessPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

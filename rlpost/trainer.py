@@ -1,0 +1,144 @@
+"""The RL step, algorithm-agnostic, read top to bottom:
+
+    prompts -> rollout (engines) -> rewards (verifier workers) -> advantages (pure fn, here)
+            -> update (learner ranks: ref logprobs, policy loss, optimizer) -> weight sync -> metrics
+
+The driver holds no model: it owns the data, the tokenizer (to decode completions for the rewards) and the
+loop; everything heavy is a Ray actor behind the groups in `rlpost.cluster.groups`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoTokenizer
+
+from rlpost.algos import ADVANTAGES
+from rlpost.cluster.groups import LearnerGroup, RewardGroup, RolloutGroup, WeightSync
+from rlpost.cluster.ray_cluster import init_ray
+from rlpost.data import PromptLoader, build_prompts, load_rows, resolve_data_path
+from rlpost.learner.actor import MiniBatch, TrainItem
+from rlpost.metrics import MetricsLogger
+from rlpost.rewards.manager import RewardResult
+from rlpost.rollout.engine import Sample, SamplingParams
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, model_path: str, run_dir: str) -> None:
+        """Everything that can fail on bad input (data, tokenizer, chat template) happens before any actor."""
+        self.cfg, self.model_path, self.run_dir = cfg, model_path, run_dir
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        rows = load_rows(resolve_data_path(cfg.data.train_path))
+        if cfg.data.limit:
+            rows = rows[:cfg.data.limit]
+        prompts, dropped = build_prompts(rows, self.tokenizer, cfg.data.prompt_key, cfg.data.instruction,
+                                         cfg.data.system_prompt, cfg.data.max_prompt_tokens)
+        self.loader = PromptLoader(prompts, shuffle=cfg.data.shuffle, seed=cfg.data.seed)
+        self.dropped_prompts = dropped
+        self.algo = cfg.algo
+        self.advantage_fn = ADVANTAGES.get(cfg.algo.advantage)
+
+    def start(self) -> None:
+        cfg = self.cfg
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        total_optimizer_steps = cfg.trainer.steps * cfg.algo.num_minibatches * cfg.algo.epochs
+        needed = cfg.learner.num_ranks + cfg.rollout.num_engines + cfg.reward.num_actors
+        init_ray(cfg.cluster.address, cfg.cluster.num_cpus or max(needed, os.cpu_count() or 1))
+        self.rewards = RewardGroup(OmegaConf.to_object(cfg.reward), cfg.cluster.device)
+        self.rollout = RolloutGroup(plain, self.model_path)
+        self.learners = LearnerGroup(plain, self.model_path, total_optimizer_steps)
+        self.sync = WeightSync(self.learners, self.rollout, "gloo", cfg.sync.bucket_mb, cfg.sync.timeout_s)
+
+    def sampling_params(self, step: int) -> SamplingParams:
+        rc = self.cfg.rollout
+        return SamplingParams(temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k,
+                              max_new_tokens=rc.max_new_tokens, seed=self.cfg.trainer.seed * 100_003 + step)
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg, group = self.cfg, self.cfg.algo.group_size
+        timings: dict[str, float] = {}
+        t_step = time.perf_counter()
+
+        batch = self.loader.next_batch(cfg.trainer.prompts_per_step)
+        t = time.perf_counter()
+        samples = self.rollout.generate([p.ids for p in batch for _ in range(group)], self.sampling_params(step))
+        timings["time/rollout"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        texts = self.tokenizer.batch_decode([s.completion_ids for s in samples], skip_special_tokens=True)
+        rewards = self.rewards.score([p.text for p in batch for _ in range(group)], texts,
+                                     [p.columns for p in batch for _ in range(group)])
+        timings["time/reward"] = time.perf_counter() - t
+        self._record_failures(step, rewards)
+
+        scores = torch.tensor(rewards.total, dtype=torch.float32)
+        advantages = self.advantage_fn(scores, group, std_normalize=cfg.algo.std_normalize)
+        items = [TrainItem(s.prompt_ids, s.completion_ids, float(a), s.logprobs)
+                 for s, a in zip(samples, advantages.tolist(), strict=True)]
+        t = time.perf_counter()
+        learner = self.learners.train_step(self.split_for_learners(items, step))
+        timings["time/learner"] = time.perf_counter() - t
+
+        sync = self.sync.sync()
+        timings["time/sync"] = sync["sync/seconds"]
+        step_seconds = time.perf_counter() - t_step
+        completion_tokens = sum(len(s.completion_ids) for s in samples)
+        return {**self.sample_metrics(samples, rewards, scores), **learner, **sync, **timings,
+                "perf/rollout_tokens_per_s": completion_tokens / timings["time/rollout"],
+                "perf/learner_tokens_per_s": learner["learner/tokens"] / max(learner["learner/seconds"], 1e-9),
+                "perf/step_seconds": step_seconds, "data/epoch": float(self.loader.epoch)}
+
+    def split_for_learners(self, items: list[TrainItem], step: int) -> list[list[MiniBatch]]:
+        """Shuffle (seeded by step), cut into `algo.num_minibatches` mini-batches, deal each across ranks.
+        Returns per rank its list of mini-batch shares."""
+        ranks, n_mb = self.cfg.learner.num_ranks, self.cfg.algo.num_minibatches
+        order = np.random.default_rng([self.cfg.trainer.seed, step]).permutation(len(items))
+        shuffled = [items[i] for i in order]
+        size = len(items) // n_mb
+        per_rank: list[list[MiniBatch]] = [[] for _ in range(ranks)]
+        for m in range(n_mb):
+            mb = shuffled[m * size:(m + 1) * size]
+            tokens, share = sum(len(it.completion_ids) for it in mb), len(mb) // ranks
+            for r in range(ranks):
+                per_rank[r].append(MiniBatch(mb[r * share:(r + 1) * share], tokens, len(mb)))
+        return per_rank
+
+    def sample_metrics(self, samples: list[Sample], rewards: RewardResult, scores: torch.Tensor
+                       ) -> dict[str, float]:
+        lengths = torch.tensor([len(s.completion_ids) for s in samples], dtype=torch.float32)
+        metrics = {"reward/mean": float(scores.mean()), "reward/std": float(scores.std()) if len(scores) > 1 else 0.0,
+                   "reward/errors": float(rewards.errors), "reward/timeouts": float(rewards.timeouts),
+                   "response/length_mean": float(lengths.mean()), "response/length_max": float(lengths.max()),
+                   "response/truncated_frac": sum(s.finish_reason == "length" for s in samples) / len(samples)}
+        for label, values in rewards.components.items():
+            metrics[f"reward/{label}"] = sum(values) / len(values)
+        if self.cfg.reward.accuracy in rewards.components:
+            values = rewards.components[self.cfg.reward.accuracy]
+            metrics["accuracy"] = sum(v > 0 for v in values) / len(values)
+        return metrics
+
+    def _record_failures(self, step: int, rewards: RewardResult) -> None:
+        """The first failing samples of each step go to the run folder, so a broken reward is debuggable."""
+        if rewards.failures:
+            with open(os.path.join(self.run_dir, "reward_failures.jsonl"), "a") as f:
+                for failure in rewards.failures:
+                    f.write(json.dumps({"step": step, **failure}) + "\n")
+
+    def fit(self) -> list[dict[str, float]]:
+        cfg = self.cfg
+        logger = MetricsLogger(self.run_dir, cfg.trainer.steps, cfg.logger.wandb.mode, cfg.logger.wandb.project,
+                               OmegaConf.to_container(cfg, resolve=True), progress=cfg.logger.progress)
+        history = []
+        try:
+            for step in range(1, cfg.trainer.steps + 1):
+                metrics = self.step(step)
+                logger.log(step, metrics)
+                history.append(metrics)
+        finally:
+            logger.close()
+        return history
