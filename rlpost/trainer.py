@@ -129,6 +129,19 @@ class Trainer:
                 for failure in rewards.failures:
                     f.write(json.dumps({"step": step, **failure}) + "\n")
 
+    def close(self) -> None:
+        """Kill this run's actors and free their placement groups (the Ray cluster itself stays up)."""
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for group in ("rewards", "rollout", "learners"):
+            g = getattr(self, group, None)
+            if g is None:
+                continue
+            for actor in getattr(g, "workers", None) or getattr(g, "engines", None) or g.ranks:
+                ray.kill(actor)
+            remove_placement_group(g.pg)
+
     def fit(self) -> list[dict[str, float]]:
         cfg = self.cfg
         logger = MetricsLogger(self.run_dir, cfg.trainer.steps, cfg.logger.wandb.mode, cfg.logger.wandb.project,

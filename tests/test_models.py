@@ -43,7 +43,8 @@ def test_tiny_model_shape_tokens_and_generation(tiny_model_dir):
     assert tok.bos_token == "<|im_start|>" and len(tok) == 49152 and tok.chat_template
     assert model.generation_config.eos_token_id == im_end == model.config.eos_token_id
     cfg = model.config
-    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (64, 2, 4, 2)
+    shape = (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads)
+    assert shape == (64, 2, 4, 2) and cfg.intermediate_size == 128 and cfg.max_position_embeddings == 1024
     assert cfg.vocab_size == len(tok) and cfg.tie_word_embeddings and model.dtype == torch.float32
     new = greedy(model, tok, "What is 2 + 3?", max_new_tokens=8)
     assert 1 <= len(new) <= 8

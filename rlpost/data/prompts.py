@@ -46,7 +46,8 @@ def _read_jsonl(path: str, field: str) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                msg = f"{field}: {path} line {n} is not valid JSON ({err}); fix or delete that row"
+                msg = (f"{field}: {path} line {n} is not valid JSON ({err.msg} at character {err.pos}); "
+                       "fix or delete that row")
                 raise ConfigError(msg) from None  # the message already says what json found
             if not isinstance(row, dict):
                 raise ConfigError(f"{field}: {path} line {n} is a JSON {type(row).__name__}, not an object; "

@@ -34,6 +34,15 @@ class RewardResult:
     timeouts: int
     failures: list[dict] = field(default_factory=list)  # {label, prompt, completion, error}, the first few
 
+    @staticmethod
+    def concat(parts: list[RewardResult]) -> RewardResult:
+        """Results of consecutive slices of one batch (scored by several reward actors), as one result."""
+        return RewardResult(
+            total=[x for p in parts for x in p.total],
+            components={k: [x for p in parts for x in p.components[k]] for k in parts[0].components},
+            errors=sum(p.errors for p in parts), timeouts=sum(p.timeouts for p in parts),
+            failures=[f for p in parts for f in p.failures][:MAX_FAILURES])
+
 
 def _plain(value: Any) -> Any:
     """OmegaConf containers (what Hydra hands us) as plain dicts/lists, so workers and plug-ins get plain data."""

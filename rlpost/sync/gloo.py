@@ -28,11 +28,11 @@ class GlooTransport(WeightTransport):
 
     def send(self, flat: torch.Tensor) -> None:
         assert self.rank == 0, "only rank 0 sends"
-        self._group.broadcast([flat.contiguous()], 0).wait(self._timeout)
+        self._group.broadcast(flat.contiguous(), 0).wait(self._timeout)
 
     def receive(self, bucket: Bucket) -> torch.Tensor:
         flat = torch.empty(bucket.numel, dtype=bucket.dtype)
-        self._group.broadcast([flat], 0).wait(self._timeout)
+        self._group.broadcast(flat, 0).wait(self._timeout)
         return flat
 
     def close(self) -> None:

@@ -1,0 +1,102 @@
+"""Config: Hydra composition (schema rejects unknown keys and wrong types), `validate` one-line errors, and the
+DeepSpeed config / LR schedule builders."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from rlpost.config import ConfigError
+from rlpost.learner.ds_config import build_ds_config, lr_multiplier
+from rlpost.train import CONFIG_DIR
+from rlpost.validate import validate
+
+
+def make(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=["experiment=gsm8k_grpo_debug", *overrides])
+
+
+def test_debug_experiment_composes_and_validates() -> None:
+    cfg = make()
+    assert cfg.experiment == "gsm8k_grpo_debug"
+    assert cfg.algo.name == "grpo" and cfg.cluster.device == "cpu"
+    validate(cfg)
+
+
+def test_overrides_apply() -> None:
+    cfg = make("algo.group_size=8", "trainer.steps=20")
+    assert cfg.algo.group_size == 8 and cfg.trainer.steps == 20
+
+
+def test_unknown_key_rejected() -> None:
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)):
+        make("algo.group_sise=8")
+
+
+def test_wrong_type_rejected() -> None:
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        make("trainer.steps=many")
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (["algo.group_size=1"], "algo.group_size"),
+    (["trainer.prompts_per_step=3", "algo.group_size=3"], "learner.num_ranks"),  # 9 samples, 2 ranks
+    (["learner.micro_batch_size=3"], "learner.micro_batch_size"),  # 4 per rank
+    (["algo.num_minibatches=3"], "algo.num_minibatches"),  # 8 samples
+    (["learner.zero_stage=4"], "learner.zero_stage"),
+    (["algo.advantage=nope"], "algo.advantage"),
+    (["algo.loss_agg=nope"], "algo.loss_agg"),
+    (["rollout.top_p=0"], "rollout.top_p"),
+    (["model.dtype=float8"], "model.dtype"),
+    (["reward.functions=[{path: rewards/missing.py, name: score}]"], "reward.functions[0]"),
+    (["reward.functions=[{path: rewards/gsm8k.py, name: nope}]"], "reward.functions[0]"),
+])
+def test_validate_names_the_field(overrides: list[str], field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        validate(make(*overrides))
+    message = str(err.value)
+    assert field in message and "\n" not in message
+
+
+def test_cli_bad_input_is_one_line_before_any_actor(tmp_path) -> None:
+    """The console entry point turns a ConfigError into one stderr line and exit code 2 (no Ray started)."""
+    proc = subprocess.run([sys.executable, "-m", "rlpost.train", "experiment=gsm8k_grpo_debug",
+                           "algo.group_size=1", f"trainer.run_dir={tmp_path}/run"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("rlpost: error: algo.group_size=1"), proc.stderr
+
+
+def test_cli_missing_data_path(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "rlpost.train", "experiment=gsm8k_grpo_debug",
+                           f"data.train_path={tmp_path}/nope.jsonl", f"trainer.run_dir={tmp_path}/run"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "data.train_path" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_ds_config_batch_arithmetic() -> None:
+    cfg = build_ds_config(zero_stage=3, micro_batch_size=2, grad_accum_steps=4, world_size=2, grad_clip=1.0,
+                          dtype="bfloat16")
+    assert cfg["train_batch_size"] == 16
+    assert cfg["zero_optimization"]["stage"] == 3 and cfg["bf16"] == {"enabled": True}
+    assert "bf16" not in build_ds_config(0, 1, 1, 1, 1.0, "float32")
+
+
+def test_lr_schedule_values() -> None:
+    # warm-up over 4 steps: 1/4, 2/4, 3/4, 4/4 of the peak
+    assert [lr_multiplier(s, 4, 10, "constant", 0.1) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    # cosine from step 0 (no warm-up) over 11 steps: peak at 0, min_ratio at 10, halfway at 5
+    assert lr_multiplier(0, 0, 11, "cosine", 0.1) == pytest.approx(1.0)
+    assert lr_multiplier(5, 0, 11, "cosine", 0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
+    assert lr_multiplier(10, 0, 11, "cosine", 0.1) == pytest.approx(0.1)
+    with pytest.raises(ValueError):
+        lr_multiplier(0, 0, 10, "linear", 0.1)
