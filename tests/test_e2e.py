@@ -40,7 +40,7 @@ def debug_cfg(model_dir: str, run_dir: str, *overrides: str):
             "learner.micro_batch_size=2", "learner.lr=1e-3", "algo.kl_coef=0.05", "data.limit=64",
             "logger.progress=false", "logger.wandb.mode=offline",
             "reward.functions=[{path: rewards/gsm8k.py, name: score}, "
-            f"{{path: {TESTS / 'rewards_for_tests.py'}, name: digit_fraction}}]",
+            f"{{path: {TESTS / 'rewards_for_tests.py'}, name: text_length}}]",
             *overrides])
 
 

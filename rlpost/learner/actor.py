@@ -90,7 +90,8 @@ class LearnerRank:
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
         if lc["gradient_checkpointing"]:
             model.gradient_checkpointing_enable()
-        self.zero3 = lc["zero_stage"] == 3
+        self.zero_stage = lc["zero_stage"]
+        self.zero3 = self.zero_stage == 3
         optimizer = torch.optim.AdamW(model.parameters(), lr=lc["lr"], betas=tuple(lc["betas"]),
                                       weight_decay=lc["weight_decay"])
         samples = self.cfg["trainer"]["prompts_per_step"] * algo["group_size"]
@@ -172,11 +173,15 @@ class LearnerRank:
                                                                   mb.global_seqs / norm)
                         add("actor/kl", float(masked_mean(kl.detach(), mask)), n_tok)
                     self.engine.backward(loss)
+                    boundary = k == self.accum - 1  # this micro-batch completes the mini-batch: optimizer steps
+                    if boundary and self.zero_stage == 0:
+                        # Without ZeRO, DeepSpeed clips fp32 grads in place and keeps no norm: take it here,
+                        # after the all-reduce (done in backward at the boundary), before clipping.
+                        grads = [p.grad for p in self._params.values() if p.grad is not None]
+                        grad_norms.append(float(torch.nn.utils.get_total_norm(grads)))
                     self.engine.step()
-                    if k == self.accum - 1:  # the optimizer stepped
-                        gn = self.engine.get_global_grad_norm()
-                        if gn is not None:
-                            grad_norms.append(float(gn))
+                    if boundary and self.zero_stage > 0:
+                        grad_norms.append(float(self.engine.get_global_grad_norm()))
                     tokens += int(batch.attention_mask.sum())
                     with torch.no_grad():
                         add("actor/pg_loss", float(masked_mean(per_token.detach(), mask)), n_tok)
