@@ -50,7 +50,7 @@ def run_and_check(cfg, model_dir: str, run_dir: str) -> None:
     trainer.start()
     try:
         before = trainer.learners.weights_digest()
-        assert trainer.rollout.weights_digests() == [before]  # engines start from the same weights
+        assert trainer.rollout.weights_digests() == [before] * cfg.rollout.num_engines  # same start
         history = trainer.fit()
 
         # The learner moved, and after the sync every engine holds exactly the learner's weights.
