@@ -51,7 +51,8 @@ def validate(cfg: DictConfig) -> None:
              f"learner.lr_schedule={lc.lr_schedule!r}: choose constant or cosine")
     _require(cfg.model.dtype in DTYPES, f"model.dtype={cfg.model.dtype!r}: choose one of {', '.join(DTYPES)}")
 
-    _require(rc.engine == "hf", f"rollout.engine={rc.engine!r}: this version ships the hf engine; set rollout.engine=hf")
+    _require(rc.engine == "hf",
+             f"rollout.engine={rc.engine!r}: this version ships the hf engine; set rollout.engine=hf")
     _require(rc.num_engines >= 1, f"rollout.num_engines={rc.num_engines}: must be >= 1")
     _require(rc.temperature >= 0, f"rollout.temperature={rc.temperature}: must be >= 0 (0 = greedy)")
     _require(0 < rc.top_p <= 1, f"rollout.top_p={rc.top_p}: must be in (0, 1]")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -70,7 +69,7 @@ def run_and_check(cfg, model_dir: str, run_dir: str) -> None:
         for metrics in history:
             assert math.isfinite(metrics["actor/pg_loss"]) and math.isfinite(metrics["actor/kl"])
             assert metrics["rollout/logprob_diff"] < 1e-4
-        rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+        rows = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == [1, 2]
         for row in rows:
             missing = [k for k in REQUIRED_METRICS if k not in row or row[k] is None]

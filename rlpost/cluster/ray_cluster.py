@@ -12,8 +12,10 @@ from rlpost.config import ConfigError
 
 # Threads per process: on small machines, every actor spinning up one OpenMP thread per core made generation up to
 # 40x slower (measured on 2 cores). Each actor is one process with one compute thread; scale out with actors.
+# HF_HUB_DISABLE_PROGRESS_BARS also silences transformers' per-actor "Loading weights" bars, which Ray would
+# interleave into the driver's log.
 ACTOR_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-             "PYTHONUNBUFFERED": "1"}
+             "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 def actor_env(device: str) -> dict[str, str]:

@@ -84,10 +84,8 @@ def _read_with_datasets(path: Path, field: str) -> list[dict]:
 def load_rows(path: str, field: str = "data.train_path") -> list[dict]:
     """All rows of a dataset file or folder (after alias resolution) as a list of dicts."""
     resolved = Path(resolve_data_path(path, field))
-    if resolved.suffix == ".jsonl":
-        rows = _read_jsonl(str(resolved), field)
-    else:
-        rows = _read_with_datasets(resolved, field)
+    # jsonl is read by hand so a malformed row is reported with its line number; the rest goes through datasets.
+    rows = _read_jsonl(str(resolved), field) if resolved.suffix == ".jsonl" else _read_with_datasets(resolved, field)
     if not rows:
         raise ConfigError(f"{field}: {resolved} has no rows; point {field} at a non-empty dataset")
     return rows
