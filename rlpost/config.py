@@ -3,7 +3,8 @@
 The dataclasses are the single source of truth for names, types and defaults; YAML files under `configs/` only
 pick presets. Because the schema is structured, Hydra itself rejects unknown keys and wrong types with its own
 message. What types cannot express (paths that must exist, batch sizes that must divide) is checked by
-`validate()`, which runs in the driver before any Ray actor starts and raises `ConfigError` naming the field.
+`rlpost.validate.validate()`, which runs in the driver before any Ray actor starts and raises `ConfigError`
+naming the field.
 
 This module is importable by every actor (Hydra's docs warn that `__main__` is not), so it holds no logic that
 needs Ray, DeepSpeed or a GPU.

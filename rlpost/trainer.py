@@ -131,16 +131,9 @@ class Trainer:
 
     def close(self) -> None:
         """Kill this run's actors and free their placement groups (the Ray cluster itself stays up)."""
-        import ray
-        from ray.util.placement_group import remove_placement_group
-
-        for group in ("rewards", "rollout", "learners"):
-            g = getattr(self, group, None)
-            if g is None:
-                continue
-            for actor in getattr(g, "workers", None) or getattr(g, "engines", None) or g.ranks:
-                ray.kill(actor)
-            remove_placement_group(g.pg)
+        for group in (getattr(self, name, None) for name in ("rewards", "rollout", "learners")):
+            if group is not None:
+                group.shutdown()
 
     def fit(self) -> list[dict[str, float]]:
         cfg = self.cfg

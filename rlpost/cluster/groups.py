@@ -5,6 +5,7 @@ trainer sees three groups with plain methods."""
 from __future__ import annotations
 
 import ray
+from ray.util.placement_group import remove_placement_group
 
 from rlpost.cluster.ray_cluster import actor_env, create_placement_group, in_bundle
 from rlpost.config import RewardConfig
@@ -26,15 +27,29 @@ def _split(items: list, parts: int) -> list[list]:
     return out
 
 
-class LearnerGroup:
+class ActorGroup:
+    """Actors placed in one placement group; `shutdown` kills them and frees the group's resources."""
+
+    actors: list
+    pg = None
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        if self.pg is not None:
+            remove_placement_group(self.pg)
+
+
+class LearnerGroup(ActorGroup):
     def __init__(self, cfg: dict, model_path: str, total_optimizer_steps: int) -> None:
         n = cfg["learner"]["num_ranks"]
         device = cfg["cluster"]["device"]
         self.pg = create_placement_group("learner", [{"CPU": 1}] * n)
         actor = ray.remote(LearnerRank)
-        self.ranks = [actor.options(num_cpus=1, scheduling_strategy=in_bundle(self.pg, i),
-                                    runtime_env={"env_vars": actor_env(device)}, name=None)
-                      .remote(cfg, i, n, model_path, total_optimizer_steps) for i in range(n)]
+        options = [dict(num_cpus=1, scheduling_strategy=in_bundle(self.pg, i),
+                        runtime_env={"env_vars": actor_env(device)}) for i in range(n)]
+        self.ranks = self.actors = [actor.options(**options[i]).remote(cfg, i, n, model_path, total_optimizer_steps)
+                                    for i in range(n)]
         addr, port = ray.get(self.ranks[0].address.remote())
         ray.get([r.setup.remote(addr, port) for r in self.ranks])
 
@@ -52,13 +67,13 @@ class LearnerGroup:
         return ray.get([r.weights_digest.remote() for r in self.ranks])[0]
 
 
-class RolloutGroup:
+class RolloutGroup(ActorGroup):
     def __init__(self, cfg: dict, model_path: str) -> None:
         rc = cfg["rollout"]
         device = cfg["cluster"]["device"]
         self.pg = create_placement_group("rollout", [{"CPU": 1}] * rc["num_engines"])
         actor = ray.remote(HFEngine)
-        self.engines = [actor.options(num_cpus=1, scheduling_strategy=in_bundle(self.pg, i),
+        self.engines = self.actors = [actor.options(num_cpus=1, scheduling_strategy=in_bundle(self.pg, i),
                                       runtime_env={"env_vars": actor_env(device)})
                         .remote(model_path, cfg["model"]["dtype"], rc["batch_size"], device)
                         for i in range(rc["num_engines"])]
@@ -92,12 +107,12 @@ class RewardWorker:
         return self.manager.score(prompts, completions, columns)
 
 
-class RewardGroup:
+class RewardGroup(ActorGroup):
     def __init__(self, reward_cfg: RewardConfig, device: str) -> None:
         n = reward_cfg.num_actors
         self.pg = create_placement_group("reward", [{"CPU": 1}] * n)
         actor = ray.remote(RewardWorker)
-        self.workers = [actor.options(num_cpus=1, scheduling_strategy=in_bundle(self.pg, i),
+        self.workers = self.actors = [actor.options(num_cpus=1, scheduling_strategy=in_bundle(self.pg, i),
                                       runtime_env={"env_vars": actor_env(device)}).remote(reward_cfg)
                         for i in range(n)]
         self.labels: list[str] = ray.get(self.workers[0].labels.remote())
