@@ -28,6 +28,20 @@ from rlpost.rewards.manager import RewardResult
 from rlpost.rollout.engine import Sample, SamplingParams
 
 
+def deal_minibatches(items: list[TrainItem], num_minibatches: int, num_ranks: int) -> list[list[MiniBatch]]:
+    """Cut `items` into `num_minibatches` consecutive mini-batches and deal each evenly across ranks.
+    Returns, per rank, its share of every mini-batch; each share carries the mini-batch's global completion-token
+    and sequence counts, which the learner needs to normalise the loss as if the mini-batch were one batch."""
+    size = len(items) // num_minibatches
+    per_rank: list[list[MiniBatch]] = [[] for _ in range(num_ranks)]
+    for m in range(num_minibatches):
+        mb = items[m * size:(m + 1) * size]
+        tokens, share = sum(len(it.completion_ids) for it in mb), len(mb) // num_ranks
+        for r in range(num_ranks):
+            per_rank[r].append(MiniBatch(mb[r * share:(r + 1) * share], tokens, len(mb)))
+    return per_rank
+
+
 class Trainer:
     def __init__(self, cfg: DictConfig, model_path: str, run_dir: str) -> None:
         """Everything that can fail on bad input (data, tokenizer, chat template) happens before any actor."""
@@ -81,7 +95,9 @@ class Trainer:
         items = [TrainItem(s.prompt_ids, s.completion_ids, float(a), s.logprobs)
                  for s, a in zip(samples, advantages.tolist(), strict=True)]
         t = time.perf_counter()
-        learner = self.learners.train_step(self.split_for_learners(items, step))
+        order = np.random.default_rng([cfg.trainer.seed, step]).permutation(len(items)).tolist()
+        learner = self.learners.train_step(deal_minibatches([items[i] for i in order], cfg.algo.num_minibatches,
+                                                            cfg.learner.num_ranks))
         timings["time/learner"] = time.perf_counter() - t
 
         sync = self.sync.sync()
@@ -92,21 +108,6 @@ class Trainer:
                 "perf/rollout_tokens_per_s": completion_tokens / timings["time/rollout"],
                 "perf/learner_tokens_per_s": learner["learner/tokens"] / max(learner["learner/seconds"], 1e-9),
                 "perf/step_seconds": step_seconds, "data/epoch": float(self.loader.epoch)}
-
-    def split_for_learners(self, items: list[TrainItem], step: int) -> list[list[MiniBatch]]:
-        """Shuffle (seeded by step), cut into `algo.num_minibatches` mini-batches, deal each across ranks.
-        Returns per rank its list of mini-batch shares."""
-        ranks, n_mb = self.cfg.learner.num_ranks, self.cfg.algo.num_minibatches
-        order = np.random.default_rng([self.cfg.trainer.seed, step]).permutation(len(items))
-        shuffled = [items[i] for i in order]
-        size = len(items) // n_mb
-        per_rank: list[list[MiniBatch]] = [[] for _ in range(ranks)]
-        for m in range(n_mb):
-            mb = shuffled[m * size:(m + 1) * size]
-            tokens, share = sum(len(it.completion_ids) for it in mb), len(mb) // ranks
-            for r in range(ranks):
-                per_rank[r].append(MiniBatch(mb[r * share:(r + 1) * share], tokens, len(mb)))
-        return per_rank
 
     def sample_metrics(self, samples: list[Sample], rewards: RewardResult, scores: torch.Tensor
                        ) -> dict[str, float]:

@@ -43,7 +43,7 @@ def debug_cfg(model_dir: str, run_dir: str, *overrides: str):
             *overrides])
 
 
-def run_and_check(cfg, model_dir: str, run_dir: str) -> None:
+def run_and_check(cfg, model_dir: str, run_dir: str) -> list[dict[str, float]]:
     validate(cfg)
     trainer = Trainer(cfg, model_dir, run_dir)
     trainer.start()
@@ -75,12 +75,27 @@ def run_and_check(cfg, model_dir: str, run_dir: str) -> None:
             missing = [k for k in REQUIRED_METRICS if k not in row or row[k] is None]
             assert not missing, missing
         assert rows[1]["actor/kl"] > 0  # the policy left the reference after the first update
+        return history
     finally:
         trainer.close()
 
 
 def test_grpo_zero0(local_ray, tiny_model_dir: str, tmp_path) -> None:
     cfg = debug_cfg(tiny_model_dir, str(tmp_path / "run"), "learner.zero_stage=0")
+    run_and_check(cfg, tiny_model_dir, str(tmp_path / "run"))
+
+
+def test_grpo_zero2_minibatches_and_epochs(local_ray, tiny_model_dir: str, tmp_path) -> None:
+    """Two optimizer steps per rollout, twice over: old logprobs come from a learner forward, the ratio moves
+    off 1 within the step, and clipping engages (lr is large on purpose)."""
+    cfg = debug_cfg(tiny_model_dir, str(tmp_path / "run"), "learner.zero_stage=2", "algo.num_minibatches=2",
+                    "algo.epochs=2", "learner.micro_batch_size=1", "learner.lr=3e-3")
+    history = run_and_check(cfg, tiny_model_dir, str(tmp_path / "run"))
+    assert max(m["actor/clip_frac"] for m in history) > 0
+
+
+def test_grpo_zero1(local_ray, tiny_model_dir: str, tmp_path) -> None:
+    cfg = debug_cfg(tiny_model_dir, str(tmp_path / "run"), "learner.zero_stage=1")
     run_and_check(cfg, tiny_model_dir, str(tmp_path / "run"))
 
 
