@@ -50,6 +50,7 @@ class AlgoConfig:
     group_size: int = 4  # completions sampled per prompt
     advantage: str = "grpo"
     std_normalize: bool = True  # GRPO divides by the group's reward std
+    policy_loss: str = "clipped"
     clip_low: float = 0.2  # ratio clipped to [1 - clip_low, 1 + clip_high]
     clip_high: float = 0.2
     kl_coef: float = 0.0  # KL(policy || reference) loss coefficient; 0 = no reference model at all

@@ -26,6 +26,7 @@ from rlpost.learner.actor import MiniBatch, TrainItem
 from rlpost.metrics import MetricsLogger
 from rlpost.rewards.manager import RewardResult
 from rlpost.rollout.engine import Sample, SamplingParams
+from rlpost.sync.transport import choose_transport
 
 
 def deal_minibatches(items: list[TrainItem], num_minibatches: int, num_ranks: int) -> list[list[MiniBatch]]:
@@ -66,7 +67,8 @@ class Trainer:
         self.rewards = RewardGroup(OmegaConf.to_object(cfg.reward), cfg.cluster.device)
         self.rollout = RolloutGroup(plain, self.model_path)
         self.learners = LearnerGroup(plain, self.model_path, total_optimizer_steps)
-        self.sync = WeightSync(self.learners, self.rollout, "gloo", cfg.sync.bucket_mb, cfg.sync.timeout_s)
+        transport = choose_transport(cfg.sync.transport, cfg.cluster.device, colocated=False)
+        self.sync = WeightSync(self.learners, self.rollout, transport, cfg.sync.bucket_mb, cfg.sync.timeout_s)
 
     def sampling_params(self, step: int) -> SamplingParams:
         rc = self.cfg.rollout

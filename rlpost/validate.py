@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from rlpost.algos import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS
+from rlpost.algos import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
 from rlpost.config import ConfigError
 from rlpost.rewards.loader import load_reward_fn
 
@@ -24,6 +24,7 @@ def validate(cfg: DictConfig) -> None:
              "prompt to form a baseline; set algo.group_size>=2")
     ADVANTAGES.get(algo.advantage)
     LOSS_AGGREGATIONS.get(algo.loss_agg)
+    POLICY_LOSSES.get(algo.policy_loss)
     KL_ESTIMATORS.get(algo.kl_estimator)
     _require(algo.kl_coef >= 0, f"algo.kl_coef={algo.kl_coef}: must be >= 0 (0 disables the reference model)")
     _require(0 <= algo.clip_low < 1 and algo.clip_high >= 0,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rlpost.sync.buckets import Bucket, TensorSpec, flatten, plan_buckets, unflatten
-from rlpost.sync.transport import SyncGroupInfo, create_transport
+from rlpost.sync.transport import SyncGroupInfo, choose_transport, create_transport
 from rlpost.sync.weights import receive_weights, send_weights
 
 
@@ -106,3 +106,10 @@ class _nullctx:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_transport_follows_placement() -> None:
+    assert choose_transport("auto", "cpu", colocated=False) == "gloo"
+    assert choose_transport("auto", "cuda", colocated=True) == "ipc"
+    assert choose_transport("auto", "cuda", colocated=False) == "nccl"
+    assert choose_transport("gloo", "cuda", colocated=False) == "gloo"  # an explicit choice wins

@@ -135,10 +135,8 @@ class LearnerRank:
         return out
 
     def train_step(self, minibatches: list[MiniBatch]) -> dict[str, float]:
+        """`algo.epochs` passes over this rank's mini-batch shares, one optimizer step per mini-batch."""
         algo = self.cfg["algo"]
-        policy_loss = POLICY_LOSSES.get("clipped")
-        aggregate = LOSS_AGGREGATIONS.get(algo["loss_agg"])
-        kl_fn = KL_ESTIMATORS.get(algo["kl_estimator"])
         # Old-policy logprobs are only needed when the policy moves between mini-batches; with a single update
         # per rollout the ratio is exactly 1 and the detached current logprobs serve (saves a forward pass).
         needs_old = algo["num_minibatches"] * algo["epochs"] > 1
@@ -147,31 +145,14 @@ class LearnerRank:
         olds = [self._logprobs(self.engine, mb.items) for mb in minibatches] if needs_old else None
         self.engine.train()
 
-        sums: dict[str, float] = {}
-        def add(key: str, value: float, weight: float) -> None:
-            sums[key] = sums.get(key, 0.0) + value * weight
-            sums[f"_w/{key}"] = sums.get(f"_w/{key}", 0.0) + weight
-
-        t0, tokens, grad_norms = time.perf_counter(), 0, []
+        means, grad_norms, tokens, t0 = _WeightedMeans(), [], 0, time.perf_counter()
         for epoch in range(algo["epochs"]):
             for m, mb in enumerate(minibatches):
-                norm = self.accum * self.world_size
                 for k, micro in enumerate(self._micro_batches(mb.items)):
                     batch = self._pack(micro)
-                    mask = batch.completion_mask
-                    logits = forward_logits(self.engine, batch)
-                    logprobs = token_logprobs(logits, batch.targets, self.temperature)
-                    old = olds[m][k] if olds is not None else logprobs.detach()
-                    adv = torch.tensor([it.advantage for it in micro], device=self.device)
-                    per_token, clip_frac = policy_loss(logprobs, old, adv, mask, algo["clip_low"], algo["clip_high"])
-                    pg_loss = aggregate(per_token, mask, mb.global_tokens / norm, mb.global_seqs / norm)
-                    loss = pg_loss
-                    n_tok = float(mask.sum())
-                    if refs is not None:
-                        kl = kl_fn(logprobs, refs[m][k])
-                        loss = loss + algo["kl_coef"] * aggregate(kl, mask, mb.global_tokens / norm,
-                                                                  mb.global_seqs / norm)
-                        add("actor/kl", float(masked_mean(kl.detach(), mask)), n_tok)
+                    loss = self._micro_loss(micro, batch, mb, None if olds is None else olds[m][k],
+                                            None if refs is None else refs[m][k], means,
+                                            first_pass=epoch == 0 and m == 0)
                     self.engine.backward(loss)
                     boundary = k == self.accum - 1  # this micro-batch completes the mini-batch: optimizer steps
                     if boundary and self.zero_stage == 0:
@@ -183,21 +164,41 @@ class LearnerRank:
                     if boundary and self.zero_stage > 0:
                         grad_norms.append(float(self.engine.get_global_grad_norm()))
                     tokens += int(batch.attention_mask.sum())
-                    with torch.no_grad():
-                        add("actor/pg_loss", float(masked_mean(per_token.detach(), mask)), n_tok)
-                        add("actor/entropy", float(masked_mean(entropy_from_logits(logits.detach()), mask)), n_tok)
-                        add("actor/clip_frac", float(clip_frac), n_tok)
-                        if epoch == 0 and m == 0:  # the policy still equals the one that sampled
-                            rollout = _pad_like(logprobs, [it.rollout_logprobs for it in micro], mask)
-                            add("rollout/logprob_diff", float(masked_mean((logprobs.detach() - rollout).abs(), mask)),
-                                n_tok)
-        seconds = time.perf_counter() - t0
-        metrics = {k: v / sums[f"_w/{k}"] for k, v in sums.items() if not k.startswith("_w/") and sums[f"_w/{k}"]}
+        metrics = means.result()
         metrics["actor/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
         metrics["actor/lr"] = float(self.engine.get_lr()[0])
         metrics["learner/tokens"] = float(tokens)
-        metrics["learner/seconds"] = seconds
+        metrics["learner/seconds"] = time.perf_counter() - t0
         return metrics
+
+    def _micro_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, old: torch.Tensor | None,
+                    ref: torch.Tensor | None, means: _WeightedMeans, first_pass: bool) -> torch.Tensor:
+        """Policy loss (+ KL to the reference) of one micro-batch, normalised for the whole mini-batch."""
+        algo = self.cfg["algo"]
+        aggregate = LOSS_AGGREGATIONS.get(algo["loss_agg"])
+        mask = batch.completion_mask
+        logits = forward_logits(self.engine, batch)
+        logprobs = token_logprobs(logits, batch.targets, self.temperature)
+        adv = torch.tensor([it.advantage for it in micro], device=self.device)
+        per_token, clip_frac = POLICY_LOSSES.get(algo["policy_loss"])(
+            logprobs, logprobs.detach() if old is None else old, adv, mask, algo["clip_low"], algo["clip_high"])
+        norm = self.accum * self.world_size  # see the module docstring
+        num_tokens, num_seqs = mb.global_tokens / norm, mb.global_seqs / norm
+        loss = aggregate(per_token, mask, num_tokens, num_seqs)
+
+        n = float(mask.sum())
+        if ref is not None:
+            kl = KL_ESTIMATORS.get(algo["kl_estimator"])(logprobs, ref)
+            loss = loss + algo["kl_coef"] * aggregate(kl, mask, num_tokens, num_seqs)
+            means.add("actor/kl", masked_mean(kl.detach(), mask), n)
+        with torch.no_grad():
+            means.add("actor/pg_loss", masked_mean(per_token, mask), n)
+            means.add("actor/entropy", masked_mean(entropy_from_logits(logits), mask), n)
+            means.add("actor/clip_frac", clip_frac, n)
+            if first_pass:  # the policy still equals the one that sampled: engine and learner must agree
+                rollout = _pad_like(logprobs, [it.rollout_logprobs for it in micro], mask)
+                means.add("rollout/logprob_diff", masked_mean((logprobs - rollout).abs(), mask), n)
+        return loss
 
     # ---- scoring (diagnostics and tests) ----------------------------------------------------------------
     def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
@@ -247,3 +248,17 @@ def _pad_like(like: torch.Tensor, values: list[list[float]], mask: torch.Tensor)
         out[row, mask[row].bool()] = torch.tensor(vals, dtype=out.dtype, device=out.device)
     return out
 
+
+class _WeightedMeans:
+    """Token-weighted running means of scalar metrics across micro-batches."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, key: str, value: torch.Tensor | float, weight: float) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + float(value) * weight
+        self.weights[key] = self.weights.get(key, 0.0) + weight
+
+    def result(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.weights[k] for k in self.sums if self.weights[k] > 0}

@@ -45,6 +45,16 @@ class WeightTransport(ABC):
         """Release the group. Safe to call twice."""
 
 
+def choose_transport(requested: str, device: str, colocated: bool) -> str:
+    """`sync.transport=auto` resolved from placement: gloo on CPU; on GPUs, CUDA IPC when learner and engines share
+    the GPUs (NCCL refuses two ranks on one GPU), NCCL broadcast when they sit on different GPUs."""
+    if requested != "auto":
+        return requested
+    if device == "cpu":
+        return "gloo"
+    return "ipc" if colocated else "nccl"
+
+
 def create_transport(info: SyncGroupInfo, rank: int) -> WeightTransport:
     """The one place that maps a transport name to its implementation."""
     if info.transport == "gloo":
