@@ -52,6 +52,10 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    if not os.path.isdir(CONFIG_DIR):  # configs/ lives in the checkout, beside the package
+        print(f"rlpost: error: {CONFIG_DIR} not found; install rlpost from a checkout with `pip install -e .` "
+              "(launch/setup.sh does)", file=sys.stderr)
+        raise SystemExit(2)
     _hydra_main()
 
 
