@@ -35,11 +35,14 @@ def run(cfg: DictConfig) -> list[dict[str, float]]:
     print(f"[rlpost] run dir {run_dir}; model {model_path}; {len(trainer.loader.prompts)} prompts"
           + (f" ({trainer.dropped_prompts} longer than data.max_prompt_tokens dropped)"
              if trainer.dropped_prompts else ""), flush=True)
-    t0 = time.perf_counter()
-    trainer.start()
-    print(f"[rlpost] actors up in {time.perf_counter() - t0:.1f}s", flush=True)
     OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
-    return trainer.fit()
+    t0 = time.perf_counter()
+    try:
+        trainer.start()
+        print(f"[rlpost] actors up in {time.perf_counter() - t0:.1f}s", flush=True)
+        return trainer.fit()
+    finally:
+        trainer.close()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
