@@ -158,6 +158,11 @@ class RLPostConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
+def samples_per_rank(prompts_per_step: int, group_size: int, num_minibatches: int, num_ranks: int) -> int:
+    """Samples one learner rank gets per mini-batch (validation checks that every division is exact)."""
+    return prompts_per_step * group_size // num_minibatches // num_ranks
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="rlpost_schema", node=RLPostConfig)
 

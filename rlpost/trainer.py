@@ -55,7 +55,6 @@ class Trainer:
                                          cfg.data.system_prompt, cfg.data.max_prompt_tokens)
         self.loader = PromptLoader(prompts, shuffle=cfg.data.shuffle, seed=cfg.data.seed)
         self.dropped_prompts = dropped
-        self.algo = cfg.algo
         self.advantage_fn = ADVANTAGES.get(cfg.algo.advantage)
 
     def start(self) -> None:

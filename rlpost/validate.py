@@ -6,7 +6,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from rlpost.algos import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
-from rlpost.config import ConfigError
+from rlpost.config import ConfigError, samples_per_rank
 from rlpost.rewards.loader import load_reward_fn
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -42,7 +42,7 @@ def validate(cfg: DictConfig) -> None:
     _require(minibatch % lc.num_ranks == 0,
              f"learner.num_ranks={lc.num_ranks} does not divide the mini-batch of {minibatch} samples; "
              "change learner.num_ranks, trainer.prompts_per_step or algo.num_minibatches")
-    per_rank = minibatch // lc.num_ranks
+    per_rank = samples_per_rank(tc.prompts_per_step, algo.group_size, algo.num_minibatches, lc.num_ranks)
     _require(lc.micro_batch_size >= 1 and per_rank % lc.micro_batch_size == 0,
              f"learner.micro_batch_size={lc.micro_batch_size} does not divide the {per_rank} samples each rank "
              f"gets per mini-batch; pick a divisor of {per_rank}")

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import torch
 
 from rlpost.algos import KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, entropy_from_logits, masked_mean
+from rlpost.config import samples_per_rank
 from rlpost.digest import weights_digest
 from rlpost.learner.ds_config import build_ds_config, build_ref_ds_config, lr_multiplier
-from rlpost.learner.logprobs import PackedBatch, forward_logits, pack, token_logprobs, unpack
+from rlpost.learner.logprobs import PackedBatch, forward_logits, pack, repack, sequence_logprobs, token_logprobs
 from rlpost.sync.buckets import Bucket, TensorSpec, plan_buckets
 from rlpost.sync.transport import SyncGroupInfo, WeightTransport, create_transport
 from rlpost.sync.weights import send_weights
@@ -94,10 +95,9 @@ class LearnerRank:
         self.zero3 = self.zero_stage == 3
         optimizer = torch.optim.AdamW(model.parameters(), lr=lc["lr"], betas=tuple(lc["betas"]),
                                       weight_decay=lc["weight_decay"])
-        samples = self.cfg["trainer"]["prompts_per_step"] * algo["group_size"]
-        per_rank = samples // algo["num_minibatches"] // self.world_size
         self.micro = lc["micro_batch_size"]
-        self.accum = per_rank // self.micro
+        self.accum = samples_per_rank(self.cfg["trainer"]["prompts_per_step"], algo["group_size"],
+                                      algo["num_minibatches"], self.world_size) // self.micro
 
         def schedule(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
             return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(
@@ -196,7 +196,7 @@ class LearnerRank:
             means.add("actor/entropy", masked_mean(entropy_from_logits(logits), mask), n)
             means.add("actor/clip_frac", clip_frac, n)
             if first_pass:  # the policy still equals the one that sampled: engine and learner must agree
-                rollout = _pad_like(logprobs, [it.rollout_logprobs for it in micro], mask)
+                rollout = repack([it.rollout_logprobs for it in micro], mask)
                 means.add("rollout/logprob_diff", masked_mean((logprobs - rollout).abs(), mask), n)
         return loss
 
@@ -204,12 +204,9 @@ class LearnerRank:
     def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
         """Logprobs of given completions under the current policy. Under ZeRO-3 every rank must call this with
         the same inputs (the forward gathers parameters collectively)."""
-        items = [TrainItem(p, c, 0.0, []) for p, c in zip(prompts, completions, strict=True)]
         self.engine.eval()
-        out = []
-        for micro, lp in zip(self._micro_batches(items), self._logprobs(self.engine, items), strict=True):
-            out.extend(unpack(lp, self._pack(micro).completion_mask))
-        return out
+        return sequence_logprobs(self.engine, prompts, completions, self.temperature, self.pad_id, self.device,
+                                 batch_size=self.micro)
 
     # ---- weight sync ------------------------------------------------------------------------------------
     def sync_plan(self, bucket_mb: float) -> list[Bucket]:
@@ -239,14 +236,6 @@ class LearnerRank:
     def weights_digest(self) -> str:
         with self._gathered(list(self._params)) as tensors:
             return weights_digest(zip(self._params, tensors, strict=True))
-
-
-def _pad_like(like: torch.Tensor, values: list[list[float]], mask: torch.Tensor) -> torch.Tensor:
-    """Scatter per-row completion values into a tensor shaped like `like`, at the mask's positions."""
-    out = torch.zeros_like(like)
-    for row, vals in enumerate(values):
-        out[row, mask[row].bool()] = torch.tensor(vals, dtype=out.dtype, device=out.device)
-    return out
 
 
 class _WeightedMeans:

@@ -56,6 +56,14 @@ def unpack(values: torch.Tensor, mask: torch.Tensor) -> list[list[float]]:
     return [row[m.bool()].tolist() for row, m in zip(values.cpu(), mask.cpu(), strict=True)]
 
 
+def repack(values: list[list[float]], mask: torch.Tensor) -> torch.Tensor:
+    """The inverse of `unpack`: per-row completion values scattered into a [B, L-1] tensor at the mask's places."""
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    for row, vals in enumerate(values):
+        out[row, mask[row].bool()] = torch.tensor(vals, dtype=out.dtype, device=out.device)
+    return out
+
+
 @torch.no_grad()
 def sequence_logprobs(model: torch.nn.Module, prompts: list[list[int]], completions: list[list[int]],
                       temperature: float, pad_id: int, device: torch.device | str,
