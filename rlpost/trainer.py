@@ -82,7 +82,7 @@ class Trainer:
         batch = self.loader.next_batch(cfg.trainer.prompts_per_step)
         t = time.perf_counter()
         samples = self.rollout.generate([p.ids for p in batch for _ in range(group)], self.sampling_params(step))
-        timings["time/rollout"] = time.perf_counter() - t
+        timings["time/generate"] = time.perf_counter() - t
 
         t = time.perf_counter()
         texts = self.tokenizer.batch_decode([s.completion_ids for s in samples], skip_special_tokens=True)
@@ -99,14 +99,14 @@ class Trainer:
         order = np.random.default_rng([cfg.trainer.seed, step]).permutation(len(items)).tolist()
         learner = self.learners.train_step(deal_minibatches([items[i] for i in order], cfg.algo.num_minibatches,
                                                             cfg.learner.num_ranks))
-        timings["time/learner"] = time.perf_counter() - t
+        timings["time/train"] = time.perf_counter() - t
 
         sync = self.sync.sync()
         timings["time/sync"] = sync["sync/seconds"]
         step_seconds = time.perf_counter() - t_step
         completion_tokens = sum(len(s.completion_ids) for s in samples)
         return {**self.sample_metrics(samples, rewards, scores), **learner, **sync, **timings,
-                "perf/rollout_tokens_per_s": completion_tokens / timings["time/rollout"],
+                "perf/rollout_tokens_per_s": completion_tokens / timings["time/generate"],
                 "perf/learner_tokens_per_s": learner["learner/tokens"] / max(learner["learner/seconds"], 1e-9),
                 "perf/step_seconds": step_seconds, "data/epoch": float(self.loader.epoch)}
 
