@@ -22,6 +22,11 @@ class ConfigError(ValueError):
     """A bad user input, reported as one line naming the config field and the fix."""
 
 
+class RunError(RuntimeError):
+    """A failure after start-up whose cause is known (a dead engine, a sync timeout, a model that does not fit):
+    one line naming the cause and the setting to change. The steps and checkpoints already written are kept."""
+
+
 @dataclass
 class ModelConfig:
     # Local Hugging Face model folder. Empty = the embedded default model (SmolLM2-135M-Instruct, converted once
@@ -64,13 +69,19 @@ class AlgoConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = "hf"  # hf (CPU/debug). vllm comes with the GPU path.
+    engine: str = "hf"  # hf (CPU/debug, transformers generate) | vllm (GPU, pip install 'rlpost[vllm]')
     num_engines: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     max_new_tokens: int = 256
-    batch_size: int = 64  # sequences per generate() call inside one engine
+    batch_size: int = 64  # sequences per generate() call inside one engine (hf)
+    # vLLM only:
+    tensor_parallel_size: int = 1  # GPUs per engine
+    gpu_memory_utilization: float = 0.85  # fraction of each engine GPU vLLM may take (weights + KV cache)
+    max_model_len: int = 0  # 0 = data.max_prompt_tokens + rollout.max_new_tokens
+    enforce_eager: bool = False  # true skips CUDA graphs and compilation: faster start, slower decoding
+    sleep_level: int = 2  # colocated: free vLLM's memory while the learner trains (1 keeps weights on CPU, 0 off)
 
 
 @dataclass
@@ -90,7 +101,7 @@ class LearnerConfig:
 
 @dataclass
 class SyncConfig:
-    transport: str = "auto"  # auto (placement decides) | gloo
+    transport: str = "auto"  # auto (placement decides: cpu -> gloo, colocated GPUs -> ipc, split -> nccl)
     bucket_mb: float = 64.0
     timeout_s: float = 300.0
 
@@ -140,7 +151,8 @@ class ClusterConfig:
     name: str = "debug_cpu"
     address: str = ""  # "" = join a running cluster if there is one ("auto"), else start a local one
     num_cpus: int = 0  # logical CPUs of a local cluster (0 = enough for every actor)
-    device: str = "cpu"
+    device: str = "cpu"  # cpu | cuda
+    colocate: bool = False  # cuda: learner ranks and rollout engines share GPUs (one engine per learner GPU)
 
 
 @dataclass

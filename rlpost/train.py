@@ -8,6 +8,7 @@ Bad input ends the run with one line on stderr naming the field (exit code 2), b
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from rlpost.config import ConfigError, register_configs
+from rlpost.config import ConfigError, RunError, register_configs
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 register_configs()
@@ -45,13 +46,28 @@ def run(cfg: DictConfig) -> list[dict[str, float]]:
         trainer.close()
 
 
+def user_error(err: BaseException) -> str | None:
+    """The one-line message of a ConfigError/RunError, also when Ray wraps it (an actor's method raised it:
+    RayTaskError.cause; an actor's __init__ raised it: only the text survives, in ActorDiedError's message)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, (ConfigError, RunError)):
+            return str(seen).splitlines()[0] if str(seen) else type(seen).__name__
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    found = re.findall(r"(?:ConfigError|RunError): (.+)", str(err))
+    return found[-1].strip() if found else None
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except ConfigError as err:
-        print(f"rlpost: error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+    except Exception as err:
+        message = user_error(err)
+        if message is None:
+            raise
+        print(f"rlpost: error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2 if isinstance(err, ConfigError) else 1) from None
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
 from rlpost.algos import ADVANTAGES
-from rlpost.cluster.groups import LearnerGroup, RewardGroup, RolloutGroup, WeightSync
+from rlpost.cluster.groups import LearnerGroup, Placement, RewardGroup, RolloutGroup, WeightSync
 from rlpost.cluster.ray_cluster import init_ray
 from rlpost.data import PromptLoader, build_prompts, load_rows, resolve_data_path
 from rlpost.learner.actor import MiniBatch, TrainItem
@@ -64,10 +64,13 @@ class Trainer:
         needed = cfg.learner.num_ranks + cfg.rollout.num_engines + cfg.reward.num_actors
         init_ray(cfg.cluster.address, cfg.cluster.num_cpus or max(needed, os.cpu_count() or 1))
         self.rewards = RewardGroup(OmegaConf.to_object(cfg.reward), cfg.cluster.device)
-        self.rollout = RolloutGroup(plain, self.model_path)
-        self.learners = LearnerGroup(plain, self.model_path, total_optimizer_steps)
-        transport = choose_transport(cfg.sync.transport, cfg.cluster.device, colocated=False)
-        self.sync = WeightSync(self.learners, self.rollout, transport, cfg.sync.bucket_mb, cfg.sync.timeout_s)
+        self.placement = Placement(plain)
+        # Engines first: vLLM sizes its KV cache from the memory free at start-up, before the learner's arrives.
+        self.rollout = RolloutGroup(plain, self.model_path, self.placement)
+        self.learners = LearnerGroup(plain, self.model_path, total_optimizer_steps, self.placement)
+        transport = choose_transport(cfg.sync.transport, cfg.cluster.device, cfg.cluster.colocate)
+        self.sync = WeightSync(self.learners, self.rollout, transport, cfg.sync.bucket_mb, cfg.sync.timeout_s,
+                               cfg.rollout.tensor_parallel_size)
 
     def sampling_params(self, step: int) -> SamplingParams:
         rc = self.cfg.rollout
@@ -82,6 +85,7 @@ class Trainer:
         batch = self.loader.next_batch(cfg.trainer.prompts_per_step)
         t = time.perf_counter()
         samples = self.rollout.generate([p.ids for p in batch for _ in range(group)], self.sampling_params(step))
+        self.rollout.sleep()  # colocated: the learner gets the GPU memory until the next sync
         timings["time/generate"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -133,7 +137,7 @@ class Trainer:
 
     def close(self) -> None:
         """Kill this run's actors and free their placement groups (the Ray cluster itself stays up)."""
-        for group in (getattr(self, name, None) for name in ("rewards", "rollout", "learners")):
+        for group in (getattr(self, name, None) for name in ("rewards", "rollout", "learners", "placement")):
             if group is not None:
                 group.shutdown()
 

@@ -3,11 +3,14 @@ the config field and the fix (`ConfigError`)."""
 
 from __future__ import annotations
 
+import os
+
 from omegaconf import DictConfig
 
 from rlpost.algos import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
 from rlpost.config import ConfigError, samples_per_rank
 from rlpost.rewards.loader import load_reward_fn
+from rlpost.sync.transport import TRANSPORTS
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -52,8 +55,7 @@ def validate(cfg: DictConfig) -> None:
              f"learner.lr_schedule={lc.lr_schedule!r}: choose constant or cosine")
     _require(cfg.model.dtype in DTYPES, f"model.dtype={cfg.model.dtype!r}: choose one of {', '.join(DTYPES)}")
 
-    _require(rc.engine == "hf",
-             f"rollout.engine={rc.engine!r}: this version ships the hf engine; set rollout.engine=hf")
+    _require(rc.engine in ("hf", "vllm"), f"rollout.engine={rc.engine!r}: choose hf (CPU/debug) or vllm (GPU)")
     _require(rc.num_engines >= 1, f"rollout.num_engines={rc.num_engines}: must be >= 1")
     _require(rc.temperature >= 0, f"rollout.temperature={rc.temperature}: must be >= 0 (0 = greedy)")
     _require(0 < rc.top_p <= 1, f"rollout.top_p={rc.top_p}: must be in (0, 1]")
@@ -61,10 +63,7 @@ def validate(cfg: DictConfig) -> None:
     _require(rc.max_new_tokens >= 1, f"rollout.max_new_tokens={rc.max_new_tokens}: must be >= 1")
     _require(rc.batch_size >= 1, f"rollout.batch_size={rc.batch_size}: must be >= 1")
 
-    _require(cfg.cluster.device == "cpu", f"cluster.device={cfg.cluster.device!r}: this version runs on cpu; "
-             "set cluster=debug_cpu")
-    _require(cfg.sync.transport in ("auto", "gloo"),
-             f"sync.transport={cfg.sync.transport!r}: on cpu the transport is gloo; set sync.transport=auto")
+    _validate_placement(cfg)
     _require(cfg.sync.bucket_mb > 0, f"sync.bucket_mb={cfg.sync.bucket_mb}: must be > 0")
     _require(cfg.sync.timeout_s > 0, f"sync.timeout_s={cfg.sync.timeout_s}: must be > 0")
 
@@ -75,3 +74,39 @@ def validate(cfg: DictConfig) -> None:
     _require(rw.item_timeout_s > 0, f"reward.item_timeout_s={rw.item_timeout_s}: must be > 0")
     for i, spec in enumerate(rw.functions):
         load_reward_fn(spec, i)  # raises ConfigError naming reward.functions[i]
+
+
+def _validate_placement(cfg: DictConfig) -> None:
+    cl, rc, lc = cfg.cluster, cfg.rollout, cfg.learner
+    _require(cl.device in ("cpu", "cuda"), f"cluster.device={cl.device!r}: choose cpu or cuda")
+    _require(cfg.sync.transport in ("auto", *TRANSPORTS),
+             f"sync.transport={cfg.sync.transport!r}: choose auto or one of {', '.join(TRANSPORTS)}")
+    if cl.device == "cpu":
+        _require(rc.engine == "hf", f"rollout.engine={rc.engine!r} needs GPUs; on cluster.device=cpu use "
+                 "rollout.engine=hf (cluster=debug_cpu), or pick cluster=single_gpu / cluster=split")
+        _require(cfg.sync.transport in ("auto", "gloo"),
+                 f"sync.transport={cfg.sync.transport!r}: on cpu the transport is gloo; set sync.transport=auto")
+        _require(not cl.colocate, "cluster.colocate=true shares GPUs; on cluster.device=cpu set it false")
+        return
+    if not cl.address and not os.environ.get("RAY_ADDRESS"):
+        import torch  # a local cluster: this machine's GPUs are the cluster's
+
+        _require(torch.cuda.is_available(), f"cluster={cl.name} needs a GPU but this machine has none (and no "
+                 "cluster.address is set); use cluster=debug_cpu, or submit to a GPU cluster")
+    if rc.engine == "vllm":
+        from rlpost.rollout.vllm_engine import check_vllm
+
+        check_vllm()
+    _require(rc.tensor_parallel_size >= 1, f"rollout.tensor_parallel_size={rc.tensor_parallel_size}: must be >= 1")
+    _require(0 < rc.gpu_memory_utilization <= 1,
+             f"rollout.gpu_memory_utilization={rc.gpu_memory_utilization}: must be in (0, 1]")
+    _require(rc.sleep_level in (0, 1, 2), f"rollout.sleep_level={rc.sleep_level}: choose 0, 1 or 2")
+    if cl.colocate:
+        _require(rc.tensor_parallel_size == 1 and rc.num_engines == lc.num_ranks,
+                 f"cluster.colocate=true puts one engine on each learner GPU: set rollout.num_engines="
+                 f"learner.num_ranks ({lc.num_ranks}) and rollout.tensor_parallel_size=1, or use cluster=split")
+        _require(cfg.sync.transport in ("auto", "ipc"), f"sync.transport={cfg.sync.transport!r}: colocated "
+                 "learner and engines share GPUs, where NCCL refuses two ranks per GPU; set sync.transport=auto")
+    else:
+        _require(cfg.sync.transport in ("auto", "nccl"), f"sync.transport={cfg.sync.transport!r}: split GPU "
+                 "groups sync over NCCL; set sync.transport=auto")

@@ -5,10 +5,10 @@ trainer sees three groups with plain methods."""
 from __future__ import annotations
 
 import ray
-from ray.util.placement_group import remove_placement_group
+from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-from rlpost.cluster.ray_cluster import actor_env, create_placement_group, in_bundle
-from rlpost.config import RewardConfig
+from rlpost.cluster.ray_cluster import actor_env, create_placement_group, in_bundle, require_gpus
+from rlpost.config import ConfigError, RewardConfig, RunError
 from rlpost.learner.actor import LearnerRank, MiniBatch
 from rlpost.rewards.manager import RewardManager, RewardResult
 from rlpost.rollout.engine import Sample, SamplingParams
@@ -40,13 +40,47 @@ class ActorGroup:
             remove_placement_group(self.pg)
 
 
+class Placement:
+    """Where each group's actors go. CPU: one bundle per actor. GPU, split: learner bundles of one GPU, rollout
+    bundles of `tensor_parallel_size` GPUs. GPU, colocated: one bundle per GPU holding a learner rank and an engine,
+    half a GPU each in Ray's books (the engine sleeps while the learner trains, so they take turns for real)."""
+
+    def __init__(self, cfg: dict) -> None:
+        self.device, self.colocated = cfg["cluster"]["device"], cfg["cluster"]["colocate"]
+        n_ranks, rc = cfg["learner"]["num_ranks"], cfg["rollout"]
+        self.shared = None
+        if self.device == "cpu":
+            self.learner_bundles, self.rollout_bundles = [{"CPU": 1}] * n_ranks, [{"CPU": 1}] * rc["num_engines"]
+            self.learner_gpus = self.engine_gpus = 0.0
+        elif self.colocated:
+            require_gpus(n_ranks, cfg["cluster"]["name"])
+            self.shared = create_placement_group("gpus", [{"GPU": 1, "CPU": 2}] * n_ranks)
+            self.learner_gpus = self.engine_gpus = 0.5
+        else:
+            tp = rc["tensor_parallel_size"]
+            require_gpus(n_ranks + rc["num_engines"] * tp, cfg["cluster"]["name"])
+            self.learner_bundles = [{"GPU": 1, "CPU": 1}] * n_ranks
+            self.rollout_bundles = [{"GPU": tp, "CPU": 1}] * rc["num_engines"]
+            self.learner_gpus, self.engine_gpus = 1.0, float(tp)
+
+    def group(self, name: str) -> PlacementGroup:
+        if self.shared is not None:
+            return self.shared
+        return create_placement_group(name, self.learner_bundles if name == "learner" else self.rollout_bundles)
+
+    def shutdown(self) -> None:
+        if self.shared is not None:
+            remove_placement_group(self.shared)
+
+
 class LearnerGroup(ActorGroup):
-    def __init__(self, cfg: dict, model_path: str, total_optimizer_steps: int) -> None:
+    def __init__(self, cfg: dict, model_path: str, total_optimizer_steps: int, placement: Placement) -> None:
         n = cfg["learner"]["num_ranks"]
         device = cfg["cluster"]["device"]
-        self.pg = create_placement_group("learner", [{"CPU": 1}] * n)
+        pg = placement.group("learner")
+        self.pg = None if placement.shared else pg
         actor = ray.remote(LearnerRank)
-        options = [dict(num_cpus=1, scheduling_strategy=in_bundle(self.pg, i),
+        options = [dict(num_cpus=1, num_gpus=placement.learner_gpus, scheduling_strategy=in_bundle(pg, i),
                         runtime_env={"env_vars": actor_env(device)}) for i in range(n)]
         self.ranks = self.actors = [actor.options(**options[i]).remote(cfg, i, n, model_path, total_optimizer_steps)
                                     for i in range(n)]
@@ -68,16 +102,41 @@ class LearnerGroup(ActorGroup):
 
 
 class RolloutGroup(ActorGroup):
-    def __init__(self, cfg: dict, model_path: str) -> None:
+    def __init__(self, cfg: dict, model_path: str, placement: Placement) -> None:
         rc = cfg["rollout"]
         device = cfg["cluster"]["device"]
-        self.pg = create_placement_group("rollout", [{"CPU": 1}] * rc["num_engines"])
-        actor = ray.remote(HFEngine)
-        self.engines = self.actors = [actor.options(num_cpus=1, scheduling_strategy=in_bundle(self.pg, i),
-                                      runtime_env={"env_vars": actor_env(device)})
-                        .remote(model_path, cfg["model"]["dtype"], rc["batch_size"], device)
-                        for i in range(rc["num_engines"])]
+        pg = placement.group("rollout")
+        self.pg = None if placement.shared else pg
+        self.colocated = placement.colocated
+        if rc["engine"] == "vllm":
+            from rlpost.rollout.vllm_engine import VLLMEngine
+
+            actor = ray.remote(VLLMEngine)
+            max_len = rc["max_model_len"] or cfg["data"]["max_prompt_tokens"] + rc["max_new_tokens"]
+            args = [dict(model_path=model_path, dtype=cfg["model"]["dtype"],
+                         tensor_parallel_size=rc["tensor_parallel_size"],
+                         gpu_memory_utilization=rc["gpu_memory_utilization"], max_model_len=max_len,
+                         enforce_eager=rc["enforce_eager"], sleep_level=rc["sleep_level"] if self.colocated else 0,
+                         seed=cfg["trainer"]["seed"] + i, sync_timeout_s=cfg["sync"]["timeout_s"])
+                    for i in range(rc["num_engines"])]
+        else:
+            actor = ray.remote(HFEngine)
+            args = [dict(model_path=model_path, dtype=cfg["model"]["dtype"], batch_size=rc["batch_size"],
+                         device=device)] * rc["num_engines"]
+        self.engines = self.actors = [actor.options(num_cpus=1, num_gpus=placement.engine_gpus,
+                                                    scheduling_strategy=in_bundle(pg, i),
+                                                    runtime_env={"env_vars": actor_env(device)}).remote(**args[i])
+                                      for i in range(rc["num_engines"])]
         ray.get([e.ready.remote() for e in self.engines])
+
+    def sleep(self) -> None:
+        """Colocated vLLM: free the engines' GPU memory for the learner (no-op otherwise)."""
+        if self.colocated:
+            ray.get([e.sleep.remote() for e in self.engines])
+
+    def wake_up(self, tags: list[str]) -> None:
+        if self.colocated:
+            ray.get([e.wake_up.remote(tags) for e in self.engines])
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Sample]:
         chunks = _split(prompts, len(self.engines))
@@ -124,20 +183,56 @@ class RewardGroup(ActorGroup):
 
 
 class WeightSync:
-    """Learner rank 0 -> every rollout engine, over a dedicated group of the chosen transport."""
+    """Learner -> every rollout engine, over a dedicated group of the chosen transport (see `rlpost.sync`).
+
+    Broadcast transports (gloo, nccl): learner rank 0 is rank 0 of the group; engine i's workers are ranks
+    1 + i * tp ... . IPC: each learner rank serves the engine workers on its own GPU, matched by GPU UUID.
+    Every call here is bounded by `sync.timeout_s`: a peer that dies or hangs raises one line, never blocks.
+    """
 
     def __init__(self, learners: LearnerGroup, rollout: RolloutGroup, transport: str, bucket_mb: float,
-                 timeout_s: float) -> None:
-        self.learners, self.rollout = learners, rollout
+                 timeout_s: float, tensor_parallel_size: int = 1) -> None:
+        self.learners, self.rollout, self.transport, self.timeout_s = learners, rollout, transport, timeout_s
         plan = ray.get([r.sync_plan.remote(bucket_mb) for r in learners.ranks])[0]
-        host, port = ray.get(learners.ranks[0].address.remote())
-        info = SyncGroupInfo(transport, host, port, 1 + len(rollout.engines), timeout_s)
+        engines = rollout.engines
+        if transport == "ipc":
+            info = self._ipc_info(plan)
+            first_ranks = [0] * len(engines)
+        else:
+            host, port = ray.get(learners.ranks[0].address.remote())
+            info = SyncGroupInfo(transport, host, port, 1 + len(engines) * tensor_parallel_size, timeout_s)
+            first_ranks = [1 + i * tensor_parallel_size for i in range(len(engines))]
         # Every member joins at once: group construction blocks until all of them are there.
-        ray.get([r.init_weight_sync.remote(info) for r in learners.ranks]
-                + [e.init_weight_sync.remote(info, i + 1, plan) for i, e in enumerate(rollout.engines)])
+        self._get([r.init_weight_sync.remote(info) for r in learners.ranks]
+                  + [e.init_weight_sync.remote(info, k, plan) for e, k in zip(engines, first_ranks, strict=True)],
+                  "setting up the sync group")
         self.num_buckets = len(plan)
 
+    def _ipc_info(self, plan: list) -> SyncGroupInfo:
+        learner_uuids = ray.get([r.gpu_uuid.remote() for r in self.learners.ranks])
+        worker_uuids = [u for uuids in ray.get([e.gpu_uuids.remote() for e in self.rollout.engines]) for u in uuids]
+        stray = sorted(set(worker_uuids) - set(learner_uuids))
+        if stray:
+            raise ConfigError(f"sync.transport=ipc: engine GPUs {stray} host no learner rank; colocate them (cluster."
+                              "colocate=true, rollout.num_engines=learner.num_ranks) or use sync.transport=nccl")
+        addresses = ray.get([r.address.remote() for r in self.learners.ranks])
+        senders = {uuid: (host, port, worker_uuids.count(uuid))
+                   for uuid, (host, port) in zip(learner_uuids, addresses, strict=True) if uuid in worker_uuids}
+        return SyncGroupInfo("ipc", "", 0, 0, self.timeout_s, ipc_senders=senders,
+                             slot_bytes=max(b.nbytes for b in plan))
+
+    def _get(self, refs: list, what: str) -> list:
+        try:
+            return ray.get(refs, timeout=self.timeout_s + 30)
+        except ray.exceptions.GetTimeoutError:
+            raise RunError(f"sync: {what} did not finish within sync.timeout_s={self.timeout_s:.0f}s "
+                               f"(transport {self.transport}); a learner rank or engine died or hangs, see the "
+                               "log above; raise sync.timeout_s if the model is very large") from None
+
     def sync(self) -> dict[str, float]:
-        results = ray.get([r.send_weights.remote() for r in self.learners.ranks]
-                          + [e.receive_weights.remote() for e in self.rollout.engines])
+        """Colocated engines wake their weights first, take the new ones, then re-allocate the KV cache."""
+        self.rollout.wake_up(["weights"])
+        results = self._get([r.send_weights.remote() for r in self.learners.ranks]
+                            + [e.receive_weights.remote() for e in self.rollout.engines], "weight sync")
+        self.rollout.wake_up(["kv_cache"])
         return results[0]

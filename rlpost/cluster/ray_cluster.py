@@ -55,5 +55,15 @@ def create_placement_group(name: str, bundles: list[dict[str, float]], timeout_s
     return pg
 
 
+def require_gpus(needed: int, cluster_name: str) -> None:
+    """Fail at once, in one line, when the cluster cannot ever place the GPU groups (rather than after the
+    placement-group timeout)."""
+    have = int(ray.cluster_resources().get("GPU", 0))
+    if have < needed:
+        raise ConfigError(f"cluster={cluster_name} needs {needed} GPU(s) but the Ray cluster has {have}; use "
+                          "cluster=debug_cpu on a machine without GPUs, or lower learner.num_ranks / "
+                          "rollout.num_engines / rollout.tensor_parallel_size")
+
+
 def in_bundle(pg: PlacementGroup, index: int) -> PlacementGroupSchedulingStrategy:
     return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index)

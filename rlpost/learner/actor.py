@@ -21,11 +21,19 @@ from dataclasses import dataclass
 
 import torch
 
-from rlpost.algos import KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, entropy_from_logits, masked_mean
-from rlpost.config import samples_per_rank
+from rlpost.algos import KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, masked_mean
+from rlpost.config import RunError, samples_per_rank
 from rlpost.digest import weights_digest
 from rlpost.learner.ds_config import build_ds_config, build_ref_ds_config, lr_multiplier
-from rlpost.learner.logprobs import PackedBatch, forward_logits, pack, repack, sequence_logprobs, token_logprobs
+from rlpost.learner.logprobs import (
+    PackedBatch,
+    forward_logits,
+    pack,
+    repack,
+    sequence_logprobs,
+    token_entropy,
+    token_logprobs,
+)
 from rlpost.sync.buckets import Bucket, TensorSpec, plan_buckets
 from rlpost.sync.transport import SyncGroupInfo, WeightTransport, create_transport
 from rlpost.sync.weights import send_weights
@@ -72,14 +80,27 @@ class LearnerRank:
 
     def setup(self, master_addr: str, master_port: int) -> None:
         import deepspeed
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
         lc, algo = self.cfg["learner"], self.cfg["algo"]
         device = self.cfg["cluster"]["device"]
+        if device == "cuda":
+            torch.cuda.set_device(0)  # Ray shows each rank exactly its own GPU(s) through CUDA_VISIBLE_DEVICES
         deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl")
         self.device = torch.device("cpu") if device == "cpu" else torch.device("cuda", torch.cuda.current_device())
+        self.colocated = bool(self.cfg["cluster"].get("colocate", False))
+        try:
+            self._build_models(deepspeed, lc, algo)
+        except torch.OutOfMemoryError as e:
+            raise RunError(
+                f"learner: the model does not fit on the GPU at learner.zero_stage={lc['zero_stage']} "
+                f"({str(e).splitlines()[0][:120]}); raise learner.zero_stage to 3, add learner.num_ranks, set "
+                "learner.gradient_checkpointing=true or lower rollout.gpu_memory_utilization") from None
+
+    def _build_models(self, deepspeed, lc: dict, algo: dict) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         torch.manual_seed(self.cfg["trainer"]["seed"])
         dtype = self.cfg["model"]["dtype"]
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
@@ -88,13 +109,14 @@ class LearnerRank:
 
         # Weights load in fp32 and DeepSpeed casts to the configured training dtype (it keeps fp32 master
         # weights in the optimizer either way).
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32).to(self.device)
         if lc["gradient_checkpointing"]:
             model.gradient_checkpointing_enable()
         self.zero_stage = lc["zero_stage"]
         self.zero3 = self.zero_stage == 3
+        # torch's fused AdamW on GPU: one kernel for all parameters, no DeepSpeed op to compile.
         optimizer = torch.optim.AdamW(model.parameters(), lr=lc["lr"], betas=tuple(lc["betas"]),
-                                      weight_decay=lc["weight_decay"])
+                                      weight_decay=lc["weight_decay"], fused=self.device.type == "cuda")
         self.micro = lc["micro_batch_size"]
         self.accum = samples_per_rank(self.cfg["trainer"]["prompts_per_step"], algo["group_size"],
                                       algo["num_minibatches"], self.world_size) // self.micro
@@ -169,6 +191,8 @@ class LearnerRank:
         metrics["actor/lr"] = float(self.engine.get_lr()[0])
         metrics["learner/tokens"] = float(tokens)
         metrics["learner/seconds"] = time.perf_counter() - t0
+        if self.colocated:
+            torch.cuda.empty_cache()  # hand activation memory back before the colocated engine wakes up
         return metrics
 
     def _micro_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, old: torch.Tensor | None,
@@ -193,7 +217,7 @@ class LearnerRank:
             means.add("actor/kl", masked_mean(kl.detach(), mask), n)
         with torch.no_grad():
             means.add("actor/pg_loss", masked_mean(per_token, mask), n)
-            means.add("actor/entropy", masked_mean(entropy_from_logits(logits), mask), n)
+            means.add("actor/entropy", masked_mean(token_entropy(logits, self.temperature), mask), n)
             means.add("actor/clip_frac", clip_frac, n)
             if first_pass:  # the policy still equals the one that sampled: engine and learner must agree
                 rollout = repack([it.rollout_logprobs for it in micro], mask)
@@ -214,9 +238,19 @@ class LearnerRank:
         self._plan = plan_buckets(specs, int(bucket_mb * 2**20))
         return self._plan
 
+    def gpu_uuid(self) -> str:
+        from rlpost.sync.ipc import gpu_uuid
+
+        return gpu_uuid()
+
     def init_weight_sync(self, info: SyncGroupInfo) -> None:
-        """Rank 0 joins the sync group as its sender; other ranks only take part in ZeRO-3 gathers."""
-        if self.rank == 0:
+        """Broadcast transports: rank 0 is the sender; other ranks only take part in ZeRO-3 gathers. IPC: every
+        rank that shares its GPU with engine workers sends to them (each rank holds full tensors after the
+        gather, so no rank has to ship weights to another GPU)."""
+        if info.transport == "ipc":
+            if self.gpu_uuid() in info.ipc_senders:
+                self._transport = create_transport(info, 0)
+        elif self.rank == 0:
             self._transport = create_transport(info, 0)
 
     @contextmanager

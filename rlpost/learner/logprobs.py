@@ -40,10 +40,63 @@ def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int) ->
     return PackedBatch(input_ids, attention, mask)
 
 
+# fp32 temporaries per chunk: ~256 MB whatever the vocabulary, instead of batch x length x vocab x 4 bytes.
+CHUNK_BYTES = 2**28
+
+
+def _chunk_rows(vocab: int) -> int:
+    return max(1, CHUNK_BYTES // (4 * vocab))
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    """log_softmax(x / T)[target] row by row in chunks, for x of shape [N, V] (logits in their own dtype).
+
+    Forward keeps only the [N] result; backward recomputes softmax per chunk: d/dx_j = (1[j = target] - p_j) / T.
+    Autograd through a plain `log_softmax(x.float() / T)` would save fp32 copies of the whole [N, V] logits, which
+    for a 150k vocabulary and a few thousand tokens is gigabytes more than the logits themselves.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+        out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        step = _chunk_rows(logits.shape[1])
+        for s in range(0, logits.shape[0], step):
+            x = logits[s:s + step].float() / temperature
+            out[s:s + step] = x.gather(-1, targets[s:s + step, None]).squeeze(-1) - torch.logsumexp(x, dim=-1)
+        ctx.save_for_backward(logits, targets)
+        ctx.temperature = temperature
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        logits, targets = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        step = _chunk_rows(logits.shape[1])
+        for s in range(0, logits.shape[0], step):
+            g = grad_out[s:s + step, None].float()
+            chunk = -torch.softmax(logits[s:s + step].float() / ctx.temperature, dim=-1) * g
+            chunk.scatter_add_(-1, targets[s:s + step, None], g)
+            grad[s:s + step] = (chunk / ctx.temperature).to(grad.dtype)
+        return grad, None, None
+
+
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log_softmax(logits / T) at the target tokens; logits [B, T, V], targets [B, T] -> [B, T] in float32."""
-    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    """log_softmax(logits / T) at the target tokens; logits [B, T, V], targets [B, T] -> [B, T] in float32.
+    Computed in chunks of rows (see `_TokenLogprobs`), differentiable with respect to the logits."""
+    flat = _TokenLogprobs.apply(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), temperature)
+    return flat.view(targets.shape)
+
+
+@torch.no_grad()
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / T) per position, [B, T, V] -> [B, T] float32, in chunks (a metric: no grad)."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
+    step = _chunk_rows(flat.shape[1])
+    for s in range(0, flat.shape[0], step):
+        logp = torch.log_softmax(flat[s:s + step].float() / temperature, dim=-1)
+        out[s:s + step] = -(logp.exp() * logp).sum(-1)
+    return out.view(logits.shape[:-1])
 
 
 def forward_logits(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:

@@ -55,6 +55,12 @@ class RolloutEngine(ABC):
     def receive_weights(self) -> int:
         """Receive one full set of weights from the sender; returns the number of tensors loaded."""
 
+    def sleep(self) -> None:  # noqa: B027 - engines without sleep mode keep their memory
+        """Free GPU memory (weights and cache) for a colocated learner; `wake_up` brings it back."""
+
+    def wake_up(self, tags: list[str]) -> None:  # noqa: B027
+        """Re-allocate the memory tagged `tags` ("weights", then "kv_cache" after the weights are synced)."""
+
     @abstractmethod
     def weights_digest(self) -> str:
         """A hash of every parameter's bytes, to prove after a sync that engine and learner hold the same."""

@@ -24,10 +24,13 @@ def send_weights(transport: WeightTransport | None, plan: list[Bucket],
     for bucket in plan:
         with gather(bucket) as tensors:
             if transport is not None:
-                transport.send(flatten(tensors, bucket))
+                transport.send(flatten(tensors, bucket, tensors[0].device))
                 nbytes += bucket.nbytes
+    if transport is not None:
+        transport.flush()
     seconds = time.perf_counter() - t0
-    return {"sync/seconds": seconds, "sync/gb": nbytes / 1e9, "sync/buckets": float(len(plan))}
+    return {"sync/seconds": seconds, "sync/gb": nbytes / 1e9, "sync/gb_per_s": nbytes / 1e9 / max(seconds, 1e-9),
+            "sync/buckets": float(len(plan))}
 
 
 def receive_weights(transport: WeightTransport, plan: list[Bucket], load: Callable[[NamedTensors], None]) -> int:
@@ -35,5 +38,6 @@ def receive_weights(transport: WeightTransport, plan: list[Bucket], load: Callab
     count = 0
     for bucket in plan:
         load(unflatten(transport.receive(bucket), bucket))
+        transport.release()
         count += len(bucket.specs)
     return count
