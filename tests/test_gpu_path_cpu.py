@@ -1,0 +1,118 @@
+"""The parts of the GPU path that run on CPU: chunked logprobs (values and gradients against the plain formula),
+the wire format of vLLM worker-extension calls, placement errors, and the one-line error extraction."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import ray
+import torch
+from hydra import compose, initialize_config_dir
+
+from rlpost.config import ConfigError, RunError
+from rlpost.learner import logprobs as lp
+from rlpost.rollout.vllm_worker import info_from_wire, plan_from_wire, plan_to_wire
+from rlpost.sync.buckets import Bucket, TensorSpec
+from rlpost.sync.transport import SyncGroupInfo
+from rlpost.train import CONFIG_DIR, user_error
+from rlpost.validate import validate
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_token_logprobs_match_log_softmax(monkeypatch, temperature: float) -> None:
+    monkeypatch.setattr(lp, "CHUNK_BYTES", 4 * 11 * 3)  # 3 rows per chunk over 2 x 5 rows: uneven last chunk
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 11, (2, 5))
+    plain = torch.log_softmax(logits / temperature, -1).gather(-1, targets[..., None]).squeeze(-1)
+    chunked = lp.token_logprobs(logits, targets, temperature)
+    assert chunked.dtype == torch.float32 and chunked.shape == (2, 5)
+    assert torch.allclose(chunked.double(), plain, atol=1e-6)
+    weights = torch.randn(2, 5, dtype=torch.float64)
+    (g_plain,) = torch.autograd.grad((plain * weights).sum(), logits)
+    (g_chunked,) = torch.autograd.grad((chunked.double() * weights).sum(), logits)
+    assert torch.allclose(g_chunked, g_plain, atol=1e-6)
+
+
+def test_chunked_logprob_gradient_by_hand() -> None:
+    """Two tokens, logits (0, 0), target 0, T = 1: logprob = log 1/2, d/dlogits = (1 - 1/2, -1/2)."""
+    logits = torch.zeros(1, 1, 2, requires_grad=True)
+    out = lp.token_logprobs(logits, torch.tensor([[0]]))
+    assert out.item() == pytest.approx(-0.6931472)
+    out.sum().backward()
+    assert logits.grad.view(-1).tolist() == pytest.approx([0.5, -0.5])
+
+
+def test_token_entropy_matches_formula(monkeypatch) -> None:
+    monkeypatch.setattr(lp, "CHUNK_BYTES", 4 * 4 * 2)
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [10.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0]]])
+    p = torch.softmax(logits / 2.0, -1)
+    assert torch.allclose(lp.token_entropy(logits, 2.0), -(p * p.log()).sum(-1))
+    assert lp.token_entropy(logits)[0, 0].item() == pytest.approx(torch.log(torch.tensor(4.0)).item())
+
+
+def test_worker_extension_wire_format_round_trips() -> None:
+    plan = [Bucket((TensorSpec("a.weight", (4, 3), torch.bfloat16), TensorSpec("a.bias", (4,), torch.bfloat16))),
+            Bucket((TensorSpec("b", (2,), torch.float32),))]
+    wire = plan_to_wire(plan)
+    assert wire[0][0] == ["a.weight", [4, 3], "bfloat16"]
+    assert plan_from_wire(wire) == plan
+    info = SyncGroupInfo("ipc", "", 0, 0, 30.0, ipc_senders={"GPU-1": ("10.0.0.1", 123, 2)}, slot_bytes=64)
+    from dataclasses import asdict
+
+    assert info_from_wire(asdict(info)) == info
+
+
+def make(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=["experiment=gsm8k_grpo_debug", *overrides])
+
+
+def test_gpu_cluster_presets_compose() -> None:
+    single = make("cluster=single_gpu")
+    assert (single.cluster.device, single.cluster.colocate, single.rollout.engine) == ("cuda", True, "vllm")
+    assert single.learner.num_ranks == single.rollout.num_engines == 1  # the preset wins over the experiment
+    split = make("cluster=split", "rollout.num_engines=2", "rollout.tensor_parallel_size=2")
+    assert (split.cluster.colocate, split.rollout.num_engines, split.rollout.tensor_parallel_size) == (False, 2, 2)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the message a machine without a GPU gets")
+def test_gpu_cluster_without_gpu_is_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"^cluster=single_gpu needs a GPU .*cluster=debug_cpu"):
+        validate(make("cluster=single_gpu"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_vllm_missing_is_one_line() -> None:
+    # With a remote cluster address the GPU check is the cluster's; the vLLM check still runs on the driver.
+    with pytest.raises(ConfigError, match=r"vLLM is not installed; pip install 'rlpost\[vllm\]'"):
+        validate(make("cluster=split", "cluster.address=ray://head:10001"))
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (["rollout.engine=vllm"], "rollout.engine"),  # cpu cluster
+    (["sync.transport=nccl"], "sync.transport"),  # cpu cluster
+    (["cluster.colocate=true"], "cluster.colocate"),
+    (["cluster.device=tpu"], "cluster.device"),
+])
+def test_placement_errors_name_the_field(overrides: list[str], field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        validate(make(*overrides))
+    assert field in str(err.value) and "\n" not in str(err.value)
+
+
+def test_user_error_unwraps_ray_errors() -> None:
+    assert user_error(ConfigError("a.b=1: fix it")) == "a.b=1: fix it"
+    assert user_error(ValueError("other")) is None
+    try:
+        raise RunError("sync: weight sync did not finish")
+    except RunError as inner:
+        wrapped = ray.exceptions.RayTaskError("send_weights", "traceback", inner)
+    assert user_error(wrapped) == "sync: weight sync did not finish"
+    # An actor whose __init__ raised: only the text survives in ActorDiedError's message.
+    died = RuntimeError("The actor died because of an error raised in its creation task, ray::VLLMEngine.__init__"
+                        "()\nrlpost.config.RunError: rollout: vLLM could not start (ValueError: no memory)")
+    assert user_error(died) == "rollout: vLLM could not start (ValueError: no memory)"
