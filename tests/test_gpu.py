@@ -97,8 +97,8 @@ def test_colocated_ipc_sync_and_logprob_agreement(gpu_ray, smollm_dir: str, tmp_
     cfg = gpu_cfg(smollm_dir, run_dir, f"learner.zero_stage={zero_stage}", "learner.lr=3e-4")
     validate(cfg)
     trainer = Trainer(cfg, smollm_dir, run_dir)
-    trainer.start()
     try:
+        trainer.start()
         assert trainer.sync.transport == "ipc"
         params = SamplingParams(temperature=1.0, max_new_tokens=48, seed=7)
         prompts = [p.ids for p in trainer.loader.prompts[:4]]

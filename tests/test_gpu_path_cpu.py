@@ -116,3 +116,20 @@ def test_user_error_unwraps_ray_errors() -> None:
     died = RuntimeError("The actor died because of an error raised in its creation task, ray::VLLMEngine.__init__"
                         "()\nrlpost.config.RunError: rollout: vLLM could not start (ValueError: no memory)")
     assert user_error(died) == "rollout: vLLM could not start (ValueError: no memory)"
+
+
+def test_fp32_buffers_survive_a_bf16_cast() -> None:
+    """What DeepSpeed's bf16 set-up does to a module (`.bfloat16()`), undone for buffers only."""
+    from rlpost.learner.actor import fp32_buffers_kept
+
+    class Rotary(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("inv_freq", torch.tensor([1.0, 0.7498942]), persistent=False)
+            self.proj = torch.nn.Linear(2, 2)
+
+    model = torch.nn.Sequential(Rotary())
+    with fp32_buffers_kept(model):
+        model.bfloat16()
+    assert model[0].proj.weight.dtype == torch.bfloat16
+    assert model[0].inv_freq.dtype == torch.float32 and model[0].inv_freq[1].item() == pytest.approx(0.7498942)

@@ -197,7 +197,7 @@ class WeightSync:
         engines = rollout.engines
         if transport == "ipc":
             info = self._ipc_info(plan)
-            first_ranks = [0] * len(engines)
+            first_ranks = [1] * len(engines)  # any rank > 0 receives; IPC matches peers by GPU, not rank
         else:
             host, port = ray.get(learners.ranks[0].address.remote())
             info = SyncGroupInfo(transport, host, port, 1 + len(engines) * tensor_parallel_size, timeout_s)

@@ -58,6 +58,20 @@ class MiniBatch:
     global_seqs: int
 
 
+@contextmanager
+def fp32_buffers_kept(model: torch.nn.Module):
+    """Undo DeepSpeed's cast of float32 *buffers* to the training dtype (`module.bfloat16()` casts buffers too).
+    RoPE's `inv_freq` is such a buffer: in bf16 its rounding error times the position shifts every rotary angle,
+    which made the learner's logprobs disagree with vLLM's (whose rotary angles are computed in fp32) by ~4e-2 on
+    average for SmolLM2 at the same weights. Parameters are cast as configured; buffers keep their precision."""
+    saved = {name: buf.detach().clone() for name, buf in model.named_buffers() if buf.dtype == torch.float32}
+    yield
+    for name, value in saved.items():
+        owner, _, key = name.rpartition(".")
+        module = model.get_submodule(owner) if owner else model
+        module._buffers[key] = value.to(module._buffers[key].device)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
@@ -126,15 +140,17 @@ class LearnerRank:
                 s, lc["warmup_steps"], self.total_optimizer_steps, lc["lr_schedule"], lc["min_lr_ratio"]))
 
         ds_cfg = build_ds_config(lc["zero_stage"], self.micro, self.accum, self.world_size, lc["grad_clip"], dtype)
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
-                                               config=ds_cfg)
+        with fp32_buffers_kept(model):
+            self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                                   config=ds_cfg)
         self.ref = None
         if algo["kl_coef"] > 0:
             ref = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, dtype))
             ref.requires_grad_(False).eval()
             if self.zero3:
                 ref_cfg = build_ref_ds_config(3, self.micro, self.world_size, dtype)
-                self.ref, *_ = deepspeed.initialize(model=ref, config=ref_cfg)
+                with fp32_buffers_kept(ref):
+                    self.ref, *_ = deepspeed.initialize(model=ref, config=ref_cfg)
             else:
                 self.ref = ref.to(self.device)
         self._params = dict(self.engine.module.named_parameters())
