@@ -49,6 +49,24 @@ def mean_abs_diff(a: list[list[float]], b: list[list[float]]) -> float:
     return sum(abs(x - y) for x, y in pairs) / len(pairs)
 
 
+def hf_reference_diffs(model_dir: str, prompts: list[list[int]], samples) -> str:
+    """Diagnostics for the log: vLLM's logprobs against plain transformers forwards (bf16 and fp32, no
+    DeepSpeed), so a disagreement can be placed on vLLM's side or the learner's."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlpost.learner.logprobs import sequence_logprobs
+
+    out = []
+    for dtype in (torch.bfloat16, torch.float32):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).cuda().eval()
+        ref = sequence_logprobs(model, prompts, [s.completion_ids for s in samples], 1.0, 0, "cuda")
+        out.append(f"{str(dtype).removeprefix('torch.')} {mean_abs_diff(ref, [s.logprobs for s in samples]):.2e}")
+        del model
+        torch.cuda.empty_cache()
+    return ", ".join(out)
+
+
 def test_vllm_engine_actor_generates(gpu_ray, smollm_dir: str, tmp_path) -> None:
     """Batched sampling through our actor: per-token logprobs of the sampled tokens, EOS kept and counted as
     'stop', max-length cut as 'length', seeds that repeat a run and still make a group's copies differ."""
@@ -105,7 +123,8 @@ def test_colocated_ipc_sync_and_logprob_agreement(gpu_ray, smollm_dir: str, tmp_
         before = trainer.rollout.generate(prompts, params)
         completions = [s.completion_ids for s in before]
         start_diff = mean_abs_diff(trainer.learners.score(prompts, completions), [s.logprobs for s in before])
-        print(f"zero{zero_stage} at start (same checkpoint): vLLM vs learner mean |diff| {start_diff:.2e}")
+        print(f"zero{zero_stage} at start (same checkpoint): vLLM vs learner mean |diff| {start_diff:.2e}; "
+              f"vs plain HF: {hf_reference_diffs(smollm_dir, prompts, before)}")
         assert start_diff < 1e-2
 
         history = trainer.fit()  # 2 steps: generate, sleep, train, wake + IPC sync + wake, each step
