@@ -113,3 +113,14 @@ def test_transport_follows_placement() -> None:
     assert choose_transport("auto", "cuda", colocated=True) == "ipc"
     assert choose_transport("auto", "cuda", colocated=False) == "nccl"
     assert choose_transport("gloo", "cuda", colocated=False) == "gloo"  # an explicit choice wins
+
+
+def test_missing_receiver_times_out_instead_of_hanging() -> None:
+    """A group member that never shows up (a dead engine) makes set-up raise after sync.timeout_s."""
+    import time
+
+    info = SyncGroupInfo("gloo", "127.0.0.1", _free_port(), world_size=2, timeout_s=2)
+    t0 = time.perf_counter()
+    with pytest.raises(Exception, match="(?i)timed out|timeout"):
+        create_transport(info, 0)
+    assert time.perf_counter() - t0 < 30
