@@ -2,11 +2,13 @@
 
 This file is also the example of the reward plug-in protocol. A reward function is any Python function
 
-    fn(prompts: list[str], completions: list[str], **columns) -> list[float]
+    fn(prompts: list[str], completions: list[str], **columns) -> list[float] | list[dict]
 
-- It is batched: `prompts[i]` and `completions[i]` belong together, and it returns one float per completion.
+- It is batched: `prompts[i]` and `completions[i]` belong together, and it returns one value per completion:
+  a float, or a dict with a `score` and extra metrics (numbers, logged as `reward/<label>/<metric>`).
+  `async def` works too.
 - `columns` are the dataset row's other fields, as lists aligned with `prompts` (GSM8K rows have `answer`),
-  plus the `kwargs` of the function's `reward.functions` entry. Accept `**_` to ignore the ones you don't use.
+  plus the extra keys of the function's `reward.functions` entry. Accept `**_` to ignore the ones you don't use.
 - rlpost runs it in separate worker processes, one item at a time, with a per-item timeout
   (`reward.item_timeout_s`): a hang or crash scores `reward.error_score` for that item and never stalls training.
   So don't add timeouts of your own, and don't rely on being on the main thread.

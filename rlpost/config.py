@@ -108,6 +108,10 @@ class SyncConfig:
 
 @dataclass
 class RewardFunctionConfig:
+    """One `reward.functions` entry once parsed (`rlpost.rewards.loader.function_spec`). In the config an entry is
+    a flat mapping, `{path: rewards/length.py, name: score, weight: 0.5, max_length: 800}`: every key besides
+    these four is a keyword argument for the function."""
+
     path: str = ""  # a .py file (relative to the working dir or the rlpost checkout) ...
     module: str = ""  # ... or an importable module
     name: str = "score"  # the function in it
@@ -116,14 +120,29 @@ class RewardFunctionConfig:
 
 
 @dataclass
+class RewardModelConfig:
+    path: str = ""  # local Hugging Face sequence-classification model folder (num_labels=1)
+    weight: float = 1.0
+    normalize: bool = False  # divide out a running mean and std of its scores (raw mean logged as <label>/raw)
+    batch_tokens: int = 8192  # padded tokens per forward pass
+    num_actors: int = 1
+    num_gpus: float = 0.0  # per actor; 0 = CPU (debug)
+    dtype: str = "float32"  # float32 on CPU; bfloat16 on GPU
+
+
+@dataclass
 class RewardConfig:
-    functions: list[RewardFunctionConfig] = field(
-        default_factory=lambda: [RewardFunctionConfig(path="rewards/gsm8k.py", name="score")])
+    # Flat mappings {path or module, name, weight, **kwargs} (see RewardFunctionConfig): typed Any because the
+    # keyword arguments are the user's own keys.
+    functions: list[Any] = field(default_factory=lambda: [{"path": "rewards/gsm8k.py", "name": "score"}])
+    models: list[RewardModelConfig] = field(default_factory=list)
     accuracy: str = "gsm8k"  # the component whose mean is logged as `accuracy`
     num_workers: int = 2  # verifier processes per reward actor
     num_actors: int = 1
     item_timeout_s: float = 10.0  # one sample's verification; on timeout it scores `error_score`
+    batch_timeout_s: float = 300.0  # one step's whole batch; items not scored by then are timeouts
     error_score: float = 0.0
+    max_failure_frac: float = 0.5  # stop the run when more of a batch than this fails in any one function
 
 
 @dataclass

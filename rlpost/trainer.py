@@ -24,7 +24,7 @@ from rlpost.cluster.ray_cluster import init_ray
 from rlpost.data import PromptLoader, build_prompts, load_rows, resolve_data_path
 from rlpost.learner.actor import MiniBatch, TrainItem
 from rlpost.metrics import MetricsLogger
-from rlpost.rewards.manager import RewardResult
+from rlpost.rewards.manager import RewardResult, check_reward_functions
 from rlpost.rollout.engine import Sample, SamplingParams
 from rlpost.sync.transport import choose_transport
 
@@ -45,7 +45,8 @@ def deal_minibatches(items: list[TrainItem], num_minibatches: int, num_ranks: in
 
 class Trainer:
     def __init__(self, cfg: DictConfig, model_path: str, run_dir: str) -> None:
-        """Everything that can fail on bad input (data, tokenizer, chat template) happens before any actor."""
+        """Everything that can fail on bad input (data, tokenizer, chat template, reward functions) happens
+        before any actor."""
         self.cfg, self.model_path, self.run_dir = cfg, model_path, run_dir
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         rows = load_rows(resolve_data_path(cfg.data.train_path))
@@ -56,12 +57,18 @@ class Trainer:
         self.loader = PromptLoader(prompts, shuffle=cfg.data.shuffle, seed=cfg.data.seed)
         self.dropped_prompts = dropped
         self.advantage_fn = ADVANTAGES.get(cfg.algo.advantage)
+        # A dry call of every reward function on the first batch (without consuming it from the loader).
+        state = self.loader.state_dict()
+        first = self.loader.next_batch(cfg.trainer.prompts_per_step)
+        self.loader.load_state_dict(state)
+        check_reward_functions(OmegaConf.to_object(cfg.reward), [p.text for p in first], [p.columns for p in first])
 
     def start(self) -> None:
         cfg = self.cfg
         plain = OmegaConf.to_container(cfg, resolve=True)
         total_optimizer_steps = cfg.trainer.steps * cfg.algo.num_minibatches * cfg.algo.epochs
-        needed = cfg.learner.num_ranks + cfg.rollout.num_engines + cfg.reward.num_actors
+        needed = (cfg.learner.num_ranks + cfg.rollout.num_engines + cfg.reward.num_actors
+                  + sum(m.num_actors for m in cfg.reward.models))
         init_ray(cfg.cluster.address, cfg.cluster.num_cpus or max(needed, os.cpu_count() or 1))
         self.rewards = RewardGroup(OmegaConf.to_object(cfg.reward), cfg.cluster.device)
         self.placement = Placement(plain)
@@ -91,9 +98,11 @@ class Trainer:
         t = time.perf_counter()
         texts = self.tokenizer.batch_decode([s.completion_ids for s in samples], skip_special_tokens=True)
         rewards = self.rewards.score([p.text for p in batch for _ in range(group)], texts,
-                                     [p.columns for p in batch for _ in range(group)])
+                                     [p.columns for p in batch for _ in range(group)],
+                                     [p.messages for p in batch for _ in range(group)])
         timings["time/reward"] = time.perf_counter() - t
         self._record_failures(step, rewards)
+        rewards.check_failures(cfg.reward.max_failure_frac, os.path.join(self.run_dir, "reward_failures.jsonl"))
 
         scores = torch.tensor(rewards.total, dtype=torch.float32)
         advantages = self.advantage_fn(scores, group, std_normalize=cfg.algo.std_normalize)
@@ -123,6 +132,7 @@ class Trainer:
                    "response/truncated_frac": sum(s.finish_reason == "length" for s in samples) / len(samples)}
         for label, values in rewards.components.items():
             metrics[f"reward/{label}"] = sum(values) / len(values)
+        metrics.update({f"reward/{key}": mean for key, mean in rewards.extra_means().items()})
         if self.cfg.reward.accuracy in rewards.components:
             values = rewards.components[self.cfg.reward.accuracy]
             metrics["accuracy"] = sum(v > 0 for v in values) / len(values)

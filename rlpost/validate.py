@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from rlpost.algos import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
 from rlpost.config import ConfigError, samples_per_rank
 from rlpost.rewards.loader import load_reward_fn
+from rlpost.rewards.reward_model import check_reward_model
 from rlpost.sync.transport import TRANSPORTS
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -68,12 +69,17 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.sync.timeout_s > 0, f"sync.timeout_s={cfg.sync.timeout_s}: must be > 0")
 
     rw = cfg.reward
-    _require(len(rw.functions) >= 1, "reward.functions is empty; add at least one, e.g. "
-             "reward.functions=[{path: rewards/gsm8k.py, name: score}]")
+    _require(len(rw.functions) + len(rw.models) >= 1, "reward.functions and reward.models are both empty; add "
+             "a reward, e.g. reward.functions=[{path: rewards/gsm8k.py, name: score}]")
     _require(rw.num_workers >= 1 and rw.num_actors >= 1, "reward.num_workers and reward.num_actors must be >= 1")
     _require(rw.item_timeout_s > 0, f"reward.item_timeout_s={rw.item_timeout_s}: must be > 0")
+    _require(rw.batch_timeout_s > 0, f"reward.batch_timeout_s={rw.batch_timeout_s}: must be > 0")
+    _require(0 <= rw.max_failure_frac <= 1, f"reward.max_failure_frac={rw.max_failure_frac}: must be in [0, 1] "
+             "(1 = never stop on failures)")
     for i, spec in enumerate(rw.functions):
         load_reward_fn(spec, i)  # raises ConfigError naming reward.functions[i]
+    for i, spec in enumerate(rw.models):
+        check_reward_model(spec, i, cfg.cluster.device)
 
 
 def _validate_placement(cfg: DictConfig) -> None:

@@ -1,20 +1,48 @@
-"""Reward plug-ins: the shipped GSM8K scorer, the loader's errors, the process pool's timeouts and crash
-recovery, and the manager's weighted totals. Test reward functions are written as files into tmp dirs, the
-way users provide them. One pool is shared across the pool tests because every worker start costs ~0.3 s."""
+"""Reward plug-ins: the shipped rewards (GSM8K, format, length), the loader's errors, the process pool's
+timeouts and crash recovery, the manager's weighted totals, extra metrics and failure policy, and the start-up
+dry call. Test reward functions are written as files into tmp dirs, the way users provide them. One pool is
+shared across the pool tests because every worker start costs ~0.3 s."""
 
+import math
 import os
 import time
 
 import pytest
+import ray
+from hydra import compose, initialize_config_dir
 
 from rlpost.config import ConfigError, RewardConfig, RewardFunctionConfig
-from rlpost.rewards import ProcessPool, RewardManager, load_reward_fn, reward_label
+from rlpost.rewards import ProcessPool, RewardManager, RewardResult, load_reward_fn, reward_label
+from rlpost.rewards.loader import function_spec
+from rlpost.rewards.manager import RewardFailureError, check_reward_functions
+from rlpost.train import CONFIG_DIR
 
 TEST_FNS = '''
-import ctypes, os, time
+import asyncio, ctypes, os, time
 
 def const(prompts, completions, value=1.0, **_):
     return [value] * len(completions)
+
+async def async_len(prompts, completions, **_):
+    await asyncio.sleep(0.01)
+    return [len(c) / 10 for c in completions]
+
+def with_metrics(prompts, completions, **_):
+    return [{"score": 1.0, "chars": len(c), **({"long": True} if len(c) > 3 else {})} for c in completions]
+
+def picky(prompts, completions, **_):
+    if "bad" in completions:
+        raise ValueError("cannot score 'bad'")
+    return [1.0] * len(completions)
+
+def forever(prompts, completions, **_):
+    time.sleep(1000)
+
+def no_columns(prompts, completions):
+    return [1.0] * len(completions)
+
+def dict_no_score(prompts, completions, **_):
+    return [{"value": 1.0} for _ in completions]
 
 def echo(prompts, completions, **columns):
     return [(p, c, columns) for p, c in zip(prompts, completions)]
@@ -23,9 +51,9 @@ def by_answer(prompts, completions, answer, **_):
     return [float(a) for a in answer]
 
 def sleepy(prompts, completions, **_):
-    if completions[0] == "hang":
+    if "hang" in completions:
         time.sleep(1000)
-    return [1.0]
+    return [1.0] * len(completions)
 
 def boom(prompts, completions, **_):
     raise ValueError("boom on purpose")
@@ -102,10 +130,13 @@ def test_default_path_resolves_against_checkout(tmp_path, monkeypatch):
 
 
 def test_load_from_module(tmp_path, monkeypatch):
-    (tmp_path / "my_rl_reward_mod.py").write_text("def score(prompts, completions, **_):\n    return [0.5]\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "my_rl_reward_mod.py").write_text("def score(prompts, completions, **_):\n"
+                                                  "    return [0.5] * len(completions)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit sys.path
     s = RewardFunctionConfig(module="my_rl_reward_mod")
     assert load_reward_fn(s, 0)(["p"], ["c"]) == [0.5]
+    with RewardManager(RewardConfig(functions=[{"module": "my_rl_reward_mod", "name": "score"}])) as manager:
+        assert manager.score(["p", "q"], ["c", "d"], [{}, {}]).components == {"my_rl_reward_mod": [0.5, 0.5]}
     assert reward_label(s) == "my_rl_reward_mod"
     assert reward_label(RewardFunctionConfig(module="pkg.sub.acc")) == "acc"
     assert reward_label(RewardFunctionConfig(path="x/y/gsm8k.py")) == "gsm8k"
@@ -194,8 +225,9 @@ def test_pool_load_failure_in_worker_is_reported_per_call(tmp_path):
 
 
 def test_manager_weighted_sum_and_labels(fns_file):
-    cfg = RewardConfig(functions=[spec(fns_file, "by_answer", weight=2.0),
-                                  spec(fns_file, "const", weight=1.0, kwargs={"value": 0.5})])
+    """Config entries as Hydra gives them: flat mappings whose extra keys (`value`) are the function's kwargs."""
+    cfg = RewardConfig(functions=[{"path": str(fns_file), "name": "by_answer", "weight": 2},
+                                  {"path": str(fns_file), "name": "const", "weight": 1.0, "value": 0.5}])
     with RewardManager(cfg) as manager:
         assert manager.labels == ["testfns", "testfns_2"]
         result = manager.score(["p0", "p1", "p2"], ["c0", "c1", "c2"], [{"answer": a} for a in ["0", "1", "3"]])
@@ -219,7 +251,7 @@ def test_manager_counts_errors_and_timeouts(fns_file):
     assert (first["label"], first["prompt"], first["completion"]) == ("testfns", "q", "hang")
     assert "timed out" in first["error"]
     errors = " | ".join(f["error"] for f in result.failures)
-    assert "ValueError: boom on purpose" in errors and "got 2 values" in errors
+    assert "ValueError: boom on purpose" in errors and "returned 2 values for 1 completion" in errors
 
 
 def test_manager_config_errors(fns_file):
@@ -227,6 +259,154 @@ def test_manager_config_errors(fns_file):
         RewardManager(RewardConfig(functions=[spec(fns_file, "const"), spec(fns_file, "nope")]))
     with pytest.raises(ConfigError, match=r"reward\.num_workers"):
         RewardManager(RewardConfig(num_workers=0))
+
+
+def test_entry_parsing_errors(fns_file):
+    assert function_spec({"path": "a.py", "weight": 2, "value": 0.5}, 0) == RewardFunctionConfig(
+        path="a.py", name="score", weight=2.0, kwargs={"value": 0.5})
+    for entry, pattern in [
+        ({"path": "a.py", "weight": "heavy"}, r"^reward\.functions\[2\]\.weight: expected a number, got 'heavy'"),
+        ({"path": 3}, r"^reward\.functions\[2\]\.path: expected a string"),
+        ("rewards/gsm8k.py", r"^reward\.functions\[2\]: expected a mapping"),
+    ]:
+        with pytest.raises(ConfigError, match=pattern):
+            function_spec(entry, 2)
+    # A misspelt keyword argument would vanish into `**_`: named instead.
+    with pytest.raises(ConfigError, match=r"^reward\.functions\[2\]\.vlaue: const\(\) has no parameter 'vlaue'"):
+        load_reward_fn({"path": str(fns_file), "name": "const", "vlaue": 0.5}, 2)
+
+
+def test_async_plugin(fns_file):
+    with RewardManager(RewardConfig(functions=[spec(fns_file, "async_len")])) as manager:
+        result = manager.score(["p", "q"], ["ab", "abcde"], [{}, {}])
+        manager.dry_run(["p", "q"], [{}, {}])  # the batched call is awaited the same way
+    assert result.components == {"testfns": [0.2, 0.5]} and result.errors == 0
+
+
+def test_dict_return_extra_metrics(fns_file):
+    cfg = RewardConfig(functions=[spec(fns_file, "with_metrics", weight=0.5)])
+    with RewardManager(cfg) as manager:
+        a = manager.score(["p", "q"], ["ab", "abcde"], [{}, {}])
+        b = manager.score(["r"], ["xy"], [{}])
+    assert a.components == {"testfns": [1.0, 1.0]} and a.total == [0.5, 0.5]
+    assert a.extras["testfns/chars"] == [2.0, 5.0]
+    assert math.isnan(a.extras["testfns/long"][0]) and a.extras["testfns/long"][1] == 1.0
+    # Two reward actors' slices: a metric only one slice reported is NaN for the other's items.
+    both = RewardResult.concat([a, b])
+    assert both.extras["testfns/chars"] == [2.0, 5.0, 2.0]
+    assert both.extra_means() == {"testfns/chars": 3.0, "testfns/long": 1.0}
+
+
+def test_raising_on_one_item(fns_file):
+    with RewardManager(RewardConfig(functions=[spec(fns_file, "picky")], error_score=-0.5)) as manager:
+        one = manager.score(["p"] * 4, ["ok", "bad", "ok", "ok"], [{}] * 4)
+        most = manager.score(["p"] * 4, ["bad", "bad", "ok", "bad"], [{}] * 4)
+    assert one.total == [1.0, -0.5, 1.0, 1.0] and (one.errors, one.timeouts, one.failed) == (1, 0, {"testfns": 1})
+    assert one.failures == [{"label": "testfns", "prompt": "p", "completion": "bad",
+                             "error": "ValueError: cannot score 'bad'"}]
+    one.check_failures(0.5)  # one bad sample never stops a run
+    most.check_failures(0.75)
+    with pytest.raises(RewardFailureError, match=r"^reward: 3 of 4 items failed in reward function 'testfns', "
+                       r"more than reward\.max_failure_frac=0\.5 \(first error: ValueError: cannot score 'bad'\); "
+                       r"the first failing samples are in /run/f\.jsonl; fix the function") as info:
+        most.check_failures(0.5, "/run/f.jsonl")
+    assert isinstance(info.value, ConfigError) and "\n" not in str(info.value)
+
+
+def test_hanging_items_and_batch_timeout(fns_file):
+    """Each hung item is killed at reward.item_timeout_s; the whole batch at reward.batch_timeout_s, after which
+    the items not yet started are timeouts without running."""
+    cfg = RewardConfig(functions=[spec(fns_file, "sleepy")], num_workers=1, item_timeout_s=30, batch_timeout_s=1.5)
+    with RewardManager(cfg) as manager:
+        assert manager.pool.wait_ready(timeout_s=30)
+        t = time.perf_counter()
+        result = manager.score(["p"] * 3, ["ok", "hang", "ok"], [{}] * 3)
+        elapsed = time.perf_counter() - t
+    assert result.total == [1.0, 0.0, 0.0] and (result.errors, result.timeouts) == (0, 2)
+    assert [f["error"] for f in result.failures] == [
+        "timed out: the batch limit of 1.5 s passed",
+        "not run: the batch limit of 1.5 s passed before its turn"]
+    assert 1.4 < elapsed < 4, elapsed
+
+
+@pytest.mark.parametrize("name, pattern", [
+    ("wrong_len", r"the dry call on the first batch \(3 prompts\) returned 2 values for 3 completions; it must "
+                  r"return a list of floats, or of dicts with a 'score', one per completion$"),
+    ("not_number", r"returned 1 value for 3 completions"),
+    ("dict_no_score", r"item 0: a dict without a 'score' key \(keys: \['value'\]\)"),
+    ("boom", r"the dry call on the first batch \(3 prompts\) failed: ValueError: boom on purpose; fix the function$"),
+    ("forever", r"did not return within 1\.5 s; fix the function or raise reward\.item_timeout_s"),
+    ("no_columns", r"no_columns\(prompts, completions\) cannot be called as no_columns\(prompts, completions, "
+                   r"answer=\.\.\., id=\.\.\.\): got an unexpected keyword argument 'answer'; the signature must be "
+                   r"fn\(prompts, completions, \*\*columns\)"),
+])
+def test_dry_call_rejects_broken_plugins(fns_file, name, pattern):
+    cfg = RewardConfig(functions=[spec(fns_file, "const"), spec(fns_file, name)], item_timeout_s=0.5)
+    with pytest.raises(ConfigError, match=r"^reward\.functions\[1\] \(testfns_2\): .*" + pattern) as info:
+        check_reward_functions(cfg, ["p0", "p1", "p2"], [{"answer": "1", "id": i} for i in range(3)])
+    assert "\n" not in str(info.value)
+
+
+def test_trainer_checks_rewards_before_any_actor(fns_file, tiny_model_dir, tmp_path):
+    """A plug-in that always returns 2 values stops the run in Trainer() (data, tokenizer, the dry call), before
+    Ray or any actor starts. The first batch has 2 prompts, so it is the call on the first prompt alone (the
+    way training calls it) that catches it."""
+    from rlpost.trainer import Trainer
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "experiment=gsm8k_grpo_debug", "data.limit=16", f"trainer.run_dir={tmp_path}",
+            f"reward.functions=[{{path: rewards/gsm8k.py}}, {{path: {fns_file}, name: wrong_len}}]"])
+    assert cfg.trainer.prompts_per_step == 2
+    with pytest.raises(ConfigError, match=r"^reward\.functions\[1\] \(testfns\): the dry call on the first prompt "
+                                          r"alone returned 2 values for 1 completion; it must return"):
+        Trainer(cfg, tiny_model_dir, str(tmp_path))
+    assert not ray.is_initialized()
+
+
+def test_validate_reward_fields(tmp_path):
+    from rlpost.validate import validate
+
+    for override, pattern in [
+        ("reward.max_failure_frac=1.5", r"^reward\.max_failure_frac=1\.5: must be in \[0, 1\]"),
+        ("reward.batch_timeout_s=0", r"^reward\.batch_timeout_s=0\.0: must be > 0"),
+        (f"reward.models=[{{path: {tmp_path}/rm}}]", r"^reward\.models\[0\]\.path: '.*/rm' is not a Hugging Face"),
+        ("reward.functions=[{path: rewards/length.py, max_lenght: 80}]",
+         r"^reward\.functions\[0\]\.max_lenght: score\(\) has no parameter 'max_lenght'"),
+    ]:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=["experiment=gsm8k_grpo_debug", override])
+        with pytest.raises(ConfigError, match=pattern):
+            validate(cfg)
+
+
+# ---- rewards/format.py and rewards/length.py --------------------------------------------------------------
+
+
+def test_format_reward():
+    fn = load_reward_fn(RewardFunctionConfig(path="rewards/format.py"), 0)
+    completions = ["so 6 * 7 = 42\n#### 42", "#### -1,250.5\n\n", "#### 42 apples", "#### 42\nthen more text",
+                   "it is $\\boxed{42}$", "\\boxed{}", "no answer", ""]
+    assert [x["score"] for x in fn([""] * 8, completions)] == [1, 1, 0, 0, 1, 0, 0, 0]
+    assert [x["score"] for x in fn([""] * 8, completions, style="hash")] == [1, 1, 0, 0, 0, 0, 0, 0]
+    assert [x["score"] for x in fn([""] * 8, completions, style="boxed")] == [0, 0, 0, 0, 1, 0, 0, 0]
+    assert fn(["q"], ["\\boxed{7}\n#### 7"])[0] == {"score": 1.0, "hash": 1.0, "boxed": 1.0}
+
+
+def test_length_penalty():
+    fn = load_reward_fn(RewardFunctionConfig(path="rewards/length.py"), 0)
+    # max_length 10, buffer 4: free up to 6 characters, then -1/4 per character, -1 beyond 10.
+    out = fn([""] * 5, ["x" * n for n in (0, 6, 7, 10, 11)], max_length=10, buffer=4)
+    assert [x["score"] for x in out] == [0.0, 0.0, -0.25, -1.0, -1.0]
+    assert [x["overlong"] for x in out] == [0.0, 0.0, 1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="buffer"):
+        fn([""], ["x"], max_length=10, buffer=0)
+
+
+def test_shipped_rewards_pass_the_dry_call():
+    cfg = RewardConfig(functions=[{"path": "rewards/gsm8k.py"}, {"path": "rewards/format.py", "style": "hash"},
+                                  {"path": "rewards/length.py", "max_length": 800, "buffer": 200}])
+    check_reward_functions(cfg, ["q1", "q2"], [{"answer": "#### 42"}, {"answer": "#### 7"}])
 
 
 def test_gsm8k_throughput():

@@ -8,9 +8,11 @@ import ray
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 from rlpost.cluster.ray_cluster import actor_env, create_placement_group, in_bundle, require_gpus
-from rlpost.config import ConfigError, RewardConfig, RunError
+from rlpost.config import ConfigError, RewardConfig, RewardModelConfig, RunError
 from rlpost.learner.actor import LearnerRank, MiniBatch
+from rlpost.rewards.loader import function_specs, reward_label, unique_labels
 from rlpost.rewards.manager import RewardManager, RewardResult
+from rlpost.rewards.reward_model import RewardModelScorer, RunningMeanStd, model_label
 from rlpost.rollout.engine import Sample, SamplingParams
 from rlpost.rollout.hf_engine import HFEngine
 from rlpost.sync.transport import SyncGroupInfo
@@ -166,20 +168,76 @@ class RewardWorker:
         return self.manager.score(prompts, completions, columns)
 
 
-class RewardGroup(ActorGroup):
-    def __init__(self, reward_cfg: RewardConfig, device: str) -> None:
-        n = reward_cfg.num_actors
-        self.pg = create_placement_group("reward", [{"CPU": 1}] * n)
-        actor = ray.remote(RewardWorker)
-        self.workers = self.actors = [actor.options(num_cpus=1, scheduling_strategy=in_bundle(self.pg, i),
-                                      runtime_env={"env_vars": actor_env(device)}).remote(reward_cfg)
-                        for i in range(n)]
-        self.labels: list[str] = ray.get(self.workers[0].labels.remote())
+class RewardModelGroup(ActorGroup):
+    """The actors serving one `reward.models` entry, in a placement group of their own (with `num_gpus` each on
+    a GPU cluster); the running statistics for its normalisation live here, shared by its actors."""
 
-    def score(self, prompts: list[str], completions: list[str], columns: list[dict]) -> RewardResult:
-        parts = [_split(x, len(self.workers)) for x in (prompts, completions, columns)]
-        results = ray.get([w.score.remote(p, c, col) for w, p, c, col in zip(self.workers, *parts, strict=True)])
-        return RewardResult.concat(results)
+    def __init__(self, spec: RewardModelConfig, label: str, device: str) -> None:
+        gpus = float(spec.num_gpus) if device != "cpu" else 0.0
+        bundle = {"CPU": 1, "GPU": gpus} if gpus else {"CPU": 1}
+        self.pg = create_placement_group(f"reward_model_{label}", [bundle] * spec.num_actors)
+        actor = ray.remote(RewardModelScorer)
+        self.actors = [actor.options(num_cpus=1, num_gpus=gpus, scheduling_strategy=in_bundle(self.pg, i),
+                                     runtime_env={"env_vars": actor_env(device)})
+                       .remote(spec.path, spec.dtype, spec.batch_tokens, "cuda" if gpus else "cpu")
+                       for i in range(spec.num_actors)]
+        ray.get([a.ready.remote() for a in self.actors])
+        self.label, self.weight = label, float(spec.weight)
+        self.stats = RunningMeanStd() if spec.normalize else None
+
+    def submit(self, messages: list[list[dict]], completions: list[str]) -> list[ray.ObjectRef]:
+        n = len(self.actors)
+        return [a.score.remote(m, c) for a, m, c in zip(self.actors, _split(messages, n), _split(completions, n),
+                                                        strict=True)]
+
+    def collect(self, refs: list[ray.ObjectRef]) -> tuple[list[float], dict[str, list[float]]]:
+        """(the component's values, its extra metrics): normalised scores and the raw ones when normalising."""
+        raw = [x for part in ray.get(refs) for x in part]
+        if self.stats is None:
+            return raw, {}
+        self.stats.update(raw)
+        return self.stats.normalize(raw), {"raw": raw}
+
+
+class RewardGroup(ActorGroup):
+    """Reward functions (verifier workers) and reward models (`RewardModelGroup`s), scored together."""
+
+    def __init__(self, reward_cfg: RewardConfig, device: str) -> None:
+        n = reward_cfg.num_actors if reward_cfg.functions else 0
+        self.actors = self.workers = []
+        if n:
+            self.pg = create_placement_group("reward", [{"CPU": 1}] * n)
+            actor = ray.remote(RewardWorker)
+            self.workers = self.actors = [actor.options(num_cpus=1, scheduling_strategy=in_bundle(self.pg, i),
+                                          runtime_env={"env_vars": actor_env(device)}).remote(reward_cfg)
+                            for i in range(n)]
+        num_fns = len(reward_cfg.functions)
+        self.labels = unique_labels([reward_label(f) for f in function_specs(reward_cfg.functions)]
+                                    + [model_label(m) for m in reward_cfg.models])
+        for labels in ray.get([w.labels.remote() for w in self.workers]):  # also: every worker is up
+            assert labels == self.labels[:num_fns], (labels, self.labels)
+        self.models = []
+        for spec, label in zip(reward_cfg.models, self.labels[num_fns:], strict=True):
+            self.models.append(RewardModelGroup(spec, label, device))
+
+    def score(self, prompts: list[str], completions: list[str], columns: list[dict],
+              messages: list[list[dict]] | None = None) -> RewardResult:
+        """Every component of every item; `messages` (the prompts as chat messages) are for the reward models."""
+        model_refs = [m.submit(messages, completions) for m in self.models]  # they run alongside the functions
+        if self.workers:
+            parts = [_split(x, len(self.workers)) for x in (prompts, completions, columns)]
+            result = RewardResult.concat(ray.get([w.score.remote(p, c, col)
+                                                  for w, p, c, col in zip(self.workers, *parts, strict=True)]))
+        else:
+            result = RewardResult(total=[0.0] * len(prompts), components={}, errors=0, timeouts=0)
+        for model, refs in zip(self.models, model_refs, strict=True):
+            result.add_component(model.label, model.weight, *model.collect(refs))
+        return result
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        for model in self.models:
+            model.shutdown()
 
 
 class WeightSync:

@@ -97,6 +97,8 @@ class Prompt:
     text: str  # the rendered prompt those ids encode
     # The row's other fields (e.g. `answer`), passed to reward functions as keyword arguments.
     columns: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The chat messages `text` renders; reward models render them (plus the completion) with their own template.
+    messages: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
 
 def build_prompts(rows: list[dict], tokenizer, prompt_key: str, instruction: str, system_prompt: str,
@@ -115,7 +117,7 @@ def build_prompts(rows: list[dict], tokenizer, prompt_key: str, instruction: str
     if not rows:
         raise ConfigError("data.train_path: the dataset has no rows; point data.train_path at a non-empty dataset")
 
-    texts, columns = [], []
+    texts, columns, conversations = [], [], []
     for i, row in enumerate(rows):
         question = row.get(prompt_key)
         if not isinstance(question, str) or not question.strip():
@@ -127,12 +129,14 @@ def build_prompts(rows: list[dict], tokenizer, prompt_key: str, instruction: str
         if system_prompt:
             messages.insert(0, {"role": "system", "content": system_prompt})
         texts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        conversations.append(messages)
         columns.append({k: v for k, v in row.items() if k != prompt_key})
 
     # One batched call: the Rust tokenizer parallelises it (GSM8K's 7.5k prompts in ~0.6 s).
     all_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    prompts = [Prompt(ids=list(ids), text=text, columns=cols)
-               for ids, text, cols in zip(all_ids, texts, columns, strict=True) if len(ids) <= max_prompt_tokens]
+    prompts = [Prompt(ids=list(ids), text=text, columns=cols, messages=msgs)
+               for ids, text, cols, msgs in zip(all_ids, texts, columns, conversations, strict=True)
+               if len(ids) <= max_prompt_tokens]
     dropped = len(rows) - len(prompts)
     if not prompts:
         longest = max(len(ids) for ids in all_ids)

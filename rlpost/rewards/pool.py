@@ -11,6 +11,10 @@ Choices:
 - The reward functions are loaded once per worker, by spec, inside the worker (functions from a file loaded by
   path can't be pickled by reference). If loading fails there, the worker still starts and answers every call
   with that error, so the caller sees the reason instead of a stream of crashes.
+- `async def` functions (anything returning an awaitable) are awaited on one event loop per worker, reused
+  across calls, so clients a plug-in caches at module level stay bound to a live loop.
+- `map()` takes a per-call timeout and optionally a limit for the whole map (the step's batch): when that
+  passes, running calls are killed and calls not yet started are reported as timed out without running.
 - A fresh worker first reports "ready" (after importing the reward modules: ~0.5 s with math-verify). A call sent
   to a worker still starting gets `startup_timeout_s` for the start-up plus `timeout_s` from "ready", so a
   replacement worker's imports don't eat into the next call's time budget.
@@ -20,7 +24,9 @@ Choices:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import multiprocessing as mp
 import os
 import signal
@@ -47,7 +53,7 @@ def _worker_loop(conn, specs: list[RewardFunctionConfig]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from rlpost.rewards.loader import load_reward_fn
 
-    fns, load_error = [], None
+    fns, load_error, loop = [], None, None
     try:
         fns = [load_reward_fn(spec, i) for i, spec in enumerate(specs)]
     except Exception as e:
@@ -65,7 +71,11 @@ def _worker_loop(conn, specs: list[RewardFunctionConfig]) -> None:
             conn.send((task_id, False, load_error))
             continue
         try:
-            reply = (task_id, True, fns[fn_index](*args, **kwargs))
+            value = fns[fn_index](*args, **kwargs)
+            if inspect.isawaitable(value):
+                loop = loop or asyncio.new_event_loop()
+                value = loop.run_until_complete(value)
+            reply = (task_id, True, value)
         except BaseException as e:  # SystemExit too: a plug-in calling sys.exit() is an error, not a crash
             reply = (task_id, False, f"{type(e).__name__}: {e}")
         try:
@@ -112,6 +122,7 @@ class ProcessPool:
         self.startup_timeout_s = startup_timeout_s
         self._ctx = mp.get_context("spawn")
         self._next_task_id = 0
+        self._batch_deadline = float("inf")
         self._workers = [_Worker(self._ctx, self.specs) for _ in range(num_workers)]
 
     def wait_ready(self, timeout_s: float | None = None) -> bool:
@@ -131,11 +142,20 @@ class ProcessPool:
                         return False
         return True
 
-    def map(self, calls: list[tuple[int, tuple, dict]], timeout_s: float) -> list[CallResult]:
-        """Run `(fn_index, args, kwargs)` calls in parallel; results in input order, never raises for a call."""
+    def map(self, calls: list[tuple[int, tuple, dict]], timeout_s: float,
+            batch_timeout_s: float | None = None) -> list[CallResult]:
+        """Run `(fn_index, args, kwargs)` calls in parallel; results in input order, never raises for a call.
+        Each call gets `timeout_s`; all of them together get `batch_timeout_s` (None = no limit)."""
         results: list[CallResult | None] = [None] * len(calls)
         pending = deque(range(len(calls)))
+        self._batch_deadline = float("inf") if batch_timeout_s is None else time.monotonic() + batch_timeout_s
         while pending or any(w.call is not None for w in self._workers):
+            if pending and time.monotonic() >= self._batch_deadline:
+                for index in pending:
+                    results[index] = CallResult(error=f"not run: the batch limit of {batch_timeout_s:g} s passed "
+                                                "before its turn", timed_out=True)
+                pending.clear()
+                continue
             for w in list(self._workers):
                 if pending and w.call is None:
                     if not w.proc.is_alive():  # died while idle (killed from outside): start a fresh one
@@ -153,8 +173,13 @@ class ProcessPool:
             now = time.monotonic()
             for w in self._workers:
                 if w.call is not None and now >= w.deadline:
-                    phase = f"{w.timeout_s:g} s" if w.ready else f"worker start-up ({self.startup_timeout_s:g} s)"
-                    results[w.call] = CallResult(error=f"timed out after {phase}", timed_out=True)
+                    if w.deadline == self._batch_deadline:
+                        why = f"timed out: the batch limit of {batch_timeout_s:g} s passed"
+                    elif w.ready:
+                        why = f"timed out after {w.timeout_s:g} s"
+                    else:
+                        why = f"timed out after worker start-up ({self.startup_timeout_s:g} s)"
+                    results[w.call] = CallResult(error=why, timed_out=True)
                     self._replace(w)
         return results  # type: ignore[return-value]
 
@@ -169,7 +194,8 @@ class ProcessPool:
                 self._replace(w)
             return
         w.call, w.task_id, w.timeout_s = index, self._next_task_id, timeout_s
-        w.deadline = time.monotonic() + (timeout_s if w.ready else self.startup_timeout_s + timeout_s)
+        w.deadline = min(self._batch_deadline,
+                         time.monotonic() + (timeout_s if w.ready else self.startup_timeout_s + timeout_s))
 
     def _collect(self, w: _Worker, results) -> None:
         """Read what `w` sent; if it died without answering, its call gets an error and `w` is replaced."""
@@ -183,7 +209,7 @@ class ProcessPool:
                 break
             if task_id == _READY:
                 w.ready = True
-                w.deadline = time.monotonic() + w.timeout_s  # the call's own time starts now
+                w.deadline = min(self._batch_deadline, time.monotonic() + w.timeout_s)  # its own time starts now
             elif task_id == w.task_id:
                 results[w.call] = CallResult(value=value) if ok else CallResult(error=value)
                 w.call = w.task_id = None
