@@ -145,3 +145,36 @@ def test_colocated_ipc_sync_and_logprob_agreement(gpu_ray, smollm_dir: str, tmp_
         assert moved > 3 * synced  # the agreement is the sync's doing, not weights that never changed
     finally:
         trainer.close()
+
+
+def test_reward_model_scorer_on_gpu(smollm_dir: str, tmp_path) -> None:
+    """A small real-size reward model on the GPU: SmolLM2-135M's backbone with a fresh one-output head (what a
+    user's RM checkpoint looks like to the scorer), bf16, batched by tokens; prints sequences/s."""
+    import time
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlpost.rewards.reward_model import RewardModelScorer
+
+    tok = AutoTokenizer.from_pretrained(smollm_dir)
+    rm = AutoModelForSequenceClassification.from_pretrained(smollm_dir, num_labels=1, dtype=torch.bfloat16,
+                                                            pad_token_id=tok.pad_token_id)
+    rm.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    scorer = RewardModelScorer(str(tmp_path / "rm"), dtype="bfloat16", batch_tokens=32768, device="cuda")
+    messages = [[{"role": "user", "content": f"Tom has {i} apples and buys {i * 3} more. How many now?"}]
+                for i in range(256)]
+    completions = [f"He has {i} + {i * 3} = {i * 4} apples.\n#### {i * 4}" * (1 + i % 4) for i in range(256)]
+    scorer.score(messages[:8], completions[:8])  # warm-up
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    scores = scorer.score(messages, completions)
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t
+    alone = [scorer.score(messages[i:i + 1], completions[i:i + 1])[0] for i in range(4)]
+    print(f"RM scorer on {torch.cuda.get_device_name()} (SmolLM2-135M backbone, bf16, batch_tokens=32768): "
+          f"{len(scores) / elapsed:.0f} sequences/s; batched vs alone max |diff| "
+          f"{max(abs(a - b) for a, b in zip(alone, scores[:4], strict=True)):.2e}")
+    assert len(scores) == 256 and all(isinstance(s, float) for s in scores)
+    assert max(abs(a - b) for a, b in zip(alone, scores[:4], strict=True)) < 5e-2  # bf16, different padding widths
