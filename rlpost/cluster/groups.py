@@ -10,6 +10,7 @@ from ray.util.placement_group import remove_placement_group
 from rlpost.cluster.ray_cluster import actor_env, create_placement_group, in_bundle
 from rlpost.config import RewardConfig
 from rlpost.learner.actor import LearnerRank, MiniBatch
+from rlpost.learner.critic import CriticRank
 from rlpost.rewards.manager import RewardManager, RewardResult
 from rlpost.rollout.engine import Sample, SamplingParams
 from rlpost.rollout.hf_engine import HFEngine
@@ -41,11 +42,16 @@ class ActorGroup:
 
 
 class LearnerGroup(ActorGroup):
+    """The policy's DeepSpeed ranks (`learner.num_ranks` of them)."""
+
+    rank_class: type = LearnerRank
+    section = "learner"  # the config section with num_ranks; also the placement group's name
+
     def __init__(self, cfg: dict, model_path: str, total_optimizer_steps: int) -> None:
-        n = cfg["learner"]["num_ranks"]
+        n = cfg[self.section]["num_ranks"]
         device = cfg["cluster"]["device"]
-        self.pg = create_placement_group("learner", [{"CPU": 1}] * n)
-        actor = ray.remote(LearnerRank)
+        self.pg = create_placement_group(self.section, [{"CPU": 1}] * n)
+        actor = ray.remote(self.rank_class)
         options = [dict(num_cpus=1, scheduling_strategy=in_bundle(self.pg, i),
                         runtime_env={"env_vars": actor_env(device)}) for i in range(n)]
         self.ranks = self.actors = [actor.options(**options[i]).remote(cfg, i, n, model_path, total_optimizer_steps)
@@ -53,11 +59,22 @@ class LearnerGroup(ActorGroup):
         addr, port = ray.get(self.ranks[0].address.remote())
         ray.get([r.setup.remote(addr, port) for r in self.ranks])
 
-    def train_step(self, per_rank: list[list[MiniBatch]]) -> dict[str, float]:
-        results = ray.get([r.train_step.remote(mbs) for r, mbs in zip(self.ranks, per_rank, strict=True)])
+    def experience(self, prompts: list[list[int]], completions: list[list[int]], old: bool = False
+                   ) -> dict[str, list[list[float]]]:
+        """The experience phase's per-token numbers for every sequence, in order: the ranks split the batch."""
+        n = len(self.ranks)
+        results = ray.get([r.experience.remote(p, c, old) for r, p, c
+                           in zip(self.ranks, _split(prompts, n), _split(completions, n), strict=True)])
+        return {k: [row for res in results for row in res[k]] for k in results[0]}
+
+    def train_step(self, per_rank: list[list[MiniBatch]], kl_coef: float = 0.0) -> dict[str, float]:
+        results = ray.get([r.train_step.remote(mbs, kl_coef) for r, mbs in zip(self.ranks, per_rank, strict=True)])
         merged = {k: sum(res[k] for res in results) / len(results) for k in results[0]}
-        merged["learner/tokens"] = sum(res["learner/tokens"] for res in results)
-        merged["learner/seconds"] = max(res["learner/seconds"] for res in results)
+        for k in merged:  # totals and the slowest rank's time, not averages
+            if k.endswith("/tokens"):
+                merged[k] = sum(res[k] for res in results)
+            elif k.endswith("/seconds"):
+                merged[k] = max(res[k] for res in results)
         return merged
 
     def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
@@ -65,6 +82,13 @@ class LearnerGroup(ActorGroup):
 
     def weights_digest(self) -> str:
         return ray.get([r.weights_digest.remote() for r in self.ranks])[0]
+
+
+class CriticGroup(LearnerGroup):
+    """PPO's value function: `critic.num_ranks` DeepSpeed ranks; `experience` gives {"values": ...}."""
+
+    rank_class = CriticRank
+    section = "critic"
 
 
 class RolloutGroup(ActorGroup):
