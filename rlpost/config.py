@@ -51,20 +51,40 @@ class DataConfig:
 
 @dataclass
 class AlgoConfig:
+    # A label for the run; the behaviour is set by the fields below, which the presets in configs/algo/ fill in.
     name: str = "grpo"
+    # pg: policy gradient on advantages (grpo, dr_grpo, rloo, reinforce_pp, ppo, dapo);
+    # dpo: DPO on preference pairs formed from each prompt's completions (online_dpo).
+    objective: str = "pg"
     group_size: int = 4  # completions sampled per prompt
-    advantage: str = "grpo"
-    std_normalize: bool = True  # GRPO divides by the group's reward std
-    policy_loss: str = "clipped"
+    advantage: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp | gae (rlpost.algos.advantages)
+    std_normalize: bool = True  # divide advantages by a std: the group's (grpo), the batch's (reinforce_pp, gae)
+    gamma: float = 1.0  # discount (gae, reinforce_pp)
+    lam: float = 1.0  # GAE lambda
+    policy_loss: str = "clipped"  # clipped | gspo
     clip_low: float = 0.2  # ratio clipped to [1 - clip_low, 1 + clip_high]
     clip_high: float = 0.2
-    kl_coef: float = 0.0  # KL(policy || reference) loss coefficient; 0 = no reference model at all
+    clip_c: float = 0.0  # dual clip: loss capped at -clip_c * A for A < 0 (e.g. 3); 0 = off
+    kl_coef: float = 0.0  # KL(policy || reference) coefficient; 0 = no KL (and no reference model, unless dpo)
     kl_estimator: str = "k3"
+    kl_mode: str = "loss"  # loss: a term of the policy loss | reward: a per-token penalty in the reward
+    kl_target: float = 0.0  # adaptive coefficient: target per-sequence KL (nats); 0 = kl_coef stays fixed
+    kl_horizon: int = 10000  # adaptive coefficient: samples over which it corrects its error
     loss_agg: str = "token_mean"
     # Optimizer steps per rollout batch: each step's samples are split into this many mini-batches
     # (1 = strictly on-policy, as in nanochat; >1 makes the importance ratio and clipping matter).
     num_minibatches: int = 1
     epochs: int = 1  # passes over the rollout batch
+    # DAPO extras
+    dynamic_sampling: bool = False  # drop prompts whose completions all score the same; refill from the next
+    max_sampled_prompts: int = 0  # dynamic sampling's cap on prompts sampled per step; 0 = 3 x prompts_per_step
+    overlong_buffer: float = 0.0  # soft overlong penalty over this fraction of max_new_tokens before it; 0 = off
+    overlong_penalty: float = 1.0  # the penalty at max_new_tokens
+    mask_truncated: bool = False  # completions cut at max_new_tokens take no part in the loss
+    # DPO
+    dpo_beta: float = 0.1
+    dpo_length_norm: bool = False  # compare mean instead of summed token logprobs
+    pairs: str = "best_worst"  # best_worst | best_random | random (rlpost.algos.pairs)
 
 
 @dataclass
@@ -97,6 +117,18 @@ class LearnerConfig:
     grad_clip: float = 1.0
     micro_batch_size: int = 4  # sequences per forward/backward on one rank
     gradient_checkpointing: bool = False
+
+
+@dataclass
+class CriticConfig:
+    """PPO's value function: the policy's architecture with a scalar head, in its own DeepSpeed group. It shares
+    learner.zero_stage, micro_batch_size, grad_clip, betas, weight_decay and the LR schedule."""
+
+    enabled: bool = False
+    num_ranks: int = 1
+    lr: float = 1e-5
+    value_clip: float = 0.2  # values clipped to old +- value_clip in the loss; 0 = off
+    warmup_steps: int = 0  # first steps train only the critic (the policy waits for sensible values)
 
 
 @dataclass
@@ -182,6 +214,7 @@ class RLPostConfig:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -189,9 +222,33 @@ class RLPostConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
-def samples_per_rank(prompts_per_step: int, group_size: int, num_minibatches: int, num_ranks: int) -> int:
-    """Samples one learner rank gets per mini-batch (validation checks that every division is exact)."""
-    return prompts_per_step * group_size // num_minibatches // num_ranks
+def train_sequences_per_step(cfg: Any) -> int:
+    """Sequences the learner trains on per step: every completion (pg), or one (chosen, rejected) pair per prompt
+    (dpo). Works on the DictConfig and on its plain-dict form alike."""
+    algo = cfg["algo"]
+    per_prompt = 2 if algo["objective"] == "dpo" else algo["group_size"]
+    return cfg["trainer"]["prompts_per_step"] * per_prompt
+
+
+def samples_per_rank(sequences_per_step: int, num_minibatches: int, num_ranks: int) -> int:
+    """Sequences one rank gets per mini-batch (validation checks that every division is exact)."""
+    return sequences_per_step // num_minibatches // num_ranks
+
+
+def needs_reference(algo: Any) -> bool:
+    """The frozen reference model is loaded for DPO (its loss is relative to it) and for any KL term."""
+    return algo["objective"] == "dpo" or algo["kl_coef"] > 0
+
+
+def needs_old_logprobs(algo: Any) -> bool:
+    """Whether the experience phase must compute the sampling policy's logprobs on the learner: when the policy
+    moves between its updates of one batch (the ratio's denominator), or when the KL of the samples is needed
+    (as a reward penalty, or to steer an adaptive coefficient). Otherwise the learner's detached logprobs of the
+    first update are the same numbers, one forward pass cheaper."""
+    if algo["objective"] != "pg":
+        return False
+    kl_of_samples = algo["kl_coef"] > 0 and (algo["kl_mode"] == "reward" or algo["kl_target"] > 0)
+    return algo["num_minibatches"] * algo["epochs"] > 1 or kl_of_samples
 
 
 def register_configs() -> None:

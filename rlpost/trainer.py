@@ -1,7 +1,12 @@
-"""The RL step, algorithm-agnostic, read top to bottom:
+"""The RL step, read top to bottom:
 
-    prompts -> rollout (engines) -> rewards (verifier workers) -> advantages (pure fn, here)
-            -> update (learner ranks: ref logprobs, policy loss, optimizer) -> weight sync -> metrics
+    prompts -> rollout (engines) -> rewards (verifier workers; DAPO's dynamic sampling refills the batch here)
+            -> experience (learner and critic forwards: reference and sampling-policy logprobs, values; then
+               advantages or preference pairs, pure functions)
+            -> train (critic, then policy: DeepSpeed updates) -> weight sync -> metrics
+
+`algo.objective` picks how experience becomes training items: `pg_experience` (advantages, for grpo, dr_grpo,
+rloo, reinforce_pp, ppo, dapo) or `dpo_experience` (pairs, for online_dpo); every other phase is shared.
 
 The driver holds no model: it owns the data, the tokenizer (to decode completions for the rewards) and the
 loop; everything heavy is a Ray actor behind the groups in `rlpost.cluster.groups`.
@@ -12,16 +17,20 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
-from rlpost.algos import ADVANTAGES
-from rlpost.cluster.groups import LearnerGroup, Placement, RewardGroup, RolloutGroup, WeightSync
+from rlpost.algos import adaptive_kl_coef, overlong_penalty, repeat_to, select_pairs
+from rlpost.algos.dynamic_sampling import informative_groups, refill_size
+from rlpost.cluster.groups import CriticGroup, LearnerGroup, Placement, RewardGroup, RolloutGroup, WeightSync
 from rlpost.cluster.ray_cluster import init_ray
-from rlpost.data import PromptLoader, build_prompts, load_rows, resolve_data_path
+from rlpost.config import needs_old_logprobs, needs_reference
+from rlpost.data import Prompt, PromptLoader, build_prompts, load_rows, resolve_data_path
+from rlpost.experience import pg_items
 from rlpost.learner.actor import MiniBatch, TrainItem
 from rlpost.metrics import MetricsLogger
 from rlpost.rewards.manager import RewardResult, check_reward_functions
@@ -29,18 +38,35 @@ from rlpost.rollout.engine import Sample, SamplingParams
 from rlpost.sync.transport import choose_transport
 
 
+@dataclass
+class Rollout:
+    """A step's batch: `trainer.prompts_per_step` groups of `algo.group_size` completions, stored contiguously."""
+
+    samples: list[Sample]
+    scores: torch.Tensor  # [N] what the algorithm sees: the rewards' total plus any overlong penalty
+    metrics: dict[str, float]  # rewards and responses over everything sampled this step, dropped groups included
+
+
 def deal_minibatches(items: list[TrainItem], num_minibatches: int, num_ranks: int) -> list[list[MiniBatch]]:
     """Cut `items` into `num_minibatches` consecutive mini-batches and deal each evenly across ranks.
     Returns, per rank, its share of every mini-batch; each share carries the mini-batch's global completion-token
-    and sequence counts, which the learner needs to normalise the loss as if the mini-batch were one batch."""
+    and sequence counts (of the items in the loss), which the learner needs to normalise the loss as if the
+    mini-batch were one batch."""
     size = len(items) // num_minibatches
     per_rank: list[list[MiniBatch]] = [[] for _ in range(num_ranks)]
     for m in range(num_minibatches):
         mb = items[m * size:(m + 1) * size]
-        tokens, share = sum(len(it.completion_ids) for it in mb), len(mb) // num_ranks
+        counted = [it for it in mb if it.in_loss]
+        tokens, share = sum(len(it.completion_ids) for it in counted), len(mb) // num_ranks
         for r in range(num_ranks):
-            per_rank[r].append(MiniBatch(mb[r * share:(r + 1) * share], tokens, len(mb)))
+            per_rank[r].append(MiniBatch(mb[r * share:(r + 1) * share], tokens, len(counted)))
     return per_rank
+
+
+def shuffled(items: list[TrainItem], unit: int, rng: np.random.Generator) -> list[TrainItem]:
+    """`items` in a random order of blocks of `unit` consecutive items (a DPO pair stays together)."""
+    order = rng.permutation(len(items) // unit).tolist()
+    return [items[b * unit + j] for b in order for j in range(unit)]
 
 
 class Trainer:
@@ -56,7 +82,10 @@ class Trainer:
                                          cfg.data.system_prompt, cfg.data.max_prompt_tokens)
         self.loader = PromptLoader(prompts, shuffle=cfg.data.shuffle, seed=cfg.data.seed)
         self.dropped_prompts = dropped
-        self.advantage_fn = ADVANTAGES.get(cfg.algo.advantage)
+        self.kl_coef = float(cfg.algo.kl_coef)  # adapted after every step when algo.kl_target > 0
+        self.pair_rng = np.random.default_rng([cfg.trainer.seed, 1])
+        self.make_experience = {"pg": self.pg_experience, "dpo": self.dpo_experience}[cfg.algo.objective]
+        self.critic: CriticGroup | None = None
         # A dry call of every reward function on the first batch (without consuming it from the loader).
         state = self.loader.state_dict()
         first = self.loader.next_batch(cfg.trainer.prompts_per_step)
@@ -68,60 +97,161 @@ class Trainer:
         plain = OmegaConf.to_container(cfg, resolve=True)
         total_optimizer_steps = cfg.trainer.steps * cfg.algo.num_minibatches * cfg.algo.epochs
         needed = (cfg.learner.num_ranks + cfg.rollout.num_engines + cfg.reward.num_actors
-                  + sum(m.num_actors for m in cfg.reward.models))
+                  + sum(m.num_actors for m in cfg.reward.models)
+                  + (cfg.critic.num_ranks if cfg.critic.enabled else 0))
         init_ray(cfg.cluster.address, cfg.cluster.num_cpus or max(needed, os.cpu_count() or 1))
         self.rewards = RewardGroup(OmegaConf.to_object(cfg.reward), cfg.cluster.device)
         self.placement = Placement(plain)
         # Engines first: vLLM sizes its KV cache from the memory free at start-up, before the learner's arrives.
         self.rollout = RolloutGroup(plain, self.model_path, self.placement)
         self.learners = LearnerGroup(plain, self.model_path, total_optimizer_steps, self.placement)
+        if cfg.critic.enabled:
+            self.critic = CriticGroup(plain, self.model_path, total_optimizer_steps, self.placement)
         transport = choose_transport(cfg.sync.transport, cfg.cluster.device, cfg.cluster.colocate)
         self.sync = WeightSync(self.learners, self.rollout, transport, cfg.sync.bucket_mb, cfg.sync.timeout_s,
                                cfg.rollout.tensor_parallel_size)
 
-    def sampling_params(self, step: int) -> SamplingParams:
+    def sampling_params(self, step: int, round_: int = 0) -> SamplingParams:
         rc = self.cfg.rollout
+        seed = self.cfg.trainer.seed * 100_003 + step + round_ * 1_000_003  # dynamic sampling's rounds differ
         return SamplingParams(temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k,
-                              max_new_tokens=rc.max_new_tokens, seed=self.cfg.trainer.seed * 100_003 + step)
+                              max_new_tokens=rc.max_new_tokens, seed=seed)
 
     def step(self, step: int) -> dict[str, float]:
-        cfg, group = self.cfg, self.cfg.algo.group_size
-        timings: dict[str, float] = {}
+        timings = {"time/generate": 0.0, "time/reward": 0.0}
         t_step = time.perf_counter()
-
-        batch = self.loader.next_batch(cfg.trainer.prompts_per_step)
-        t = time.perf_counter()
-        samples = self.rollout.generate([p.ids for p in batch for _ in range(group)], self.sampling_params(step))
+        rollout = self.collect(step, timings)
         self.rollout.sleep()  # colocated: the learner gets the GPU memory until the next sync
-        timings["time/generate"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        kl_coef = self.kl_coef
+        items, experience = self.make_experience(rollout)
+        timings["time/experience"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        train = self.train(items, step)
+        timings["time/train"] = time.perf_counter() - t
+
+        # Also when the policy did not move (critic warm-up, no DPO pair): a colocated engine that slept at
+        # level 2 dropped its weights and must be handed them again.
+        sync = self.sync.sync()
+        timings["time/sync"] = sync.get("sync/seconds", 0.0)
+        if "kl/sequence" in experience:
+            algo = self.cfg.algo
+            self.kl_coef = adaptive_kl_coef(kl_coef, experience["kl/sequence"], algo.kl_target, algo.kl_horizon,
+                                            len(rollout.samples))
+        perf = {"perf/rollout_tokens_per_s": rollout.metrics["response/tokens"] / max(timings["time/generate"], 1e-9),
+                "perf/step_seconds": time.perf_counter() - t_step, "data/epoch": float(self.loader.epoch),
+                "kl/coef": kl_coef}
+        if "learner/tokens" in train:
+            perf["perf/learner_tokens_per_s"] = train["learner/tokens"] / max(train["learner/seconds"], 1e-9)
+        return {**rollout.metrics, **experience, **train, **sync, **timings, **perf}
+
+    # ---- rollout and rewards -----------------------------------------------------------------------------
+    def collect(self, step: int, timings: dict[str, float]) -> Rollout:
+        """Sample `prompts_per_step` prompts x `group_size` completions and score them.
+
+        With `algo.dynamic_sampling`, groups whose scores are all equal are set aside and more prompts sampled,
+        round after round, until the batch is full or `algo.max_sampled_prompts` prompts were sampled this step.
+        A batch still short then is topped up with set-aside groups: zero-advantage data, which plain GRPO would
+        have trained on anyway, so the learner always gets a batch of the configured size.
+        """
+        algo, want = self.cfg.algo, self.cfg.trainer.prompts_per_step
+        group, dynamic = algo.group_size, algo.dynamic_sampling
+        cap = (algo.max_sampled_prompts or 3 * want) if dynamic else want
+        samples: list[Sample] = []
+        results: list[RewardResult] = []
+        scores: list[float] = []
+        kept: list[int] = []  # first sample index of each group in the batch
+        set_aside: list[int] = []
+        sampled, rounds, n = 0, 0, want
+        while n > 0:
+            new_samples, result = self.sample_round(self.loader.next_batch(n), step, rounds, timings)
+            new_scores = (torch.tensor(result.total) + self.overlong(new_samples)).tolist()
+            for g, informative in enumerate(informative_groups(new_scores, group)):
+                (kept if informative or not dynamic else set_aside).append(len(samples) + g * group)
+            samples, scores = samples + new_samples, scores + new_scores
+            results.append(result)
+            sampled, rounds = sampled + n, rounds + 1
+            n = refill_size(want - len(kept), sampled, len(kept), cap - sampled) if len(kept) < want else 0
+        batch = [start + j for start in (kept + set_aside)[:want] for j in range(group)]
+
+        totals = torch.tensor([t for r in results for t in r.total], dtype=torch.float32)
+        metrics = self.sample_metrics(samples, RewardResult.concat(results), totals)
+        metrics["reward/shaped_mean"] = sum(scores) / len(scores)
+        metrics["sampling/informative_frac"] = sum(informative_groups(scores, group)) / (len(scores) // group)
+        metrics["sampling/rounds"], metrics["sampling/prompts"] = float(rounds), float(sampled)
+        return Rollout([samples[i] for i in batch], torch.tensor([scores[i] for i in batch]), metrics)
+
+    def sample_round(self, prompts: list[Prompt], step: int, round_: int, timings: dict[str, float]
+                     ) -> tuple[list[Sample], RewardResult]:
+        group = self.cfg.algo.group_size
+        t = time.perf_counter()
+        samples = self.rollout.generate([p.ids for p in prompts for _ in range(group)],
+                                        self.sampling_params(step, round_))
+        timings["time/generate"] += time.perf_counter() - t
 
         t = time.perf_counter()
         texts = self.tokenizer.batch_decode([s.completion_ids for s in samples], skip_special_tokens=True)
-        rewards = self.rewards.score([p.text for p in batch for _ in range(group)], texts,
-                                     [p.columns for p in batch for _ in range(group)],
-                                     [p.messages for p in batch for _ in range(group)])
-        timings["time/reward"] = time.perf_counter() - t
+        rewards = self.rewards.score([p.text for p in prompts for _ in range(group)], texts,
+                                     [p.columns for p in prompts for _ in range(group)],
+                                     [p.messages for p in prompts for _ in range(group)])
+        timings["time/reward"] += time.perf_counter() - t
         self._record_failures(step, rewards)
-        rewards.check_failures(cfg.reward.max_failure_frac, os.path.join(self.run_dir, "reward_failures.jsonl"))
+        rewards.check_failures(self.cfg.reward.max_failure_frac, os.path.join(self.run_dir, "reward_failures.jsonl"))
+        return samples, rewards
 
-        scores = torch.tensor(rewards.total, dtype=torch.float32)
-        advantages = self.advantage_fn(scores, group, std_normalize=cfg.algo.std_normalize)
-        items = [TrainItem(s.prompt_ids, s.completion_ids, float(a), s.logprobs)
-                 for s, a in zip(samples, advantages.tolist(), strict=True)]
-        t = time.perf_counter()
-        order = np.random.default_rng([cfg.trainer.seed, step]).permutation(len(items)).tolist()
-        learner = self.learners.train_step(deal_minibatches([items[i] for i in order], cfg.algo.num_minibatches,
-                                                            cfg.learner.num_ranks))
-        timings["time/train"] = time.perf_counter() - t
+    def overlong(self, samples: list[Sample]) -> torch.Tensor:
+        """DAPO's soft overlong penalty per sample (zeros when `algo.overlong_buffer` is 0)."""
+        algo, max_len = self.cfg.algo, self.cfg.rollout.max_new_tokens
+        buffer = max(1, round(algo.overlong_buffer * max_len)) if algo.overlong_buffer > 0 else 0
+        lengths = torch.tensor([len(s.completion_ids) for s in samples])
+        return overlong_penalty(lengths, max_len, buffer, algo.overlong_penalty)
 
-        sync = self.sync.sync()
-        timings["time/sync"] = sync["sync/seconds"]
-        step_seconds = time.perf_counter() - t_step
-        completion_tokens = sum(len(s.completion_ids) for s in samples)
-        return {**self.sample_metrics(samples, rewards, scores), **learner, **sync, **timings,
-                "perf/rollout_tokens_per_s": completion_tokens / timings["time/generate"],
-                "perf/learner_tokens_per_s": learner["learner/tokens"] / max(learner["learner/seconds"], 1e-9),
-                "perf/step_seconds": step_seconds, "data/epoch": float(self.loader.epoch)}
+    # ---- experience ---------------------------------------------------------------------------------------
+    def pg_experience(self, rollout: Rollout) -> tuple[list[TrainItem], dict[str, float]]:
+        """Reference and sampling-policy logprobs (when the config needs them) and the critic's values, then
+        token rewards and advantages (`rlpost.experience.pg_items`)."""
+        algo = self.cfg.algo
+        prompts = [s.prompt_ids for s in rollout.samples]
+        completions = [s.completion_ids for s in rollout.samples]
+        old = needs_old_logprobs(algo)
+        logprobs = self.learners.experience(prompts, completions, old) if old or needs_reference(algo) else {}
+        values = self.critic.experience(prompts, completions)["values"] if self.critic is not None else None
+        return pg_items(rollout.samples, rollout.scores, algo, self.kl_coef, logprobs.get("ref_logprobs"),
+                        logprobs.get("old_logprobs"), values)
+
+    def dpo_experience(self, rollout: Rollout) -> tuple[list[TrainItem], dict[str, float]]:
+        """One (chosen, rejected) pair per prompt whose completions did not all tie (`algo.pairs` picks it),
+        repeated up to one pair per prompt of the batch, and the reference's logprobs of every pair."""
+        algo = self.cfg.algo
+        pairs = select_pairs(rollout.scores.tolist(), algo.group_size, algo.pairs, self.pair_rng)
+        metrics = {"dpo/distinct_pairs": float(len(pairs))}
+        pairs = repeat_to(pairs, self.cfg.trainer.prompts_per_step)
+        if not pairs:
+            return [], metrics
+        seqs = [rollout.samples[i] for pair in pairs for i in pair]
+        ref = self.learners.experience([s.prompt_ids for s in seqs], [s.completion_ids for s in seqs])
+        return [TrainItem(s.prompt_ids, s.completion_ids, s.logprobs, ref_logprobs=r)
+                for s, r in zip(seqs, ref["ref_logprobs"], strict=True)], metrics
+
+    # ---- training -----------------------------------------------------------------------------------------
+    def train(self, items: list[TrainItem], step: int) -> dict[str, float]:
+        """The critic's update, then the policy's (after the critic's warm-up steps). Items are shuffled in whole
+        training examples (a completion, or a DPO pair)."""
+        cfg = self.cfg
+        if not items:  # dpo, and no prompt gave a pair: nothing to learn from this step
+            return {}
+        unit = 2 if cfg.algo.objective == "dpo" else 1
+        items = shuffled(items, unit, np.random.default_rng([cfg.trainer.seed, step]))
+        metrics: dict[str, float] = {}
+        if self.critic is not None:
+            metrics |= self.critic.train_step(deal_minibatches(items, cfg.algo.num_minibatches, cfg.critic.num_ranks))
+            if step <= cfg.critic.warmup_steps:
+                return metrics
+        metrics |= self.learners.train_step(deal_minibatches(items, cfg.algo.num_minibatches, cfg.learner.num_ranks),
+                                            self.kl_coef)
+        return metrics
 
     def sample_metrics(self, samples: list[Sample], rewards: RewardResult, scores: torch.Tensor
                        ) -> dict[str, float]:
@@ -129,6 +259,7 @@ class Trainer:
         metrics = {"reward/mean": float(scores.mean()), "reward/std": float(scores.std()) if len(scores) > 1 else 0.0,
                    "reward/errors": float(rewards.errors), "reward/timeouts": float(rewards.timeouts),
                    "response/length_mean": float(lengths.mean()), "response/length_max": float(lengths.max()),
+                   "response/tokens": float(lengths.sum()),
                    "response/truncated_frac": sum(s.finish_reason == "length" for s in samples) / len(samples)}
         for label, values in rewards.components.items():
             metrics[f"reward/{label}"] = sum(values) / len(values)

@@ -7,13 +7,15 @@ import os
 
 from omegaconf import DictConfig
 
-from rlpost.algos import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
-from rlpost.config import ConfigError, samples_per_rank
+from rlpost.algos import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, PAIR_SELECTORS, POLICY_LOSSES
+from rlpost.config import ConfigError, samples_per_rank, train_sequences_per_step
 from rlpost.rewards.loader import load_reward_fn
 from rlpost.rewards.reward_model import check_reward_model
 from rlpost.sync.transport import TRANSPORTS
 
 DTYPES = ("float32", "bfloat16", "float16")
+OBJECTIVES = ("pg", "dpo")
+KL_MODES = ("loss", "reward")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -23,33 +25,22 @@ def _require(ok: bool, message: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     algo, lc, rc, tc = cfg.algo, cfg.learner, cfg.rollout, cfg.trainer
-    _require(algo.name == "grpo", f"algo.name={algo.name!r}: this version implements grpo; set algo=grpo")
-    _require(algo.group_size >= 2, f"algo.group_size={algo.group_size}: GRPO needs at least 2 completions per "
-             "prompt to form a baseline; set algo.group_size>=2")
-    ADVANTAGES.get(algo.advantage)
-    LOSS_AGGREGATIONS.get(algo.loss_agg)
-    POLICY_LOSSES.get(algo.policy_loss)
-    KL_ESTIMATORS.get(algo.kl_estimator)
-    _require(algo.kl_coef >= 0, f"algo.kl_coef={algo.kl_coef}: must be >= 0 (0 disables the reference model)")
-    _require(0 <= algo.clip_low < 1 and algo.clip_high >= 0,
-             f"algo.clip_low={algo.clip_low}, algo.clip_high={algo.clip_high}: need 0 <= clip_low < 1, clip_high >= 0")
-    _require(algo.epochs >= 1 and algo.num_minibatches >= 1, "algo.epochs and algo.num_minibatches must be >= 1")
+    _require(algo.objective in OBJECTIVES,
+             f"algo.objective={algo.objective!r}: choose one of {', '.join(OBJECTIVES)} (or pick a preset, algo=...)")
     _require(tc.steps >= 1, f"trainer.steps={tc.steps}: must be >= 1")
     _require(tc.prompts_per_step >= 1, f"trainer.prompts_per_step={tc.prompts_per_step}: must be >= 1")
-
-    samples = tc.prompts_per_step * algo.group_size
-    _require(samples % algo.num_minibatches == 0,
-             f"algo.num_minibatches={algo.num_minibatches} does not divide the {samples} samples per step "
-             f"(trainer.prompts_per_step x algo.group_size); pick a divisor of {samples}")
-    minibatch = samples // algo.num_minibatches
-    _require(lc.num_ranks >= 1, f"learner.num_ranks={lc.num_ranks}: must be >= 1")
-    _require(minibatch % lc.num_ranks == 0,
-             f"learner.num_ranks={lc.num_ranks} does not divide the mini-batch of {minibatch} samples; "
-             "change learner.num_ranks, trainer.prompts_per_step or algo.num_minibatches")
-    per_rank = samples_per_rank(tc.prompts_per_step, algo.group_size, algo.num_minibatches, lc.num_ranks)
-    _require(lc.micro_batch_size >= 1 and per_rank % lc.micro_batch_size == 0,
-             f"learner.micro_batch_size={lc.micro_batch_size} does not divide the {per_rank} samples each rank "
-             f"gets per mini-batch; pick a divisor of {per_rank}")
+    _require(algo.epochs >= 1 and algo.num_minibatches >= 1, "algo.epochs and algo.num_minibatches must be >= 1")
+    _require(algo.group_size >= 1, f"algo.group_size={algo.group_size}: must be >= 1")
+    if algo.objective == "dpo":
+        _validate_dpo(cfg)
+    else:
+        _validate_pg(cfg)
+    _require(cfg.critic.enabled or cfg.critic.warmup_steps == 0,
+             f"critic.warmup_steps={cfg.critic.warmup_steps} without a critic (critic.enabled=false); set it to 0")
+    _validate_sampling(cfg)
+    _validate_batches(cfg, "learner", lc.num_ranks)
+    if cfg.critic.enabled:
+        _validate_batches(cfg, "critic", cfg.critic.num_ranks)
     _require(lc.zero_stage in (0, 1, 2, 3), f"learner.zero_stage={lc.zero_stage}: choose 0, 1, 2 or 3")
     _require(lc.lr > 0, f"learner.lr={lc.lr}: must be > 0")
     _require(lc.lr_schedule in ("constant", "cosine"),
@@ -111,8 +102,97 @@ def _validate_placement(cfg: DictConfig) -> None:
         _require(rc.tensor_parallel_size == 1 and rc.num_engines == lc.num_ranks,
                  f"cluster.colocate=true puts one engine on each learner GPU: set rollout.num_engines="
                  f"learner.num_ranks ({lc.num_ranks}) and rollout.tensor_parallel_size=1, or use cluster=split")
+        _require(not cfg.critic.enabled or cfg.critic.num_ranks == lc.num_ranks,
+                 f"cluster.colocate=true puts a critic rank beside each learner rank: set critic.num_ranks="
+                 f"learner.num_ranks ({lc.num_ranks})")
         _require(cfg.sync.transport in ("auto", "ipc"), f"sync.transport={cfg.sync.transport!r}: colocated "
                  "learner and engines share GPUs, where NCCL refuses two ranks per GPU; set sync.transport=auto")
     else:
         _require(cfg.sync.transport in ("auto", "nccl"), f"sync.transport={cfg.sync.transport!r}: split GPU "
                  "groups sync over NCCL; set sync.transport=auto")
+
+
+def _validate_pg(cfg: DictConfig) -> None:
+    algo, critic = cfg.algo, cfg.critic
+    traits = ADVANTAGES.traits(algo.advantage)  # also rejects an unknown name
+    LOSS_AGGREGATIONS.get(algo.loss_agg)
+    POLICY_LOSSES.get(algo.policy_loss)
+    KL_ESTIMATORS.get(algo.kl_estimator)
+    _require(algo.group_size >= 2 or not traits.get("group_baseline"),
+             f"algo.group_size={algo.group_size}: algo.advantage={algo.advantage} needs at least 2 completions per "
+             "prompt to form its group baseline; set algo.group_size>=2")
+    _require(critic.enabled or not traits.get("needs_values"),
+             f"algo.advantage={algo.advantage} needs a critic but critic.enabled=false; set critic.enabled=true "
+             "(algo=ppo does) or choose a critic-free estimator")
+    _require(traits.get("needs_values") or not critic.enabled,
+             f"critic.enabled=true but algo.advantage={algo.advantage} uses no values; set algo.advantage=gae or "
+             "critic.enabled=false")
+    if critic.enabled:
+        _require(critic.num_ranks >= 1, f"critic.num_ranks={critic.num_ranks}: must be >= 1")
+        _require(critic.lr > 0, f"critic.lr={critic.lr}: must be > 0")
+        _require(critic.value_clip >= 0, f"critic.value_clip={critic.value_clip}: must be >= 0 (0 = off)")
+        _require(0 <= critic.warmup_steps < cfg.trainer.steps,
+                 f"critic.warmup_steps={critic.warmup_steps}: must be >= 0 and below trainer.steps="
+                 f"{cfg.trainer.steps}, or the policy never trains")
+    _require(0 <= algo.gamma <= 1 and 0 <= algo.lam <= 1,
+             f"algo.gamma={algo.gamma}, algo.lam={algo.lam}: both must be in [0, 1]")
+    _require(0 <= algo.clip_low < 1 and algo.clip_high >= 0,
+             f"algo.clip_low={algo.clip_low}, algo.clip_high={algo.clip_high}: need 0 <= clip_low < 1, clip_high >= 0")
+    _require(algo.clip_c == 0 or algo.clip_c > 1,
+             f"algo.clip_c={algo.clip_c}: the dual-clip bound must be > 1 (e.g. 3), or 0 for off")
+    _require(algo.kl_coef >= 0, f"algo.kl_coef={algo.kl_coef}: must be >= 0 (0 disables the reference model)")
+    _require(algo.kl_mode in KL_MODES, f"algo.kl_mode={algo.kl_mode!r}: choose one of {', '.join(KL_MODES)}")
+    _require(algo.kl_target >= 0 and algo.kl_horizon >= 1,
+             f"algo.kl_target={algo.kl_target}, algo.kl_horizon={algo.kl_horizon}: need kl_target >= 0 (0 = fixed "
+             "coefficient) and kl_horizon >= 1")
+    _require(algo.kl_target == 0 or algo.kl_coef > 0,
+             f"algo.kl_target={algo.kl_target} adapts algo.kl_coef, which is 0; set algo.kl_coef > 0 as its start")
+    _require(0 <= algo.overlong_buffer < 1,
+             f"algo.overlong_buffer={algo.overlong_buffer}: a fraction of rollout.max_new_tokens in [0, 1) (0 = off)")
+    _require(algo.overlong_penalty >= 0, f"algo.overlong_penalty={algo.overlong_penalty}: must be >= 0")
+
+
+def _validate_dpo(cfg: DictConfig) -> None:
+    algo = cfg.algo
+    _require(algo.group_size >= 2, f"algo.group_size={algo.group_size}: online DPO (algo.objective=dpo) needs at "
+             "least 2 completions per prompt to form a pair; set algo.group_size>=2")
+    PAIR_SELECTORS.get(algo.pairs)
+    _require(algo.dpo_beta > 0, f"algo.dpo_beta={algo.dpo_beta}: must be > 0")
+    _require(algo.kl_coef == 0, f"algo.kl_coef={algo.kl_coef} has no effect with algo.objective=dpo (its KL "
+             "strength is algo.dpo_beta); set algo.kl_coef=0")
+    _require(not cfg.critic.enabled, "critic.enabled=true with algo.objective=dpo, which uses no values; set "
+             "critic.enabled=false")
+    _require(cfg.learner.micro_batch_size % 2 == 0,
+             f"learner.micro_batch_size={cfg.learner.micro_batch_size}: with algo.objective=dpo a micro-batch holds "
+             "whole (chosen, rejected) pairs; make it even")
+
+
+def _validate_sampling(cfg: DictConfig) -> None:
+    algo, tc = cfg.algo, cfg.trainer
+    if not algo.dynamic_sampling:
+        return
+    _require(algo.group_size >= 2, f"algo.dynamic_sampling=true with algo.group_size={algo.group_size}: a single "
+             "completion always 'ties' with itself, so every prompt would be dropped; set algo.group_size>=2")
+    _require(algo.max_sampled_prompts == 0 or algo.max_sampled_prompts >= tc.prompts_per_step,
+             f"algo.max_sampled_prompts={algo.max_sampled_prompts} is below trainer.prompts_per_step="
+             f"{tc.prompts_per_step}, the batch dynamic sampling fills; raise it (or 0 = 3 x prompts_per_step)")
+
+
+def _validate_batches(cfg: DictConfig, section: str, num_ranks: int) -> None:
+    """The step's training sequences must cut into mini-batches, ranks and micro-batches exactly."""
+    algo = cfg.algo
+    micro = cfg.learner.micro_batch_size
+    samples = train_sequences_per_step(cfg)
+    what = "2 x trainer.prompts_per_step" if algo.objective == "dpo" else "trainer.prompts_per_step x algo.group_size"
+    _require(samples % algo.num_minibatches == 0,
+             f"algo.num_minibatches={algo.num_minibatches} does not divide the {samples} training sequences per "
+             f"step ({what}); pick a divisor of {samples}")
+    minibatch = samples // algo.num_minibatches
+    _require(num_ranks >= 1, f"{section}.num_ranks={num_ranks}: must be >= 1")
+    _require(minibatch % num_ranks == 0,
+             f"{section}.num_ranks={num_ranks} does not divide the mini-batch of {minibatch} sequences; "
+             f"change {section}.num_ranks, trainer.prompts_per_step or algo.num_minibatches")
+    per_rank = samples_per_rank(samples, algo.num_minibatches, num_ranks)
+    _require(micro >= 1 and per_rank % micro == 0,
+             f"learner.micro_batch_size={micro} does not divide the {per_rank} sequences each {section} rank "
+             f"gets per mini-batch; pick a divisor of {per_rank}")

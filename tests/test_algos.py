@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,18 +10,31 @@ from rlpost.algos import (
     ADVANTAGES,
     KL_ESTIMATORS,
     LOSS_AGGREGATIONS,
+    PAIR_SELECTORS,
     POLICY_LOSSES,
     Registry,
+    adaptive_kl_coef,
     clipped_policy_loss,
+    clipped_value_loss,
+    dpo_loss,
     entropy_from_logits,
+    gae_advantages,
     grpo_advantages,
+    gspo_policy_loss,
     masked_mean,
     masked_sum,
+    overlong_penalty,
+    reinforce_pp_advantages,
+    repeat_to,
+    select_pairs,
     seq_mean_token_mean,
     seq_mean_token_sum,
+    sequence_logprob,
+    token_level_rewards,
     token_mean,
 )
-from rlpost.config import ConfigError
+from rlpost.algos.dynamic_sampling import informative_groups, refill_size
+from rlpost.config import AlgoConfig, ConfigError
 
 
 def close(actual, expected, atol=1e-5):
@@ -31,33 +45,167 @@ def close(actual, expected, atol=1e-5):
 # ---- advantages ---------------------------------------------------------------------------------------------
 
 
+def outcome(scores, lengths=None):
+    """Token rewards [N, T] holding each score on its sequence's last token, and the mask (lengths default 1)."""
+    lengths = lengths or [1] * len(scores)
+    rewards = torch.zeros(len(scores), max(lengths))
+    mask = torch.zeros(len(scores), max(lengths))
+    for i, (score, n) in enumerate(zip(scores, lengths, strict=True)):
+        rewards[i, n - 1] = score
+        mask[i, :n] = 1
+    return rewards, mask
+
+
+def seq_adv(name, scores, group_size, **cfg):
+    """A sequence-level estimator's advantage per sequence (single-token sequences)."""
+    rewards, mask = outcome(scores)
+    adv, returns = ADVANTAGES.get(name)(rewards, mask, AlgoConfig(group_size=group_size, **cfg))
+    assert returns is None
+    return adv[:, 0]
+
+
 def test_grpo_std_normalized():
     # mean .25; deviations .75, -.25 x3; unbiased var = (.5625 + 3 * .0625) / 3 = .25 -> std .5
-    close(grpo_advantages(torch.tensor([1.0, 0, 0, 0]), 4), [0.75 / 0.5, -0.25 / 0.5, -0.25 / 0.5, -0.25 / 0.5])
+    close(seq_adv("grpo", [1.0, 0, 0, 0], 4), [0.75 / 0.5, -0.25 / 0.5, -0.25 / 0.5, -0.25 / 0.5])
 
 
 def test_grpo_no_std():
-    close(grpo_advantages(torch.tensor([1.0, 0, 0, 0]), 4, std_normalize=False), [0.75, -0.25, -0.25, -0.25])
+    close(seq_adv("grpo", [1.0, 0, 0, 0], 4, std_normalize=False), [0.75, -0.25, -0.25, -0.25])
 
 
 def test_grpo_two_groups():
     # group 2: [1, 1, 0, 0], mean .5, unbiased var = 4 * .25 / 3 = 1/3 -> +-.5 / sqrt(1/3)
     a = 0.5 / math.sqrt(1 / 3)
-    adv = grpo_advantages(torch.tensor([1.0, 0, 0, 0, 1, 1, 0, 0]), 4)
-    close(adv, [1.5, -0.5, -0.5, -0.5, a, a, -a, -a])
+    close(seq_adv("grpo", [1.0, 0, 0, 0, 1, 1, 0, 0], 4), [1.5, -0.5, -0.5, -0.5, a, a, -a, -a])
+
+
+def test_grpo_broadcasts_over_tokens_and_masks_padding():
+    # lengths 3, 1, 2, 1: every token of a completion gets its advantage, padding gets exactly 0
+    rewards, mask = outcome([1.0, 0, 0, 0], [3, 1, 2, 1])
+    adv, _ = grpo_advantages(rewards, mask, AlgoConfig(group_size=4))
+    close(adv, [[1.5, 1.5, 1.5], [-0.5, 0, 0], [-0.5, -0.5, 0], [-0.5, 0, 0]])
+
+
+def test_grpo_scores_a_sequence_by_its_summed_token_rewards():
+    # a KL penalty in the reward changes the sequence's score: [.9 - .1, -.2] -> scores .8 and -.2, mean .3
+    rewards = torch.tensor([[-0.1, 0.9], [-0.2, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    adv, _ = grpo_advantages(rewards, mask, AlgoConfig(group_size=2, std_normalize=False))
+    close(adv, [[0.5, 0.5], [-0.5, 0.0]])
 
 
 def test_grpo_equal_rewards_are_exactly_zero():
-    rewards = torch.tensor([0.1, 0.1, 0.1, 1.0, 0.0, 0.0])  # mean of three 0.1s is not exactly 0.1 in fp32
-    adv = grpo_advantages(rewards, 3)
-    assert torch.equal(adv[:3], torch.zeros(3))
-    assert torch.equal(grpo_advantages(torch.tensor([0.1, 0.1, 0.1]), 3, std_normalize=False), torch.zeros(3))
-    assert torch.equal(grpo_advantages(torch.tensor([3.0, 5.0]), 1), torch.zeros(2))  # groups of one: no signal
+    scores = [0.1, 0.1, 0.1, 1.0, 0.0, 0.0]  # mean of three 0.1s is not exactly 0.1 in fp32
+    assert torch.equal(seq_adv("grpo", scores, 3)[:3], torch.zeros(3))
+    assert torch.equal(seq_adv("grpo", [0.1, 0.1, 0.1], 3, std_normalize=False), torch.zeros(3))
+    assert torch.equal(seq_adv("grpo", [3.0, 5.0], 1), torch.zeros(2))  # groups of one: no signal
+
+
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo"])
+def test_group_estimators_sum_to_zero_per_group(name):
+    scores = torch.rand(6 * 5, generator=torch.Generator().manual_seed(0)).tolist()
+    adv = seq_adv(name, scores, 5).view(6, 5)
+    close(adv.sum(dim=1), torch.zeros(6))
 
 
 def test_grpo_bad_n():
+    rewards, mask = outcome([0.0] * 5)
     with pytest.raises(ValueError, match="multiple of group_size"):
-        grpo_advantages(torch.zeros(5), 4)
+        grpo_advantages(rewards, mask, AlgoConfig(group_size=4))
+
+
+def test_dr_grpo_never_divides_by_std():
+    for std_normalize in (True, False):
+        close(seq_adv("dr_grpo", [1.0, 0, 0, 0], 4, std_normalize=std_normalize), [0.75, -0.25, -0.25, -0.25])
+    assert torch.equal(seq_adv("dr_grpo", [0.1, 0.1, 0.1], 3), torch.zeros(3))
+
+
+def test_rloo_hand_values():
+    # A_0 = 1 - mean(0, 0, 0) = 1;  A_1 = 0 - mean(1, 0, 0) = -1/3
+    close(seq_adv("rloo", [1.0, 0, 0, 0], 4), [1.0, -1 / 3, -1 / 3, -1 / 3])
+    # [2, 1, 0]: A = [2 - .5, 1 - 1, 0 - 1.5]
+    close(seq_adv("rloo", [2.0, 1.0, 0.0], 3), [1.5, 0.0, -1.5])
+    assert torch.equal(seq_adv("rloo", [0.3, 0.3], 2), torch.zeros(2))
+
+
+def test_rloo_baseline_excludes_the_sample_itself():
+    # raising r_0 by d raises A_0 by exactly d (its baseline does not move) and lowers the others by d / (n - 1)
+    before = seq_adv("rloo", [0.2, 0.5, 0.9, 0.4], 4)
+    after = seq_adv("rloo", [1.2, 0.5, 0.9, 0.4], 4)
+    close(after - before, [1.0, -1 / 3, -1 / 3, -1 / 3])
+
+
+def test_rloo_needs_two_samples():
+    rewards, mask = outcome([1.0, 0.0])
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        ADVANTAGES.get("rloo")(rewards, mask, AlgoConfig(group_size=1))
+
+
+def test_reinforce_pp_global_normalisation():
+    # token rewards (a score on the last token, a penalty on another): row 0 [-.1, .9], row 1 [.5] (+ padding)
+    rewards = torch.tensor([[-0.1, 0.9], [0.5, 7.0]])  # the 7 sits on padding and must not count
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    # gamma 1: returns [-.1 + .9, .9] = [.8, .9] and [.5]; over the batch's 3 tokens mean 2.2 / 3,
+    # unbiased var ((.8 - m)^2 + (.9 - m)^2 + (.5 - m)^2) / 2
+    m = 2.2 / 3
+    std = math.sqrt(((0.8 - m) ** 2 + (0.9 - m) ** 2 + (0.5 - m) ** 2) / 2)
+    adv, returns = reinforce_pp_advantages(rewards, mask, AlgoConfig(gamma=1.0))
+    assert returns is None
+    close(adv, [[(0.8 - m) / std, (0.9 - m) / std], [(0.5 - m) / std, 0.0]])
+    # gamma .5: returns [-.1 + .5 * .9, .9] = [.35, .9] and [.5]; only centred without std_normalize
+    adv, _ = reinforce_pp_advantages(rewards, mask, AlgoConfig(gamma=0.5, std_normalize=False))
+    m = (0.35 + 0.9 + 0.5) / 3
+    close(adv, [[0.35 - m, 0.9 - m], [0.5 - m, 0.0]])
+    # one sample per prompt is fine (no groups), and an all-equal batch gives exactly 0
+    adv, _ = reinforce_pp_advantages(*outcome([1.0, 1.0, 1.0]), AlgoConfig(group_size=1))
+    assert torch.equal(adv, torch.zeros(3, 1))
+
+
+def test_gae_hand_values():
+    # gamma 1, lam .5; r = [0, 0, 1], V = [.5, .6, .7], V after the end = 0
+    # deltas: t2 = 1 + 0 - .7 = .3, t1 = 0 + .7 - .6 = .1, t0 = 0 + .6 - .5 = .1
+    # A2 = .3, A1 = .1 + .5 * .3 = .25, A0 = .1 + .5 * .25 = .225; returns = A + V
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [2.0, 9.0, 9.0]])
+    values = torch.tensor([[0.5, 0.6, 0.7], [0.4, 9.0, 9.0]])  # row 1 is a single-token completion
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    adv, returns = gae_advantages(rewards, mask, AlgoConfig(gamma=1.0, lam=0.5, std_normalize=False), values)
+    close(adv, [[0.225, 0.25, 0.3], [2.0 - 0.4, 0.0, 0.0]])
+    close(returns, [[0.725, 0.85, 1.0], [2.0, 0.0, 0.0]])
+
+
+def test_gae_lambda_one_gamma_one_is_return_minus_value():
+    gen = torch.Generator().manual_seed(1)
+    rewards, values = torch.randn(3, 5, generator=gen), torch.randn(3, 5, generator=gen)
+    mask = torch.tensor([[1.0] * 5, [1.0] * 3 + [0.0] * 2, [1.0] + [0.0] * 4])
+    adv, returns = gae_advantages(rewards, mask, AlgoConfig(gamma=1.0, lam=1.0, std_normalize=False), values)
+    # return-to-go by hand: reversed cumulative sum of the masked rewards
+    togo = torch.flip(torch.cumsum(torch.flip(rewards * mask, [1]), 1), [1])
+    close(adv, (togo - values) * mask)
+    close(returns, togo * mask)
+
+
+def test_gae_whitening_leaves_returns_alone():
+    rewards, mask = outcome([1.0, 0.0, 0.5], [2, 3, 1])
+    values = torch.full(mask.shape, 0.25)
+    raw, raw_returns = gae_advantages(rewards, mask, AlgoConfig(std_normalize=False), values)
+    adv, returns = gae_advantages(rewards, mask, AlgoConfig(std_normalize=True), values)
+    close(returns, raw_returns)
+    keep = mask.bool()
+    close(adv[keep].mean(), 0.0)
+    close(adv[keep].std(), 1.0, atol=1e-4)
+    close(adv[keep], (raw[keep] - raw[keep].mean()) / (raw[keep].std() + 1e-6))
+    assert torch.equal(adv[~keep], torch.zeros(int((~keep).sum())))
+
+
+def test_gae_needs_values():
+    with pytest.raises(ValueError, match="values"):
+        gae_advantages(*outcome([1.0]), AlgoConfig())
+
+
+def test_advantage_traits():
+    assert ADVANTAGES.traits("gae") == {"needs_values": True}
+    assert ADVANTAGES.traits("rloo") == {"group_baseline": True}
+    assert ADVANTAGES.traits("reinforce_pp") == {}
 
 
 # ---- KL estimators ------------------------------------------------------------------------------------------
@@ -204,6 +352,162 @@ def test_clipped_gradient_at_ratio_one_is_minus_advantage():
     close(frac, 0.0)
 
 
+def test_dual_clip_caps_the_loss_of_negative_advantages():
+    # A = -1, clip_c 3: ratio 5 -> the PPO loss max(5 * 1, 1.2 * 1) = 5 is capped at 3; ratio 2 -> 2 (under the cap)
+    # A = +1, ratio 5: dual clip never applies to positive advantages; PPO clipping gives -1.2
+    loss, frac = run_clipped([5.0, 2.0, 5.0], [-1.0, -1.0, 1.0], clip_low=0.2, clip_high=0.2)
+    close(loss, [[5.0, 2.0, -1.2]])
+    old = torch.full((1, 3), -1.0)
+    logprobs = old + torch.log(torch.tensor([[5.0, 2.0, 5.0]]))
+    loss, frac = clipped_policy_loss(logprobs, old, torch.tensor([[-1.0, -1.0, 1.0]]), torch.ones(1, 3), 0.2, 0.2,
+                                     clip_c=3.0)
+    close(loss, [[3.0, 2.0, -1.2]])
+    close(frac, 2 / 3)  # the capped token and the clipped positive one
+
+
+def test_gspo_sequence_ratio_and_clipping():
+    # row 0: token log ratios [.2, .4] -> s = exp(.3) = 1.35 > 1 + .2 with A = 1: clipped to 1.2 on every token
+    # row 1: token log ratios [.1, -.1] (+ a padding token) -> s = exp(0) = 1, inside: loss -A = 2 per token
+    old = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, -1.0, -5.0]])
+    logprobs = old + torch.tensor([[0.2, 0.4, 0.0], [0.1, -0.1, 3.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    loss, frac = gspo_policy_loss(logprobs, old, torch.tensor([1.0, -2.0]), mask, 0.2, 0.2)
+    close(loss, [[-1.2, -1.2, 0.0], [2.0, 2.0, 0.0]])
+    close(frac, 2 / 4)
+
+
+def test_gspo_gradient_is_the_sequence_ratio_gradient():
+    # Unclipped, sum over sequences of mean over tokens of GSPO-token's loss has the gradient of -s_i * A_i with
+    # s_i = exp(mean_t log(pi / pi_old)): the paper's sequence-level objective.
+    old = torch.tensor([[-1.0, -2.0, -0.5], [-0.7, -1.1, -3.0]])
+    delta = torch.tensor([[0.05, -0.02, 0.03], [0.01, 0.04, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    adv = torch.tensor([0.7, -1.3])
+    ours = (old + delta).requires_grad_(True)
+    loss, _ = gspo_policy_loss(ours, old, adv, mask, 10.0, 10.0)
+    seq_mean_token_mean(loss, mask, num_seqs=1).backward()
+    direct = (old + delta).requires_grad_(True)
+    s = torch.exp(masked_mean(direct - old, mask, dim=-1))
+    (-(s * adv).sum()).backward()
+    close(ours.grad, direct.grad)
+
+
+def test_clipped_value_loss():
+    # V 1, old .5, R 2, clip .2: plain (1 - 2)^2 = 1; clipped V .7 -> (.7 - 2)^2 = 1.69, larger -> .5 * 1.69
+    # V .6, old .5, R 0: inside the clip, both .36 -> .18, not counted as clipped; masked token -> 0
+    values = torch.tensor([[1.0, 0.6, 5.0]])
+    old = torch.tensor([[0.5, 0.5, 0.0]])
+    returns = torch.tensor([[2.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    loss, frac = clipped_value_loss(values, old, returns, mask, 0.2)
+    close(loss, [[0.5 * 1.69, 0.18, 0.0]])
+    close(frac, 0.5)
+    loss, frac = clipped_value_loss(values, old, returns, mask, 0.0)
+    close(loss, [[0.5, 0.18, 0.0]])
+    close(frac, 0.0)
+
+
+def test_sequence_logprob():
+    logprobs = torch.tensor([[-1.0, -2.0, float("-inf")], [-0.5, -0.5, -0.5]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    close(sequence_logprob(logprobs, mask), [-3.0, -1.5])
+    close(sequence_logprob(logprobs, mask, length_normalize=True), [-1.5, -0.5])
+
+
+def test_dpo_loss_hand_value():
+    # margin = .5 * ((-1 - -2) - (-3 - -2)) = .5 * 2 = 1 -> loss = -log sigmoid(1) = log(1 + e^-1)
+    loss, margin = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]),
+                            beta=0.5)
+    close(loss, [math.log(1 + math.exp(-1))])
+    close(margin, [1.0])
+
+
+def test_dpo_loss_beta_to_zero_and_identical_pairs_is_log2():
+    chosen, rejected = torch.tensor([-1.0, -4.0]), torch.tensor([-3.0, -0.5])
+    ref_c, ref_r = torch.tensor([-2.0, -2.0]), torch.tensor([-1.0, -6.0])
+    loss, _ = dpo_loss(chosen, rejected, ref_c, ref_r, beta=1e-8)
+    close(loss, [math.log(2)] * 2)
+    # identical completions: the same sequence logprob on both sides, for any beta, and no net gradient
+    seq = torch.tensor([-2.5, -0.3], requires_grad=True)
+    loss, margin = dpo_loss(seq, seq, ref_c, ref_c, beta=3.0)
+    close(loss, [math.log(2)] * 2)
+    close(margin, [0.0, 0.0])
+    loss.sum().backward()
+    close(seq.grad, [0.0, 0.0])
+
+
+def test_dpo_loss_gradient_raises_chosen_lowers_rejected():
+    chosen, rejected = torch.tensor([-2.0], requires_grad=True), torch.tensor([-2.0], requires_grad=True)
+    loss, _ = dpo_loss(chosen, rejected, torch.tensor([-2.0]), torch.tensor([-2.0]), beta=0.1)
+    loss.sum().backward()
+    # d/dm -log sigmoid(m) = -sigmoid(-m) = -1/2 at m = 0; dm/dchosen = beta, dm/drejected = -beta
+    close(chosen.grad, [-0.05])
+    close(rejected.grad, [0.05])
+
+
+# ---- reward shaping and the KL controller ------------------------------------------------------------------------
+
+
+def test_overlong_penalty():
+    # max 10, buffer 4: free up to 6 tokens, then -(len - 6) / 4 * factor; a truncated completion (10) gets -factor
+    close(overlong_penalty(torch.tensor([1, 6, 8, 10]), 10, 4), [0.0, 0.0, -0.5, -1.0])
+    close(overlong_penalty(torch.tensor([8, 10]), 10, 4, factor=0.5), [-0.25, -0.5])
+    close(overlong_penalty(torch.tensor([10]), 10, 0), [0.0])  # off
+
+
+def test_token_level_rewards():
+    # the score sits on the last token; a single-token completion holds it on token 0
+    close(token_level_rewards(torch.tensor([1.0, 2.0]), torch.tensor([3, 1]), 3), [[0, 0, 1.0], [2.0, 0, 0]])
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.0, 0.0]])
+    close(token_level_rewards(torch.tensor([1.0, 2.0]), torch.tensor([3, 1]), 3, kl, kl_coef=0.5),
+          [[-0.05, -0.1, 1.0 - 0.15], [2.0 - 0.25, 0, 0]])
+
+
+def test_adaptive_kl_coef():
+    # error = clip(KL / target - 1, -.2, .2); coef * (1 + error * n / horizon)
+    assert adaptive_kl_coef(0.1, 9.0, 6.0, 10000, 64) == pytest.approx(0.1 * (1 + 0.2 * 64 / 10000))
+    assert adaptive_kl_coef(0.1, 6.6, 6.0, 100, 10) == pytest.approx(0.1 * (1 + 0.1 * 10 / 100))
+    assert adaptive_kl_coef(0.1, 0.0, 6.0, 100, 10) == pytest.approx(0.1 * (1 - 0.2 * 10 / 100))
+    assert adaptive_kl_coef(0.1, 50.0, 0.0, 100, 10) == 0.1  # fixed
+
+
+# ---- pairs and dynamic sampling -------------------------------------------------------------------------------
+
+
+def test_best_worst_pairs_skip_ties():
+    rng = np.random.default_rng(0)
+    # group 0: best index 1 (first of the two 1.0s), worst index 0; group 1 ties; group 2: best 0, worst 1
+    pairs = select_pairs([0.0, 1.0, 0.5, 1.0, 0.3, 0.3, 0.3, 0.3, 2.0, -1.0, 0.0, 0.0], 4, "best_worst", rng)
+    assert pairs == [(1, 0), (8, 9)]
+    assert select_pairs([0.7, 0.7], 2, "best_worst", rng) == []
+
+
+def test_other_pair_selectors_respect_order_and_ties():
+    rng = np.random.default_rng(0)
+    scores = [1.0, 0.0, 0.5, 1.0]
+    for _ in range(20):
+        chosen, rejected = PAIR_SELECTORS.get("best_random")(scores, rng)
+        assert chosen == 0 and rejected in (1, 2)  # never the other 1.0: that would be a tie
+        chosen, rejected = PAIR_SELECTORS.get("random")(scores, rng)
+        assert scores[chosen] > scores[rejected]
+    assert PAIR_SELECTORS.get("random")([2.0, 2.0], rng) is None
+    assert PAIR_SELECTORS.get("best_random")([2.0, 2.0], rng) is None
+
+
+def test_repeat_to():
+    assert repeat_to([(0, 1), (2, 3)], 5) == [(0, 1), (2, 3), (0, 1), (2, 3), (0, 1)]
+    assert repeat_to([(0, 1), (2, 3)], 1) == [(0, 1)]
+    assert repeat_to([], 4) == []
+
+
+def test_dynamic_sampling_helpers():
+    assert informative_groups([1, 1, 0, 1, 2, 2, 2, 2, 0.5, 0.5], 2) == [False, True, False, False, False]
+    assert refill_size(missing=3, sampled=8, kept=5, remaining=16) == 5  # ceil(3 * 8 / 5): the keep rate so far
+    assert refill_size(missing=3, sampled=8, kept=5, remaining=2) == 2  # the cap wins
+    assert refill_size(missing=8, sampled=8, kept=0, remaining=100) == 8  # nothing kept yet: as many again
+    assert refill_size(missing=4, sampled=8, kept=4, remaining=0) == 0
+
+
 # ---- registry and entropy ---------------------------------------------------------------------------------------
 
 
@@ -213,8 +517,10 @@ def test_registry_unknown_name_lists_choices():
         KL_ESTIMATORS.get("k4")
     with pytest.raises(ConfigError, match="seq_mean_token_mean, seq_mean_token_sum, token_mean"):
         LOSS_AGGREGATIONS.get("mean")
-    assert "grpo" in ADVANTAGES and "ppo" not in ADVANTAGES
+    assert ADVANTAGES.names() == ["dr_grpo", "gae", "grpo", "reinforce_pp", "rloo"]
     assert ADVANTAGES.get("grpo") is grpo_advantages
+    with pytest.raises(ConfigError, match=r"^algo\.advantage='ppo' is not a known advantage estimator"):
+        ADVANTAGES.traits("ppo")
 
 
 def test_registry_register_and_duplicate():
@@ -224,8 +530,9 @@ def test_registry_register_and_duplicate():
     def b():
         return 2
 
-    reg.register("a")(lambda: 1)
+    reg.register("a", cheap=True)(lambda: 1)
     assert reg.names() == ["a", "b"] and reg.get("b") is b
+    assert reg.traits("a") == {"cheap": True} and reg.traits("b") == {}
     with pytest.raises(ValueError, match="already registered"):
         reg.register("a")(lambda: 3)
 

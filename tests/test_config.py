@@ -57,12 +57,42 @@ def test_wrong_type_rejected() -> None:
     (["model.dtype=float8"], "model.dtype"),
     (["reward.functions=[{path: rewards/missing.py, name: score}]"], "reward.functions[0]"),
     (["reward.functions=[{path: rewards/gsm8k.py, name: nope}]"], "reward.functions[0]"),
+    # incompatible algorithm combinations
+    (["algo.objective=ppo"], "algo.objective"),
+    (["algo.advantage=gae"], "critic.enabled"),  # gae without a critic
+    (["algo=ppo", "algo.advantage=grpo"], "critic.enabled"),  # a critic nothing reads
+    (["critic.warmup_steps=2"], "critic.warmup_steps"),  # warm-up without a critic
+    (["algo=ppo", "critic.warmup_steps=3"], "critic.warmup_steps"),  # the policy would never train (3 steps)
+    (["algo=ppo", "critic.num_ranks=3"], "critic.num_ranks"),
+    (["algo.advantage=rloo", "algo.group_size=1", "trainer.prompts_per_step=4"], "algo.group_size"),
+    (["algo=online_dpo", "algo.group_size=1", "trainer.prompts_per_step=8"], "algo.group_size"),
+    (["algo=online_dpo", "algo.kl_coef=0.1"], "algo.kl_coef"),
+    (["algo=online_dpo", "learner.micro_batch_size=1"], "learner.micro_batch_size"),
+    (["algo=online_dpo", "algo.pairs=all"], "algo.pairs"),
+    (["algo=dapo", "algo.max_sampled_prompts=1"], "algo.max_sampled_prompts"),  # cap below the batch (2 prompts)
+    (["algo.dynamic_sampling=true", "algo.group_size=1", "algo.advantage=reinforce_pp",
+      "trainer.prompts_per_step=8"], "algo.dynamic_sampling"),
+    (["algo.kl_mode=penalty"], "algo.kl_mode"),
+    (["algo.kl_coef=0", "algo.kl_target=6"], "algo.kl_target"),
+    (["algo.clip_c=0.5"], "algo.clip_c"),
+    (["algo.policy_loss=ppo2"], "algo.policy_loss"),
+    (["algo.lam=1.5"], "algo.lam"),
+    (["algo.overlong_buffer=1.5"], "algo.overlong_buffer"),
 ])
 def test_validate_names_the_field(overrides: list[str], field: str) -> None:
     with pytest.raises(ConfigError) as err:
         validate(make(*overrides))
     message = str(err.value)
     assert field in message and "\n" not in message
+
+
+@pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "rloo", "reinforce_pp", "ppo", "online_dpo", "dapo"])
+def test_every_algorithm_preset_composes_and_validates(algo: str) -> None:
+    cfg = make(f"algo={algo}")
+    validate(cfg)
+    assert cfg.algo.name == algo
+    assert cfg.critic.enabled == (algo == "ppo")
+    assert cfg.algo.objective == ("dpo" if algo == "online_dpo" else "pg")
 
 
 def test_cli_bad_input_is_one_line_before_any_actor(tmp_path) -> None:

@@ -22,6 +22,7 @@ REQUIRED_METRICS = [
     "response/truncated_frac", "actor/kl", "actor/entropy", "actor/clip_frac", "actor/grad_norm", "actor/lr",
     "perf/rollout_tokens_per_s", "perf/learner_tokens_per_s", "sync/seconds", "perf/step_seconds",
     "actor/pg_loss", "rollout/logprob_diff", "reward/gsm8k", "reward/rewards_for_tests"]
+PHASES = ["time/generate", "time/reward", "time/experience", "time/train", "time/sync"]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,10 @@ def debug_cfg(model_dir: str, run_dir: str, *overrides: str):
             *overrides])
 
 
-def run_and_check(cfg, model_dir: str, run_dir: str) -> list[dict[str, float]]:
+def run_and_check(cfg, model_dir: str, run_dir: str, required: list[str] = REQUIRED_METRICS,
+                  drift: str | None = "actor/kl") -> list[dict[str, float]]:
+    """Run `cfg` for 2 steps and check the loop's invariants; `required` metrics must be logged every step and
+    `drift` (a KL of the policy to the reference, if the algorithm logs one) must be positive at step 2."""
     validate(cfg)
     trainer = Trainer(cfg, model_dir, run_dir)
     trainer.start()
@@ -67,14 +71,15 @@ def run_and_check(cfg, model_dir: str, run_dir: str) -> list[dict[str, float]]:
 
         # Every step: finite losses, the sampling engine agreed with the learner, all metrics present.
         for metrics in history:
-            assert math.isfinite(metrics["actor/pg_loss"]) and math.isfinite(metrics["actor/kl"])
+            assert all(math.isfinite(metrics[k]) for k in required if k in metrics)
             assert metrics["rollout/logprob_diff"] < 1e-4
         rows = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == [1, 2]
         for row in rows:
-            missing = [k for k in REQUIRED_METRICS if k not in row or row[k] is None]
+            missing = [k for k in required + PHASES if k not in row or row[k] is None]
             assert not missing, missing
-        assert rows[1]["actor/kl"] > 0  # the policy left the reference after the first update
+        if drift is not None:
+            assert rows[1][drift] > 0  # the policy left the reference after the first update
         return history
     finally:
         trainer.close()
@@ -103,3 +108,27 @@ def test_grpo_zero3_two_engines(local_ray, tiny_model_dir: str, tmp_path) -> Non
     cfg = debug_cfg(tiny_model_dir, str(tmp_path / "run"), "learner.zero_stage=3", "rollout.num_engines=2",
                     "sync.bucket_mb=0.5")
     run_and_check(cfg, tiny_model_dir, str(tmp_path / "run"))
+
+
+def test_ppo_critic_group_zero3_two_ranks(local_ray, tiny_model_dir: str, tmp_path) -> None:
+    """PPO: the critic (its own group, 2 ranks, ZeRO-3 like the policy) gives values in the experience phase and
+    trains on the GAE returns; 2 epochs x 2 mini-batches; the KL is a reward penalty, measured as kl/sequence,
+    whose coefficient the adaptive controller lowers while the KL is below its target."""
+    cfg = debug_cfg(tiny_model_dir, str(tmp_path / "run"), "algo=ppo", "algo.group_size=4", "learner.zero_stage=3",
+                    "critic.num_ranks=2", "critic.lr=1e-3", "learner.micro_batch_size=1", "algo.kl_target=6")
+    required = [k for k in REQUIRED_METRICS if k != "actor/kl"] + [
+        "kl/sequence", "critic/value_loss", "critic/grad_norm", "critic/clip_frac", "critic/values"]
+    history = run_and_check(cfg, tiny_model_dir, str(tmp_path / "run"), required, drift="kl/sequence")
+    assert history[1]["critic/value_loss"] != history[0]["critic/value_loss"]
+    assert history[1]["kl/coef"] < history[0]["kl/coef"] == 0.05
+
+
+def test_online_dpo_zero2_two_ranks(local_ray, tiny_model_dir: str, tmp_path) -> None:
+    """Online DPO: pairs from each step's own samples, the reference loaded although algo.kl_coef is 0, pairs
+    kept whole across 2 ranks and micro-batches of one pair."""
+    cfg = debug_cfg(tiny_model_dir, str(tmp_path / "run"), "algo=online_dpo", "algo.group_size=4",
+                    "algo.kl_coef=0", "learner.zero_stage=2")
+    required = ["reward/mean", "dpo/loss", "dpo/margin", "dpo/accuracy", "actor/grad_norm", "actor/entropy",
+                "rollout/logprob_diff", "dpo/distinct_pairs"]
+    history = run_and_check(cfg, tiny_model_dir, str(tmp_path / "run"), required, drift=None)
+    assert history[0]["dpo/loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at the start

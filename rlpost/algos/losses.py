@@ -1,4 +1,5 @@
-"""Per-token loss pieces for policy-gradient post-training: PPO-clip surrogate, KL estimators, aggregation.
+"""Loss pieces for post-training: policy losses (PPO-clip, dual clip, GSPO), KL estimators, aggregation, the
+critic's clipped value loss and the DPO loss.
 
 Shapes: B sequences (completions) by T tokens; `mask` [B, T] is 1 (or True) on completion tokens that count
 and 0 on prompt and padding tokens. Every function here masks with `torch.where`, not by multiplying, so a
@@ -120,7 +121,26 @@ def seq_mean_token_mean(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Policy losses
+# Policy losses. One signature for all:
+#     fn(logprobs, old_logprobs, advantages, mask, clip_low, clip_high, clip_c) -> (per-token loss, clip fraction)
+# `advantages` is [B] (one per sequence, broadcast over tokens) or [B, T]. The loss is 0 at masked positions; the
+# clip fraction is the share of masked-in tokens whose loss differs from the unclipped -ratio * A (a detached
+# scalar, for logging).
+
+
+def _clipped_surrogate(ratio: Tensor, advantages: Tensor, keep: Tensor, clip_low: float, clip_high: float,
+                       clip_c: float) -> tuple[Tensor, Tensor]:
+    """-min(ratio A, clamp(ratio, 1 - clip_low, 1 + clip_high) A), then, with clip_c > 1 and A < 0, at most
+    -clip_c A (dual clip)."""
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1)
+    unclipped = -ratio * advantages
+    loss = torch.maximum(unclipped, -ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * advantages)
+    if clip_c > 0:
+        loss = torch.where(advantages < 0, torch.minimum(loss, -clip_c * advantages), loss)
+    loss = torch.where(keep, loss, torch.zeros_like(loss))
+    clip_frac = masked_mean((loss != unclipped).float(), keep).detach()
+    return loss, clip_frac
 
 
 @POLICY_LOSSES.register("clipped")
@@ -131,27 +151,88 @@ def clipped_policy_loss(
     mask: Tensor,
     clip_low: float,
     clip_high: float,
+    clip_c: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
-    """PPO-clip surrogate, per token: -min(ratio * A, clamp(ratio, 1 - clip_low, 1 + clip_high) * A).
+    """PPO-clip surrogate per token, ratio = exp(logprobs - old_logprobs):
+    -min(ratio * A, clamp(ratio, 1 - clip_low, 1 + clip_high) * A).
 
-    ratio = exp(logprobs - old_logprobs). `advantages` is [B] (one per sequence, as GRPO gives, broadcast over
-    tokens) or [B, T]. clip_low != clip_high gives DAPO's asymmetric "clip-higher". The min makes the objective
-    pessimistic: clipping only ever removes the incentive to move the ratio further in the advantage's direction.
-
-    Returns (per-token loss [B, T] with 0 at masked positions, clip fraction): the fraction of masked-in tokens
-    where the clipped branch was selected, i.e. the clipped objective is strictly smaller than the unclipped one
-    (a detached scalar, for logging).
+    - clip_low != clip_high gives DAPO's asymmetric "clip-higher" (arXiv 2503.14476): a larger clip_high leaves
+      room to raise the probability of unlikely tokens, which keeps entropy from collapsing.
+    - The min makes the objective pessimistic: clipping only ever removes the incentive to move the ratio further
+      in the advantage's direction.
+    - clip_c > 1 adds dual clip (Ye et al., arXiv 1912.09729): for A < 0 the loss is capped at -clip_c * A, so a
+      token whose ratio has grown huge cannot produce an unbounded loss and gradient. 0 turns it off.
     """
-    if advantages.dim() == 1:
-        advantages = advantages.unsqueeze(-1)
     keep = mask.bool()
     # Zero the log ratio at masked positions before exp: padding logprobs may be arbitrary, and an inf ratio there
     # would turn the (zero) gradient through torch.where into 0 * inf = NaN.
     log_ratio = torch.where(keep, logprobs - old_logprobs, torch.zeros_like(logprobs))
-    ratio = log_ratio.exp()
-    unclipped = ratio * advantages
-    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * advantages
-    loss = -torch.minimum(unclipped, clipped)
-    loss = torch.where(keep, loss, torch.zeros_like(loss))
-    clip_frac = masked_mean((clipped < unclipped).float(), keep).detach()
-    return loss, clip_frac
+    return _clipped_surrogate(log_ratio.exp(), advantages, keep, clip_low, clip_high, clip_c)
+
+
+@POLICY_LOSSES.register("gspo")
+def gspo_policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float,
+    clip_high: float,
+    clip_c: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """GSPO (Zheng et al., arXiv 2507.18071): one importance ratio per *sequence*,
+    s_i = exp(mean_t log(pi / pi_old)), clipped like PPO's (the paper's clip range is tiny, e.g. 3e-4 / 4e-4).
+
+    Written in the paper's GSPO-token form: every token's ratio has the value s_i, and its gradient is
+    s_i * grad log pi(y_t) (exp(logp - sg(logp) + sg(log s_i))). Aggregated with `seq_mean_token_mean`, the mean
+    over a sequence's tokens of s_i grad log pi(y_t) A_i is exactly GSPO's gradient s_i A_i grad log s_i.
+    """
+    keep = mask.bool()
+    log_ratio = torch.where(keep, logprobs - old_logprobs, torch.zeros_like(logprobs))
+    seq_log_ratio = masked_mean(log_ratio, keep, dim=-1).clamp(max=20.0)  # [B]; clamp: exp must stay finite
+    token_log_ratio = logprobs - logprobs.detach() + seq_log_ratio.detach().unsqueeze(-1)
+    token_log_ratio = torch.where(keep, token_log_ratio, torch.zeros_like(token_log_ratio))
+    return _clipped_surrogate(token_log_ratio.exp(), advantages, keep, clip_low, clip_high, clip_c)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Critic and preference losses
+
+
+def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float
+                       ) -> tuple[Tensor, Tensor]:
+    """PPO's value loss per token: 0.5 * max((V - R)^2, (V_old + clamp(V - V_old, -clip, clip) - R)^2).
+
+    Like the policy's ratio clip, the value clip keeps the critic near the values it had when the experience
+    was collected (the max is pessimistic: clipping never makes the loss smaller). clip <= 0: plain
+    0.5 * (V - R)^2. Returns (per-token loss, 0 where masked; fraction of masked-in tokens where the clipped
+    branch was the larger one, detached).
+    """
+    keep = mask.bool()
+    plain = (values - returns) ** 2
+    if clip > 0:
+        clipped = (old_values + (values - old_values).clamp(-clip, clip) - returns) ** 2
+        loss = 0.5 * torch.maximum(plain, clipped)
+        clip_frac = masked_mean((clipped > plain).float(), keep).detach()
+    else:
+        loss, clip_frac = 0.5 * plain, torch.zeros(())
+    return torch.where(keep, loss, torch.zeros_like(loss)), clip_frac
+
+
+def sequence_logprob(logprobs: Tensor, mask: Tensor, length_normalize: bool = False) -> Tensor:
+    """log pi(y | x) of each sequence [B, T] -> [B]: the sum of its token logprobs, or their mean with
+    `length_normalize` (length-normalised DPO: long completions no longer dominate the margin)."""
+    return masked_mean(logprobs, mask, dim=-1) if length_normalize else masked_sum(logprobs, mask, dim=-1)
+
+
+def dpo_loss(chosen: Tensor, rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float
+             ) -> tuple[Tensor, Tensor]:
+    """DPO (Rafailov et al., arXiv 2305.18290), sigmoid form, per pair [P]:
+    -log sigmoid(beta * ((log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l)))).
+
+    Inputs are sequence logprobs (see `sequence_logprob`). Returns (loss [P], margin [P]) where the margin is the
+    implicit reward difference beta * (...) (detached, for logging: accuracy = margin > 0). At beta -> 0, or for a
+    pair whose two log ratios are equal (e.g. identical completions), the loss is log 2.
+    """
+    margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+    return -torch.nn.functional.logsigmoid(margin), margin.detach()

@@ -1,7 +1,8 @@
 """A name -> function table, so config strings pick implementations (`algo.advantage: grpo`).
 
 Each registry knows the config field that selects from it, so an unknown name fails with one line that names
-the field and lists the valid choices, instead of a KeyError deep inside a Ray actor.
+the field and lists the valid choices, instead of a KeyError deep inside a Ray actor. An entry may carry traits
+(`register("gae", needs_values=True)`): facts about it that start-up validation checks the config against.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ class Registry:
         self.kind = kind
         self.field = field
         self._fns: dict[str, Callable[..., Any]] = {}
+        self._traits: dict[str, dict[str, Any]] = {}
 
-    def register(self, name: str) -> Callable[[F], F]:
-        """Decorator: store the function under `name` and return it unchanged."""
+    def register(self, name: str, **traits: Any) -> Callable[[F], F]:
+        """Decorator: store the function under `name` (with its traits) and return it unchanged."""
 
         def deco(fn: F) -> F:
             if name in self._fns:
                 raise ValueError(f"{self.kind} {name!r} is already registered (by {self._fns[name].__qualname__})")
             self._fns[name] = fn
+            self._traits[name] = traits
             return fn
 
         return deco
@@ -38,6 +41,11 @@ class Registry:
             choices = ", ".join(self.names())
             raise ConfigError(f"{self.field}={name!r} is not a known {self.kind}; choose one of: {choices}")
         return self._fns[name]
+
+    def traits(self, name: str) -> dict[str, Any]:
+        """The traits `name` was registered with ({} if none); unknown names fail like `get`."""
+        self.get(name)
+        return dict(self._traits[name])
 
     def names(self) -> list[str]:
         return sorted(self._fns)

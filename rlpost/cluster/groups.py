@@ -10,6 +10,7 @@ from ray.util.placement_group import PlacementGroup, remove_placement_group
 from rlpost.cluster.ray_cluster import actor_env, create_placement_group, in_bundle, require_gpus
 from rlpost.config import ConfigError, RewardConfig, RewardModelConfig, RunError
 from rlpost.learner.actor import LearnerRank, MiniBatch
+from rlpost.learner.critic import CriticRank
 from rlpost.rewards.loader import function_specs, reward_label, unique_labels
 from rlpost.rewards.manager import RewardManager, RewardResult
 from rlpost.rewards.reward_model import RewardModelScorer, RunningMeanStd, model_label
@@ -43,32 +44,39 @@ class ActorGroup:
 
 
 class Placement:
-    """Where each group's actors go. CPU: one bundle per actor. GPU, split: learner bundles of one GPU, rollout
-    bundles of `tensor_parallel_size` GPUs. GPU, colocated: one bundle per GPU holding a learner rank and an engine,
-    half a GPU each in Ray's books (the engine sleeps while the learner trains, so they take turns for real)."""
+    """Where each group's actors go. CPU: one bundle per actor. GPU, split: one GPU per learner (and critic) rank,
+    `tensor_parallel_size` GPUs per engine, each group in its own placement group. GPU, colocated: one bundle per
+    GPU holding a learner rank, an engine (and a critic rank), sharing the GPU in Ray's books (the engine sleeps
+    while the learners train, so they take turns for real)."""
 
     def __init__(self, cfg: dict) -> None:
         self.device, self.colocated = cfg["cluster"]["device"], cfg["cluster"]["colocate"]
-        n_ranks, rc = cfg["learner"]["num_ranks"], cfg["rollout"]
+        rc = cfg["rollout"]
+        ranks = {"learner": cfg["learner"]["num_ranks"]}
+        if cfg["critic"]["enabled"]:
+            ranks["critic"] = cfg["critic"]["num_ranks"]
         self.shared = None
         if self.device == "cpu":
-            self.learner_bundles, self.rollout_bundles = [{"CPU": 1}] * n_ranks, [{"CPU": 1}] * rc["num_engines"]
-            self.learner_gpus = self.engine_gpus = 0.0
+            self.bundles = {name: [{"CPU": 1}] * n for name, n in ranks.items()}
+            self.bundles["rollout"] = [{"CPU": 1}] * rc["num_engines"]
+            self.gpus = dict.fromkeys([*ranks, "rollout"], 0.0)
         elif self.colocated:
-            require_gpus(n_ranks, cfg["cluster"]["name"])
-            self.shared = create_placement_group("gpus", [{"GPU": 1, "CPU": 2}] * n_ranks)
-            self.learner_gpus = self.engine_gpus = 0.5
+            require_gpus(ranks["learner"], cfg["cluster"]["name"])
+            self.shared = create_placement_group("gpus", [{"GPU": 1, "CPU": len(ranks) + 1}] * ranks["learner"])
+            self.gpus = dict.fromkeys([*ranks, "rollout"], 1.0 / (len(ranks) + 1))
         else:
             tp = rc["tensor_parallel_size"]
-            require_gpus(n_ranks + rc["num_engines"] * tp, cfg["cluster"]["name"])
-            self.learner_bundles = [{"GPU": 1, "CPU": 1}] * n_ranks
-            self.rollout_bundles = [{"GPU": tp, "CPU": 1}] * rc["num_engines"]
-            self.learner_gpus, self.engine_gpus = 1.0, float(tp)
+            require_gpus(sum(ranks.values()) + rc["num_engines"] * tp, cfg["cluster"]["name"])
+            self.bundles = {name: [{"GPU": 1, "CPU": 1}] * n for name, n in ranks.items()}
+            self.bundles["rollout"] = [{"GPU": tp, "CPU": 1}] * rc["num_engines"]
+            self.gpus = {**dict.fromkeys(ranks, 1.0), "rollout": float(tp)}
 
-    def group(self, name: str) -> PlacementGroup:
+    def group(self, name: str) -> tuple[PlacementGroup, PlacementGroup | None]:
+        """The placement group for `name`'s actors, and the one the group owns (None when shared)."""
         if self.shared is not None:
-            return self.shared
-        return create_placement_group(name, self.learner_bundles if name == "learner" else self.rollout_bundles)
+            return self.shared, None
+        pg = create_placement_group(name, self.bundles[name])
+        return pg, pg
 
     def shutdown(self) -> None:
         if self.shared is not None:
@@ -76,24 +84,39 @@ class Placement:
 
 
 class LearnerGroup(ActorGroup):
+    """The policy's DeepSpeed ranks (`learner.num_ranks` of them)."""
+
+    rank_class: type = LearnerRank
+    section = "learner"  # the config section with num_ranks; also the placement group's name
+
     def __init__(self, cfg: dict, model_path: str, total_optimizer_steps: int, placement: Placement) -> None:
-        n = cfg["learner"]["num_ranks"]
+        n = cfg[self.section]["num_ranks"]
         device = cfg["cluster"]["device"]
-        pg = placement.group("learner")
-        self.pg = None if placement.shared else pg
-        actor = ray.remote(LearnerRank)
-        options = [dict(num_cpus=1, num_gpus=placement.learner_gpus, scheduling_strategy=in_bundle(pg, i),
+        pg, self.pg = placement.group(self.section)
+        actor = ray.remote(self.rank_class)
+        options = [dict(num_cpus=1, num_gpus=placement.gpus[self.section], scheduling_strategy=in_bundle(pg, i),
                         runtime_env={"env_vars": actor_env(device)}) for i in range(n)]
         self.ranks = self.actors = [actor.options(**options[i]).remote(cfg, i, n, model_path, total_optimizer_steps)
                                     for i in range(n)]
         addr, port = ray.get(self.ranks[0].address.remote())
         ray.get([r.setup.remote(addr, port) for r in self.ranks])
 
-    def train_step(self, per_rank: list[list[MiniBatch]]) -> dict[str, float]:
-        results = ray.get([r.train_step.remote(mbs) for r, mbs in zip(self.ranks, per_rank, strict=True)])
+    def experience(self, prompts: list[list[int]], completions: list[list[int]], old: bool = False
+                   ) -> dict[str, list[list[float]]]:
+        """The experience phase's per-token numbers for every sequence, in order: the ranks split the batch."""
+        n = len(self.ranks)
+        results = ray.get([r.experience.remote(p, c, old) for r, p, c
+                           in zip(self.ranks, _split(prompts, n), _split(completions, n), strict=True)])
+        return {k: [row for res in results for row in res[k]] for k in results[0]}
+
+    def train_step(self, per_rank: list[list[MiniBatch]], kl_coef: float = 0.0) -> dict[str, float]:
+        results = ray.get([r.train_step.remote(mbs, kl_coef) for r, mbs in zip(self.ranks, per_rank, strict=True)])
         merged = {k: sum(res[k] for res in results) / len(results) for k in results[0]}
-        merged["learner/tokens"] = sum(res["learner/tokens"] for res in results)
-        merged["learner/seconds"] = max(res["learner/seconds"] for res in results)
+        for k in merged:  # totals and the slowest rank's time, not averages
+            if k.endswith("/tokens"):
+                merged[k] = sum(res[k] for res in results)
+            elif k.endswith("/seconds"):
+                merged[k] = max(res[k] for res in results)
         return merged
 
     def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
@@ -103,12 +126,18 @@ class LearnerGroup(ActorGroup):
         return ray.get([r.weights_digest.remote() for r in self.ranks])[0]
 
 
+class CriticGroup(LearnerGroup):
+    """PPO's value function: `critic.num_ranks` DeepSpeed ranks; `experience` gives {"values": ...}."""
+
+    rank_class = CriticRank
+    section = "critic"
+
+
 class RolloutGroup(ActorGroup):
     def __init__(self, cfg: dict, model_path: str, placement: Placement) -> None:
         rc = cfg["rollout"]
         device = cfg["cluster"]["device"]
-        pg = placement.group("rollout")
-        self.pg = None if placement.shared else pg
+        pg, self.pg = placement.group("rollout")
         self.colocated = placement.colocated
         if rc["engine"] == "vllm":
             from rlpost.rollout.vllm_engine import VLLMEngine
@@ -125,7 +154,7 @@ class RolloutGroup(ActorGroup):
             actor = ray.remote(HFEngine)
             args = [dict(model_path=model_path, dtype=cfg["model"]["dtype"], batch_size=rc["batch_size"],
                          device=device)] * rc["num_engines"]
-        self.engines = self.actors = [actor.options(num_cpus=1, num_gpus=placement.engine_gpus,
+        self.engines = self.actors = [actor.options(num_cpus=1, num_gpus=placement.gpus["rollout"],
                                                     scheduling_strategy=in_bundle(pg, i),
                                                     runtime_env={"env_vars": actor_env(device)}).remote(**args[i])
                                       for i in range(rc["num_engines"])]

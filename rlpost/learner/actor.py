@@ -1,9 +1,14 @@
 """One DeepSpeed learner rank, run as a Ray actor. N of them form a data-parallel group (ZeRO stage 0-3).
 
-The reference model (for the KL term) lives inside each learner rank rather than in its own actor group: it
-needs exactly the same sequences the learner already holds, so no data moves, and on the CPU/debug machine an
-extra group would cost one more set of processes for nothing. Under ZeRO-3 it is sharded like the policy. With
-`algo.kl_coef=0` it is not loaded at all.
+The reference model (for the KL term and DPO) lives inside each learner rank rather than in its own actor group:
+it needs exactly the same sequences the learner already holds, and on the CPU/debug machine an extra group would
+cost one more set of processes for nothing. Under ZeRO-3 it is sharded like the policy. Without a KL term or DPO
+it is not loaded at all.
+
+A step has two calls: `experience` (the experience phase: reference and sampling-policy logprobs of the batch,
+forward passes only, no_grad) and `train_step` (the updates, which read those numbers from the items). The
+objective decides the loss of a micro-batch: the clipped policy loss on advantages (pg), or DPO on consecutive
+(chosen, rejected) items (dpo). `rlpost.learner.critic.CriticRank` reuses this class for PPO's value function.
 
 Loss normalisation: the driver passes, per mini-batch, the global token and sequence counts. DeepSpeed divides
 each micro-batch loss by the accumulation steps and averages gradients over ranks, so we hand the aggregation
@@ -17,12 +22,19 @@ import os
 import socket
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from rlpost.algos import KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, masked_mean
-from rlpost.config import RunError, samples_per_rank
+from rlpost.algos import (
+    KL_ESTIMATORS,
+    LOSS_AGGREGATIONS,
+    POLICY_LOSSES,
+    dpo_loss,
+    masked_mean,
+    sequence_logprob,
+)
+from rlpost.config import RunError, needs_reference, samples_per_rank, train_sequences_per_step
 from rlpost.digest import weights_digest
 from rlpost.learner.ds_config import build_ds_config, build_ref_ds_config, lr_multiplier
 from rlpost.learner.logprobs import (
@@ -41,12 +53,17 @@ from rlpost.sync.weights import send_weights
 
 @dataclass
 class TrainItem:
-    """One sampled completion as the learner needs it."""
+    """One sampled completion as the learners need it; the per-token lists have one entry per completion token."""
 
     prompt_ids: list[int]
     completion_ids: list[int]
-    advantage: float
     rollout_logprobs: list[float]
+    advantages: list[float] = field(default_factory=list)  # pg objective
+    old_logprobs: list[float] | None = None  # the sampling policy's (None: the first update's own, detached)
+    ref_logprobs: list[float] | None = None
+    values: list[float] | None = None  # the critic's, at experience time (ppo)
+    returns: list[float] | None = None  # the critic's targets (ppo)
+    in_loss: bool = True  # False: trained on by no loss and counted in no normaliser (algo.mask_truncated)
 
 
 @dataclass
@@ -79,6 +96,9 @@ def _free_port() -> int:
 
 
 class LearnerRank:
+    prefix = "actor"  # metric names: actor/grad_norm, actor/lr, ...
+    group = "learner"  # learner/tokens, learner/seconds
+
     def __init__(self, cfg: dict, rank: int, world_size: int, model_path: str, total_optimizer_steps: int) -> None:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.model_path = model_path
@@ -91,6 +111,19 @@ class LearnerRank:
         import ray
 
         return ray.util.get_node_ip_address(), _free_port()
+
+    def _load_model(self) -> torch.nn.Module:
+        """The trained model, in fp32 (DeepSpeed casts to the configured training dtype and keeps fp32 master
+        weights in the optimizer either way)."""
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+
+    def _lr(self) -> float:
+        return self.cfg["learner"]["lr"]
+
+    def _loads_reference(self) -> bool:
+        return needs_reference(self.cfg["algo"])
 
     def setup(self, master_addr: str, master_port: int) -> None:
         import deepspeed
@@ -121,19 +154,17 @@ class LearnerRank:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.temperature = self.cfg["rollout"]["temperature"] or 1.0
 
-        # Weights load in fp32 and DeepSpeed casts to the configured training dtype (it keeps fp32 master
-        # weights in the optimizer either way).
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32).to(self.device)
+        model = self._load_model().to(self.device)
         if lc["gradient_checkpointing"]:
             model.gradient_checkpointing_enable()
         self.zero_stage = lc["zero_stage"]
         self.zero3 = self.zero_stage == 3
         # torch's fused AdamW on GPU: one kernel for all parameters, no DeepSpeed op to compile.
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lc["lr"], betas=tuple(lc["betas"]),
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self._lr(), betas=tuple(lc["betas"]),
                                       weight_decay=lc["weight_decay"], fused=self.device.type == "cuda")
         self.micro = lc["micro_batch_size"]
-        self.accum = samples_per_rank(self.cfg["trainer"]["prompts_per_step"], algo["group_size"],
-                                      algo["num_minibatches"], self.world_size) // self.micro
+        self.accum = samples_per_rank(train_sequences_per_step(self.cfg), algo["num_minibatches"],
+                                      self.world_size) // self.micro
 
         def schedule(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
             return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(
@@ -144,7 +175,7 @@ class LearnerRank:
             self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                                    config=ds_cfg)
         self.ref = None
-        if algo["kl_coef"] > 0:
+        if self._loads_reference():
             ref = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, dtype))
             ref.requires_grad_(False).eval()
             if self.zero3:
@@ -155,6 +186,22 @@ class LearnerRank:
                 self.ref = ref.to(self.device)
         self._params = dict(self.engine.module.named_parameters())
 
+    # ---- experience ---------------------------------------------------------------------------------------
+    def experience(self, prompts: list[list[int]], completions: list[list[int]], old: bool = False
+                   ) -> dict[str, list[list[float]]]:
+        """This rank's share of the experience phase: the reference's token logprobs (when it is loaded) and,
+        with `old`, the current policy's (the denominator of the importance ratio). Under ZeRO-3 every rank must
+        call this with as many sequences as the others (the forwards gather parameters collectively)."""
+        out = {}
+        if self.ref is not None:
+            out["ref_logprobs"] = sequence_logprobs(self.ref, prompts, completions, self.temperature, self.pad_id,
+                                                    self.device, batch_size=self.micro)
+        if old:
+            self.engine.eval()
+            out["old_logprobs"] = sequence_logprobs(self.engine, prompts, completions, self.temperature,
+                                                    self.pad_id, self.device, batch_size=self.micro)
+        return out
+
     # ---- training ---------------------------------------------------------------------------------------
     def _micro_batches(self, items: list[TrainItem]) -> list[list[TrainItem]]:
         return [items[i:i + self.micro] for i in range(0, len(items), self.micro)]
@@ -163,34 +210,18 @@ class LearnerRank:
         return pack([it.prompt_ids for it in items], [it.completion_ids for it in items], self.pad_id).to(
             self.device)
 
-    @torch.no_grad()
-    def _logprobs(self, model: torch.nn.Module, items: list[TrainItem]) -> list[torch.Tensor]:
-        """Per micro-batch [b, L-1] logprobs of `model`, in `_micro_batches` order (for ref / old policy)."""
-        out = []
-        for micro in self._micro_batches(items):
-            batch = self._pack(micro)
-            out.append(token_logprobs(forward_logits(model, batch), batch.targets, self.temperature))
-        return out
-
-    def train_step(self, minibatches: list[MiniBatch]) -> dict[str, float]:
-        """`algo.epochs` passes over this rank's mini-batch shares, one optimizer step per mini-batch."""
+    def train_step(self, minibatches: list[MiniBatch], kl_coef: float = 0.0) -> dict[str, float]:
+        """`algo.epochs` passes over this rank's mini-batch shares, one optimizer step per mini-batch. `kl_coef`
+        weighs the KL loss term this step (the driver may adapt it)."""
         algo = self.cfg["algo"]
-        # Old-policy logprobs are only needed when the policy moves between mini-batches; with a single update
-        # per rollout the ratio is exactly 1 and the detached current logprobs serve (saves a forward pass).
-        needs_old = algo["num_minibatches"] * algo["epochs"] > 1
-        self.engine.eval()
-        refs = [self._logprobs(self.ref, mb.items) for mb in minibatches] if self.ref is not None else None
-        olds = [self._logprobs(self.engine, mb.items) for mb in minibatches] if needs_old else None
+        self.kl_coef = kl_coef
         self.engine.train()
-
         means, grad_norms, tokens, t0 = _WeightedMeans(), [], 0, time.perf_counter()
         for epoch in range(algo["epochs"]):
             for m, mb in enumerate(minibatches):
                 for k, micro in enumerate(self._micro_batches(mb.items)):
                     batch = self._pack(micro)
-                    loss = self._micro_loss(micro, batch, mb, None if olds is None else olds[m][k],
-                                            None if refs is None else refs[m][k], means,
-                                            first_pass=epoch == 0 and m == 0)
+                    loss = self._micro_loss(micro, batch, mb, means, first_pass=epoch == 0 and m == 0)
                     self.engine.backward(loss)
                     boundary = k == self.accum - 1  # this micro-batch completes the mini-batch: optimizer steps
                     if boundary and self.zero_stage == 0:
@@ -203,42 +234,86 @@ class LearnerRank:
                         grad_norms.append(float(self.engine.get_global_grad_norm()))
                     tokens += int(batch.attention_mask.sum())
         metrics = means.result()
-        metrics["actor/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
-        metrics["actor/lr"] = float(self.engine.get_lr()[0])
-        metrics["learner/tokens"] = float(tokens)
-        metrics["learner/seconds"] = time.perf_counter() - t0
+        metrics[f"{self.prefix}/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
+        metrics[f"{self.prefix}/lr"] = float(self.engine.get_lr()[0])
+        metrics[f"{self.group}/tokens"] = float(tokens)
+        metrics[f"{self.group}/seconds"] = time.perf_counter() - t0
         if self.colocated:
             torch.cuda.empty_cache()  # hand activation memory back before the colocated engine wakes up
         return metrics
 
-    def _micro_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, old: torch.Tensor | None,
-                    ref: torch.Tensor | None, means: _WeightedMeans, first_pass: bool) -> torch.Tensor:
+    def _normalisers(self, mb: MiniBatch) -> tuple[float, float]:
+        """The mini-batch's global token and sequence counts, scaled for DeepSpeed (see the module docstring);
+        at least 1, so a mini-batch that is all masked gives a zero loss, not 0 / 0."""
+        norm = self.accum * self.world_size
+        return max(mb.global_tokens, 1) / norm, max(mb.global_seqs, 1) / norm
+
+    def _micro_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: _WeightedMeans,
+                    first_pass: bool) -> torch.Tensor:
+        objective = self._dpo_loss if self.cfg["algo"]["objective"] == "dpo" else self._pg_loss
+        return objective(micro, batch, mb, means, first_pass)
+
+    def _pg_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: _WeightedMeans,
+                 first_pass: bool) -> torch.Tensor:
         """Policy loss (+ KL to the reference) of one micro-batch, normalised for the whole mini-batch."""
         algo = self.cfg["algo"]
         aggregate = LOSS_AGGREGATIONS.get(algo["loss_agg"])
-        mask = batch.completion_mask
+        in_loss = torch.tensor([float(it.in_loss) for it in micro], device=self.device).unsqueeze(-1)
+        mask = batch.completion_mask * in_loss
         logits = forward_logits(self.engine, batch)
         logprobs = token_logprobs(logits, batch.targets, self.temperature)
-        adv = torch.tensor([it.advantage for it in micro], device=self.device)
+        completion = batch.completion_mask  # where the per-token lists go; `mask` says which of them count
+        adv = repack([it.advantages for it in micro], completion)
+        old = (logprobs.detach() if micro[0].old_logprobs is None
+               else repack([it.old_logprobs for it in micro], completion))
         per_token, clip_frac = POLICY_LOSSES.get(algo["policy_loss"])(
-            logprobs, logprobs.detach() if old is None else old, adv, mask, algo["clip_low"], algo["clip_high"])
-        norm = self.accum * self.world_size  # see the module docstring
-        num_tokens, num_seqs = mb.global_tokens / norm, mb.global_seqs / norm
+            logprobs, old, adv, mask, algo["clip_low"], algo["clip_high"], algo["clip_c"])
+        num_tokens, num_seqs = self._normalisers(mb)
         loss = aggregate(per_token, mask, num_tokens, num_seqs)
 
         n = float(mask.sum())
-        if ref is not None:
+        if algo["kl_mode"] == "loss" and self.ref is not None and self.kl_coef > 0:
+            ref = repack([it.ref_logprobs for it in micro], completion)
             kl = KL_ESTIMATORS.get(algo["kl_estimator"])(logprobs, ref)
-            loss = loss + algo["kl_coef"] * aggregate(kl, mask, num_tokens, num_seqs)
+            loss = loss + self.kl_coef * aggregate(kl, mask, num_tokens, num_seqs)
             means.add("actor/kl", masked_mean(kl.detach(), mask), n)
         with torch.no_grad():
             means.add("actor/pg_loss", masked_mean(per_token, mask), n)
-            means.add("actor/entropy", masked_mean(token_entropy(logits, self.temperature), mask), n)
+            means.add("actor/entropy", _completion_entropy(logits, mask, self.temperature), n)
             means.add("actor/clip_frac", clip_frac, n)
-            if first_pass:  # the policy still equals the one that sampled: engine and learner must agree
-                rollout = repack([it.rollout_logprobs for it in micro], mask)
-                means.add("rollout/logprob_diff", masked_mean((logprobs - rollout).abs(), mask), n)
+            self._check_rollout_logprobs(micro, batch, logprobs, means, first_pass)
         return loss
+
+    def _dpo_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: _WeightedMeans,
+                  first_pass: bool) -> torch.Tensor:
+        """DPO loss of the micro-batch's pairs (items 2k and 2k+1 are pair k's chosen and rejected), normalised
+        by the mini-batch's number of pairs."""
+        algo = self.cfg["algo"]
+        mask = batch.completion_mask
+        logits = forward_logits(self.engine, batch)
+        logprobs = token_logprobs(logits, batch.targets, self.temperature)
+        ref = repack([it.ref_logprobs for it in micro], mask)
+        seq = sequence_logprob(logprobs, mask, algo["dpo_length_norm"])
+        ref_seq = sequence_logprob(ref, mask, algo["dpo_length_norm"])
+        per_pair, margin = dpo_loss(seq[0::2], seq[1::2], ref_seq[0::2], ref_seq[1::2], algo["dpo_beta"])
+        _, num_seqs = self._normalisers(mb)
+        loss = per_pair.sum() / (num_seqs / 2)
+        with torch.no_grad():
+            pairs = float(len(per_pair))
+            means.add("dpo/loss", per_pair.mean(), pairs)
+            means.add("dpo/margin", margin.mean(), pairs)
+            means.add("dpo/accuracy", (margin > 0).float().mean(), pairs)
+            means.add("actor/entropy", _completion_entropy(logits, mask, self.temperature), float(mask.sum()))
+            self._check_rollout_logprobs(micro, batch, logprobs, means, first_pass)
+        return loss
+
+    def _check_rollout_logprobs(self, micro: list[TrainItem], batch: PackedBatch, logprobs: torch.Tensor,
+                                means: _WeightedMeans, first_pass: bool) -> None:
+        """On the first update the policy still equals the one that sampled: engine and learner must agree."""
+        if first_pass:
+            mask = batch.completion_mask
+            rollout = repack([it.rollout_logprobs for it in micro], mask)
+            means.add("rollout/logprob_diff", masked_mean((logprobs - rollout).abs(), mask), float(mask.sum()))
 
     # ---- scoring (diagnostics and tests) ----------------------------------------------------------------
     def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
@@ -286,6 +361,13 @@ class LearnerRank:
     def weights_digest(self) -> str:
         with self._gathered(list(self._params)) as tensors:
             return weights_digest(zip(self._params, tensors, strict=True))
+
+
+def _completion_entropy(logits: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean entropy of the sampling distribution over the masked-in positions, computed on those rows only (a
+    vocabulary-wide softmax over every position of the padded batch costs more than the forward pass itself)."""
+    keep = mask.bool()
+    return token_entropy(logits[keep], temperature).mean() if keep.any() else torch.zeros(())
 
 
 class _WeightedMeans:

@@ -1,12 +1,16 @@
 """Teacher-forced token logprobs: the one computation that learner and engines must agree on.
 
-Sequences are prompt + completion, right-padded. Position t's logits predict token t+1, so every per-token
-tensor here has length L-1 and is aligned with `targets = input_ids[:, 1:]`; `completion_mask` marks the targets
-that are completion tokens (the only ones that are scored and trained on).
+Sequences are prompt + completion, right-padded. Position t's logits predict token t+1. Only the positions from
+`start` (the shortest prompt's last token) on can predict a completion token, so that is where the per-token
+tensors here begin: each has length L-1-start and is aligned with `targets = input_ids[:, start+1:]`;
+`completion_mask` marks the targets that are completion tokens (the only ones that are scored and trained on).
+Skipping the prompt positions spares the LM head and the vocabulary-wide softmax there, which dominate the cost
+of RL updates whenever prompts are long relative to completions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,28 +20,30 @@ import torch
 class PackedBatch:
     input_ids: torch.Tensor  # [B, L] long, right-padded
     attention_mask: torch.Tensor  # [B, L]
-    completion_mask: torch.Tensor  # [B, L-1] float, 1 on completion targets
+    completion_mask: torch.Tensor  # [B, L-1-start] float, 1 on completion targets
+    start: int = 0  # first position whose logits are computed
 
     @property
     def targets(self) -> torch.Tensor:
-        return self.input_ids[:, 1:]
+        return self.input_ids[:, self.start + 1:]
 
     def to(self, device: torch.device | str) -> PackedBatch:
         return PackedBatch(self.input_ids.to(device), self.attention_mask.to(device),
-                           self.completion_mask.to(device))
+                           self.completion_mask.to(device), self.start)
 
 
 def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> PackedBatch:
     width = max(len(p) + len(c) for p, c in zip(prompts, completions, strict=True))
+    start = min(len(p) for p in prompts) - 1
     input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(prompts), width), dtype=torch.long)
-    mask = torch.zeros((len(prompts), width - 1), dtype=torch.float32)
+    mask = torch.zeros((len(prompts), width - 1 - start), dtype=torch.float32)
     for row, (p, c) in enumerate(zip(prompts, completions, strict=True)):
         n = len(p) + len(c)
         input_ids[row, :n] = torch.tensor(p + c)
         attention[row, :n] = 1
-        mask[row, len(p) - 1:n - 1] = 1.0
-    return PackedBatch(input_ids, attention, mask)
+        mask[row, len(p) - 1 - start:n - 1 - start] = 1.0
+    return PackedBatch(input_ids, attention, mask, start)
 
 
 # fp32 temporaries per chunk: ~256 MB whatever the vocabulary, instead of batch x length x vocab x 4 bytes.
@@ -100,8 +106,11 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
 
 
 def forward_logits(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
-    """Logits for positions 0..L-2 (the ones that predict a target)."""
-    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits[:, :-1]
+    """Logits for positions start..L-2 (the ones that can predict a completion target): `logits_to_keep` makes
+    the model apply its LM head to the last L - start positions only, and the very last one predicts nothing."""
+    keep = batch.input_ids.shape[1] - batch.start
+    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
+                 logits_to_keep=keep).logits[:, :-1]
 
 
 def unpack(values: torch.Tensor, mask: torch.Tensor) -> list[list[float]]:
@@ -118,12 +127,20 @@ def repack(values: list[list[float]], mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sequence_logprobs(model: torch.nn.Module, prompts: list[list[int]], completions: list[list[int]],
-                      temperature: float, pad_id: int, device: torch.device | str,
-                      batch_size: int = 16) -> list[list[float]]:
+def per_completion_token(fn: Callable[[PackedBatch], torch.Tensor], prompts: list[list[int]],
+                         completions: list[list[int]], pad_id: int, device: torch.device | str,
+                         batch_size: int = 16) -> list[list[float]]:
+    """`fn` (a packed batch -> [b, L-1] per-token values, e.g. logprobs) over batches of `batch_size` sequences,
+    returned per sequence for its completion tokens only."""
     out: list[list[float]] = []
     for i in range(0, len(prompts), batch_size):
         batch = pack(prompts[i:i + batch_size], completions[i:i + batch_size], pad_id).to(device)
-        lp = token_logprobs(forward_logits(model, batch), batch.targets, temperature)
-        out.extend(unpack(lp, batch.completion_mask))
+        out.extend(unpack(fn(batch), batch.completion_mask))
     return out
+
+
+def sequence_logprobs(model: torch.nn.Module, prompts: list[list[int]], completions: list[list[int]],
+                      temperature: float, pad_id: int, device: torch.device | str,
+                      batch_size: int = 16) -> list[list[float]]:
+    return per_completion_token(lambda b: token_logprobs(forward_logits(model, b), b.targets, temperature),
+                                prompts, completions, pad_id, device, batch_size)
