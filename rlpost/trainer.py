@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
+import ray
 import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
+from rlpost import checkpoint as ckpt
 from rlpost.algos import ADVANTAGES
 from rlpost.cluster.groups import LearnerGroup, RewardGroup, RolloutGroup, WeightSync
 from rlpost.cluster.ray_cluster import init_ray
+from rlpost.config import ConfigError
 from rlpost.data import PromptLoader, build_prompts, load_rows, resolve_data_path
+from rlpost.eval import Evaluator
 from rlpost.learner.actor import MiniBatch, TrainItem
 from rlpost.metrics import MetricsLogger
+from rlpost.report import read_metrics
 from rlpost.rewards.manager import RewardResult
 from rlpost.rollout.engine import Sample, SamplingParams
 from rlpost.sync.transport import choose_transport
@@ -56,6 +63,16 @@ class Trainer:
         self.loader = PromptLoader(prompts, shuffle=cfg.data.shuffle, seed=cfg.data.seed)
         self.dropped_prompts = dropped
         self.advantage_fn = ADVANTAGES.get(cfg.algo.advantage)
+        self.evaluator = Evaluator(cfg, self.tokenizer) if cfg.eval.enabled else None
+        self.checkpoints = ckpt.CheckpointManager(run_dir, cfg.trainer.keep_checkpoints)
+        self.fingerprint = ckpt.fingerprint(cfg, model_path)
+        self.start_step = 0  # the last finished step (a resumed run continues after it)
+        self.resume_from: Path | None = None
+        self.resume_state: dict = {}
+        self.resume_groups: list[str] = []
+        # Learner groups whose state a checkpoint holds, by name (a critic group registers as "critic").
+        self.checkpoint_groups: dict[str, LearnerGroup] = {}
+        self.cluster_resources: dict[str, float] = {}
 
     def start(self) -> None:
         cfg = self.cfg
@@ -68,6 +85,12 @@ class Trainer:
         self.learners = LearnerGroup(plain, self.model_path, total_optimizer_steps)
         transport = choose_transport(cfg.sync.transport, cfg.cluster.device, colocated=False)
         self.sync = WeightSync(self.learners, self.rollout, transport, cfg.sync.bucket_mb, cfg.sync.timeout_s)
+        self.checkpoint_groups["policy"] = self.learners
+        self.cluster_resources = ray.cluster_resources()
+        if self.evaluator is not None and cfg.reward.accuracy not in self.rewards.labels:
+            raise ConfigError(f"reward.accuracy={cfg.reward.accuracy!r} is not one of the reward components "
+                              f"{self.rewards.labels}; evaluation scores with it: set reward.accuracy or "
+                              "eval.enabled=false")
 
     def sampling_params(self, step: int) -> SamplingParams:
         rc = self.cfg.rollout
@@ -138,15 +161,88 @@ class Trainer:
                 group.shutdown()
 
     def fit(self) -> list[dict[str, float]]:
-        cfg = self.cfg
-        logger = MetricsLogger(self.run_dir, cfg.trainer.steps, cfg.logger.wandb.mode, cfg.logger.wandb.project,
-                               OmegaConf.to_container(cfg, resolve=True), progress=cfg.logger.progress)
-        history = []
+        """Train from `start_step + 1` to `trainer.steps`: evaluate at the start, every `eval.every` steps and at
+        the end; checkpoint every `trainer.save_every` steps and at the end; export the final policy."""
+        cfg, last = self.cfg, self.cfg.trainer.steps
+        logger = MetricsLogger(self.run_dir, last, cfg.logger.wandb.mode, cfg.logger.wandb.project,
+                               OmegaConf.to_container(cfg, resolve=True), progress=cfg.logger.progress,
+                               start_step=self.start_step)
+        history = [{k: v for k, v in row.items() if k != "step"}
+                   for row in self.resume_state.get("metrics", []) if row["step"] > 0]
         try:
-            for step in range(1, cfg.trainer.steps + 1):
+            if self.start_step == 0 and self.evaluator is not None:
+                logger.log(0, self.evaluator.run(self.rollout, self.rewards, 0), advance=False)
+            for step in range(self.start_step + 1, last + 1):
                 metrics = self.step(step)
+                if self.evaluator is not None and self.evaluator.due(step, last):
+                    metrics.update(self.evaluator.run(self.rollout, self.rewards, step))
                 logger.log(step, metrics)
                 history.append(metrics)
+                if step == last or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0):
+                    self.save_checkpoint(step)
         finally:
             logger.close()
+        if cfg.trainer.export_hf:
+            self.export_hf()
         return history
+
+    # ---- checkpoints (layout and atomicity: rlpost.checkpoint) -------------------------------------------
+    def save_checkpoint(self, step: int) -> Path:
+        state = {"step": step, "loader": self.loader.state_dict(), "rng": ckpt.rng_state(),
+                 "metrics": read_metrics(self.run_dir)}
+
+        def write(folder: Path) -> None:
+            for name, group in self.checkpoint_groups.items():
+                (folder / name).mkdir()
+                group.save_checkpoint(str(folder / name))
+            torch.save(state, folder / ckpt.DRIVER)
+
+        return self.checkpoints.save(step, write, {"fingerprint": self.fingerprint,
+                                                   "groups": sorted(self.checkpoint_groups)})
+
+    def prepare_resume(self, path: Path) -> None:
+        """Before any actor starts: the checkpoint is complete, fits this config, and its driver state loads."""
+        meta = ckpt.verify(path)
+        ckpt.check_compatible(path, meta["fingerprint"], self.fingerprint)
+        state = ckpt.load_driver_state(path)
+        try:
+            self.loader.load_state_dict(state["loader"])
+        except ValueError as err:
+            raise ckpt.CheckpointError(f"trainer.resume: {err}") from None
+        self.resume_from, self.resume_state, self.resume_groups = path, state, meta["groups"]
+
+    def restore(self) -> None:
+        """After `start`: every group loads its state, the engines get the loaded weights, the driver continues
+        its RNG streams and its metrics record where the checkpoint left them."""
+        path, state = self.resume_from, self.resume_state
+        missing = sorted(set(self.checkpoint_groups) - set(self.resume_groups))
+        if missing:
+            raise ckpt.CheckpointError(f"trainer.resume: checkpoint {path} has no state for {missing} (it holds "
+                                       f"{self.resume_groups}); start fresh with trainer.resume=null")
+        for name, group in self.checkpoint_groups.items():
+            try:
+                group.load_checkpoint(str(path / name))
+            except Exception as err:
+                raise ckpt.CheckpointError(f"trainer.resume: checkpoint {path} is corrupt: the {name} group cannot "
+                                           f"load it ({ckpt.describe_error(err)}); delete that folder to resume from "
+                                           "an older one") from None
+        self.sync.sync()
+        ckpt.set_rng_state(state["rng"])
+        self.start_step = state["step"]
+        # The record continues from the checkpoint: rows a killed run logged after it are replayed identically.
+        with open(os.path.join(self.run_dir, "metrics.jsonl"), "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in state["metrics"])
+        print(f"[rlpost] resumed from {path} at step {self.start_step}", flush=True)
+
+    def export_hf(self) -> Path:
+        """The final policy as a plain Hugging Face folder, `<run_dir>/hf_model`. Written to a temp folder and
+        renamed, so `hf_model` never holds a partial export."""
+        final, tmp = Path(self.run_dir, "hf_model"), Path(self.run_dir, ".tmp-hf_model")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        self.learners.export_hf(str(tmp))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        print(f"[rlpost] final policy exported to {final}", flush=True)
+        return final

@@ -3,6 +3,8 @@ the config field and the fix (`ConfigError`)."""
 
 from __future__ import annotations
 
+import os
+
 from omegaconf import DictConfig
 
 from rlpost.algos import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
@@ -32,6 +34,7 @@ def validate(cfg: DictConfig) -> None:
     _require(algo.epochs >= 1 and algo.num_minibatches >= 1, "algo.epochs and algo.num_minibatches must be >= 1")
     _require(tc.steps >= 1, f"trainer.steps={tc.steps}: must be >= 1")
     _require(tc.prompts_per_step >= 1, f"trainer.prompts_per_step={tc.prompts_per_step}: must be >= 1")
+    validate_operations(cfg)
 
     samples = tc.prompts_per_step * algo.group_size
     _require(samples % algo.num_minibatches == 0,
@@ -75,3 +78,20 @@ def validate(cfg: DictConfig) -> None:
     _require(rw.item_timeout_s > 0, f"reward.item_timeout_s={rw.item_timeout_s}: must be > 0")
     for i, spec in enumerate(rw.functions):
         load_reward_fn(spec, i)  # raises ConfigError naming reward.functions[i]
+
+
+def validate_operations(cfg: DictConfig) -> None:
+    """Run folder, checkpointing and evaluation settings."""
+    tc, ec = cfg.trainer, cfg.eval
+    # A submitted job runs in a throwaway copy of its working dir: a relative run folder would vanish with it.
+    _require(os.path.isabs(tc.run_dir) or "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ,
+             f"trainer.run_dir={tc.run_dir}: this driver runs as a Ray job, in a temporary copy of its working "
+             "dir; set trainer.run_dir to an absolute path on storage every node can reach (rlpost-submit does)")
+    _require(tc.save_every >= 0, f"trainer.save_every={tc.save_every}: must be >= 0 (0 = only at the end)")
+    _require(tc.keep_checkpoints >= 1, f"trainer.keep_checkpoints={tc.keep_checkpoints}: must be >= 1")
+    _require(ec.every >= 0 and ec.limit >= 0 and ec.num_samples >= 0,
+             f"eval.every={ec.every}, eval.limit={ec.limit}, eval.num_samples={ec.num_samples}: must be >= 0")
+    _require(not ec.num_samples or 1 <= ec.k <= ec.num_samples,
+             f"eval.k={ec.k}: must be between 1 and eval.num_samples={ec.num_samples}")
+    _require(ec.temperature > 0 or not ec.num_samples,
+             f"eval.temperature={ec.temperature}: pass@k samples need a temperature > 0 (or eval.num_samples=0)")

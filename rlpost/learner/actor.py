@@ -24,6 +24,7 @@ import torch
 from rlpost.algos import KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, entropy_from_logits, masked_mean
 from rlpost.config import samples_per_rank
 from rlpost.digest import weights_digest
+from rlpost.learner.checkpointing import CheckpointMixin
 from rlpost.learner.ds_config import build_ds_config, build_ref_ds_config, lr_multiplier
 from rlpost.learner.logprobs import PackedBatch, forward_logits, pack, repack, sequence_logprobs, token_logprobs
 from rlpost.sync.buckets import Bucket, TensorSpec, plan_buckets
@@ -56,7 +57,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class LearnerRank:
+class LearnerRank(CheckpointMixin):
     def __init__(self, cfg: dict, rank: int, world_size: int, model_path: str, total_optimizer_steps: int) -> None:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.model_path = model_path
