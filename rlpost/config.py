@@ -183,6 +183,27 @@ class TrainerConfig:
     prompts_per_step: int = 8
     seed: int = 0
     run_dir: str = "runs/${experiment}-${now:%Y%m%d-%H%M%S}"  # made absolute by the driver
+    save_every: int = 0  # checkpoint every N steps (0 = only at the end); always one at the last step
+    keep_checkpoints: int = 2  # the newest K complete checkpoints stay; older ones are deleted
+    # auto = the newest complete checkpoint under <run_dir>/checkpoints (none: start fresh); a path = that
+    # checkpoint folder, or a run folder's newest; null = start fresh.
+    resume: str | None = None
+    export_hf: bool = True  # write the final policy as a plain Hugging Face folder to <run_dir>/hf_model
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation through the training engines and reward stack: at the start, every `every` steps and
+    at the end. Greedy pass@1, and pass@k from `num_samples` samples per prompt (the unbiased estimator)."""
+
+    enabled: bool = True
+    every: int = 0  # 0 = only at the start and the end
+    data_path: str = "gsm8k:test"
+    limit: int = 64  # the first N rows (0 = all)
+    num_samples: int = 4  # samples per prompt for pass@k (0 = greedy pass@1 only)
+    k: int = 4  # pass@k, k <= num_samples
+    temperature: float = 1.0  # of the pass@k samples
+    max_new_tokens: int = 0  # 0 = rollout.max_new_tokens
 
 
 @dataclass
@@ -200,7 +221,9 @@ class LoggerConfig:
 @dataclass
 class ClusterConfig:
     name: str = "debug_cpu"
-    address: str = ""  # "" = join a running cluster if there is one ("auto"), else start a local one
+    # "" = join the cluster this job runs in or `ray start` started here, else start a local one;
+    # "auto" = join that cluster or fail; "local" = always a local one; HOST:PORT = that head's GCS.
+    address: str = ""
     num_cpus: int = 0  # logical CPUs of a local cluster (0 = enough for every actor)
     device: str = "cpu"  # cpu | cuda
     colocate: bool = False  # cuda: learner ranks and rollout engines share GPUs (one engine per learner GPU)
@@ -218,6 +241,7 @@ class RLPostConfig:
     sync: SyncConfig = field(default_factory=SyncConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 

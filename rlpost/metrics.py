@@ -13,7 +13,7 @@ from tqdm import tqdm
 # What the progress line shows, in order: (metric, short label, format).
 PROGRESS_FIELDS = [("reward/mean", "reward", "{:.3f}"), ("accuracy", "acc", "{:.2f}"),
                    ("response/length_mean", "len", "{:.0f}"), ("actor/kl", "kl", "{:.4f}"),
-                   ("perf/step_seconds", "s/step", "{:.1f}")]
+                   ("perf/step_seconds", "s/step", "{:.1f}"), ("eval/pass@1", "eval", "{:.2f}")]
 
 
 class MetricsLogger:
@@ -29,7 +29,8 @@ class MetricsLogger:
             self.wandb = wandb.init(project=wandb_project, mode=wandb_mode, dir=run_dir, config=config,
                                     name=os.path.basename(run_dir))
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
+    def log(self, step: int, metrics: dict[str, float], advance: bool = True) -> None:
+        """Append one row; `advance=False` for rows that are not a training step (the evaluation at step 0)."""
         row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -37,7 +38,8 @@ class MetricsLogger:
             self.wandb.log(metrics, step=step)
         self.bar.set_postfix_str(" ".join(lbl + "=" + fmt.format(metrics[k])
                                           for k, lbl, fmt in PROGRESS_FIELDS if k in metrics))
-        self.bar.update(1)
+        if advance:
+            self.bar.update(1)
 
     def close(self) -> None:
         self.bar.close()

@@ -23,8 +23,11 @@ register_configs()
 
 
 def run(cfg: DictConfig) -> list[dict[str, float]]:
-    """Validate, build the groups, train. Importable, so tests and notebooks drive the same path as the CLI."""
+    """Validate, build the groups, resume if asked, train, and write the report card. Importable, so tests and
+    notebooks drive the same path as the CLI."""
+    from rlpost.checkpoint import find_resume
     from rlpost.models import resolve_model_path
+    from rlpost.report import write_report
     from rlpost.trainer import Trainer
     from rlpost.validate import validate
 
@@ -33,6 +36,12 @@ def run(cfg: DictConfig) -> list[dict[str, float]]:
     os.makedirs(run_dir, exist_ok=True)
     model_path = resolve_model_path(cfg.model.path)
     trainer = Trainer(cfg, model_path, run_dir)
+    resume = find_resume(cfg.trainer.resume, run_dir)
+    if resume is not None:
+        trainer.prepare_resume(resume)  # checks fit and integrity before any actor starts
+    elif cfg.trainer.resume:
+        print(f"[rlpost] trainer.resume={cfg.trainer.resume}: no checkpoint in {run_dir} yet, starting fresh",
+              flush=True)
     print(f"[rlpost] run dir {run_dir}; model {model_path}; {len(trainer.loader.prompts)} prompts"
           + (f" ({trainer.dropped_prompts} longer than data.max_prompt_tokens dropped)"
              if trainer.dropped_prompts else ""), flush=True)
@@ -41,9 +50,18 @@ def run(cfg: DictConfig) -> list[dict[str, float]]:
     try:
         trainer.start()
         print(f"[rlpost] actors up in {time.perf_counter() - t0:.1f}s", flush=True)
+        if resume is not None:
+            trainer.restore()
         return trainer.fit()
     finally:
         trainer.close()
+        if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):  # steps ran, whether or not the run finished
+            try:  # a failure here must not hide the run's own error
+                report = write_report(run_dir, OmegaConf.to_yaml(cfg, resolve=True), trainer.cluster_resources)
+                print(f"[rlpost] report {report}", flush=True)
+            except Exception as err:
+                print(f"[rlpost] warning: report not written ({type(err).__name__}: {err})", file=sys.stderr,
+                      flush=True)
 
 
 def user_error(err: BaseException) -> str | None:

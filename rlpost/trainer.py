@@ -16,23 +16,29 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import ray
 import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
+from rlpost import checkpoint as ckpt
 from rlpost.algos import adaptive_kl_coef, overlong_penalty, repeat_to, select_pairs
 from rlpost.algos.dynamic_sampling import informative_groups, refill_size
 from rlpost.cluster.groups import CriticGroup, LearnerGroup, Placement, RewardGroup, RolloutGroup, WeightSync
 from rlpost.cluster.ray_cluster import init_ray
-from rlpost.config import needs_old_logprobs, needs_reference
+from rlpost.config import ConfigError, needs_old_logprobs, needs_reference
 from rlpost.data import Prompt, PromptLoader, build_prompts, load_rows, resolve_data_path
+from rlpost.eval import Evaluator
 from rlpost.experience import pg_items
 from rlpost.learner.actor import MiniBatch, TrainItem
 from rlpost.metrics import MetricsLogger
+from rlpost.report import read_metrics
 from rlpost.rewards.manager import RewardResult, check_reward_functions
 from rlpost.rollout.engine import Sample, SamplingParams
 from rlpost.sync.transport import choose_transport
@@ -91,6 +97,16 @@ class Trainer:
         first = self.loader.next_batch(cfg.trainer.prompts_per_step)
         self.loader.load_state_dict(state)
         check_reward_functions(OmegaConf.to_object(cfg.reward), [p.text for p in first], [p.columns for p in first])
+        self.evaluator = Evaluator(cfg, self.tokenizer) if cfg.eval.enabled else None
+        self.checkpoints = ckpt.CheckpointManager(run_dir, cfg.trainer.keep_checkpoints)
+        self.fingerprint = ckpt.fingerprint(cfg, model_path)
+        self.start_step = 0  # the last finished step (a resumed run continues after it)
+        self.resume_from: Path | None = None
+        self.resume_state: dict = {}
+        self.resume_groups: list[str] = []
+        # Learner groups whose state a checkpoint holds, by name (a critic group registers as "critic").
+        self.checkpoint_groups: dict[str, LearnerGroup] = {}
+        self.cluster_resources: dict[str, float] = {}
 
     def start(self) -> None:
         cfg = self.cfg
@@ -110,6 +126,14 @@ class Trainer:
         transport = choose_transport(cfg.sync.transport, cfg.cluster.device, cfg.cluster.colocate)
         self.sync = WeightSync(self.learners, self.rollout, transport, cfg.sync.bucket_mb, cfg.sync.timeout_s,
                                cfg.rollout.tensor_parallel_size)
+        self.checkpoint_groups["policy"] = self.learners
+        if self.critic is not None:
+            self.checkpoint_groups["critic"] = self.critic
+        self.cluster_resources = ray.cluster_resources()
+        if self.evaluator is not None and cfg.reward.accuracy not in self.rewards.labels:
+            raise ConfigError(f"reward.accuracy={cfg.reward.accuracy!r} is not one of the reward components "
+                              f"{self.rewards.labels}; evaluation scores with it: set reward.accuracy or "
+                              "eval.enabled=false")
 
     def sampling_params(self, step: int, round_: int = 0) -> SamplingParams:
         rc = self.cfg.rollout
@@ -278,20 +302,97 @@ class Trainer:
 
     def close(self) -> None:
         """Kill this run's actors and free their placement groups (the Ray cluster itself stays up)."""
-        for group in (getattr(self, name, None) for name in ("rewards", "rollout", "learners", "placement")):
+        for group in (getattr(self, name, None)
+                      for name in ("rewards", "rollout", "learners", "critic", "placement")):
             if group is not None:
                 group.shutdown()
 
     def fit(self) -> list[dict[str, float]]:
-        cfg = self.cfg
-        logger = MetricsLogger(self.run_dir, cfg.trainer.steps, cfg.logger.wandb.mode, cfg.logger.wandb.project,
-                               OmegaConf.to_container(cfg, resolve=True), progress=cfg.logger.progress)
-        history = []
+        """Train from `start_step + 1` to `trainer.steps`: evaluate at the start, every `eval.every` steps and at
+        the end; checkpoint every `trainer.save_every` steps and at the end; export the final policy."""
+        cfg, last = self.cfg, self.cfg.trainer.steps
+        logger = MetricsLogger(self.run_dir, last, cfg.logger.wandb.mode, cfg.logger.wandb.project,
+                               OmegaConf.to_container(cfg, resolve=True), progress=cfg.logger.progress,
+                               start_step=self.start_step)
+        history = [{k: v for k, v in row.items() if k != "step"}
+                   for row in self.resume_state.get("metrics", []) if row["step"] > 0]
         try:
-            for step in range(1, cfg.trainer.steps + 1):
+            if self.start_step == 0 and self.evaluator is not None:
+                logger.log(0, self.evaluator.run(self.rollout, self.rewards, 0), advance=False)
+            for step in range(self.start_step + 1, last + 1):
                 metrics = self.step(step)
+                if self.evaluator is not None and self.evaluator.due(step, last):
+                    metrics.update(self.evaluator.run(self.rollout, self.rewards, step))
                 logger.log(step, metrics)
                 history.append(metrics)
+                if step == last or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0):
+                    self.save_checkpoint(step)
         finally:
             logger.close()
+        if cfg.trainer.export_hf:
+            self.export_hf()
         return history
+
+    # ---- checkpoints (layout and atomicity: rlpost.checkpoint) -------------------------------------------
+    def save_checkpoint(self, step: int) -> Path:
+        state = {"step": step, "loader": self.loader.state_dict(), "rng": ckpt.rng_state(),
+                 "metrics": read_metrics(self.run_dir), "kl_coef": self.kl_coef,
+                 "pair_rng": self.pair_rng.bit_generator.state}
+
+        def write(folder: Path) -> None:
+            for name, group in self.checkpoint_groups.items():
+                (folder / name).mkdir()
+                group.save_checkpoint(str(folder / name))
+            torch.save(state, folder / ckpt.DRIVER)
+
+        return self.checkpoints.save(step, write, {"fingerprint": self.fingerprint,
+                                                   "groups": sorted(self.checkpoint_groups)})
+
+    def prepare_resume(self, path: Path) -> None:
+        """Before any actor starts: the checkpoint is complete, fits this config, and its driver state loads."""
+        meta = ckpt.verify(path)
+        ckpt.check_compatible(path, meta["fingerprint"], self.fingerprint)
+        state = ckpt.load_driver_state(path)
+        try:
+            self.loader.load_state_dict(state["loader"])
+        except ValueError as err:
+            raise ckpt.CheckpointError(f"trainer.resume: {err}") from None
+        self.resume_from, self.resume_state, self.resume_groups = path, state, meta["groups"]
+
+    def restore(self) -> None:
+        """After `start`: every group loads its state, the engines get the loaded weights, the driver continues
+        its RNG streams and its metrics record where the checkpoint left them."""
+        path, state = self.resume_from, self.resume_state
+        missing = sorted(set(self.checkpoint_groups) - set(self.resume_groups))
+        if missing:
+            raise ckpt.CheckpointError(f"trainer.resume: checkpoint {path} has no state for {missing} (it holds "
+                                       f"{self.resume_groups}); start fresh with trainer.resume=null")
+        for name, group in self.checkpoint_groups.items():
+            try:
+                group.load_checkpoint(str(path / name))
+            except Exception as err:
+                raise ckpt.CheckpointError(f"trainer.resume: checkpoint {path} is corrupt: the {name} group cannot "
+                                           f"load it ({ckpt.describe_error(err)}); delete that folder to resume from "
+                                           "an older one") from None
+        self.sync.sync()
+        ckpt.set_rng_state(state["rng"])
+        self.kl_coef = state["kl_coef"]  # the adaptive KL controller's state
+        self.pair_rng.bit_generator.state = state["pair_rng"]
+        self.start_step = state["step"]
+        # The record continues from the checkpoint: rows a killed run logged after it are replayed identically.
+        with open(os.path.join(self.run_dir, "metrics.jsonl"), "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in state["metrics"])
+        print(f"[rlpost] resumed from {path} at step {self.start_step}", flush=True)
+
+    def export_hf(self) -> Path:
+        """The final policy as a plain Hugging Face folder, `<run_dir>/hf_model`. Written to a temp folder and
+        renamed, so `hf_model` never holds a partial export."""
+        final, tmp = Path(self.run_dir, "hf_model"), Path(self.run_dir, ".tmp-hf_model")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        self.learners.export_hf(str(tmp))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        print(f"[rlpost] final policy exported to {final}", flush=True)
+        return final

@@ -41,6 +41,7 @@ def validate(cfg: DictConfig) -> None:
     _validate_batches(cfg, "learner", lc.num_ranks)
     if cfg.critic.enabled:
         _validate_batches(cfg, "critic", cfg.critic.num_ranks)
+    validate_operations(cfg)
     _require(lc.zero_stage in (0, 1, 2, 3), f"learner.zero_stage={lc.zero_stage}: choose 0, 1, 2 or 3")
     _require(lc.lr > 0, f"learner.lr={lc.lr}: must be > 0")
     _require(lc.lr_schedule in ("constant", "cosine"),
@@ -196,3 +197,20 @@ def _validate_batches(cfg: DictConfig, section: str, num_ranks: int) -> None:
     _require(micro >= 1 and per_rank % micro == 0,
              f"learner.micro_batch_size={micro} does not divide the {per_rank} sequences each {section} rank "
              f"gets per mini-batch; pick a divisor of {per_rank}")
+
+
+def validate_operations(cfg: DictConfig) -> None:
+    """Run folder, checkpointing and evaluation settings."""
+    tc, ec = cfg.trainer, cfg.eval
+    # A submitted job runs in a throwaway copy of its working dir: a relative run folder would vanish with it.
+    _require(os.path.isabs(tc.run_dir) or "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ,
+             f"trainer.run_dir={tc.run_dir}: this driver runs as a Ray job, in a temporary copy of its working "
+             "dir; set trainer.run_dir to an absolute path on storage every node can reach (rlpost-submit does)")
+    _require(tc.save_every >= 0, f"trainer.save_every={tc.save_every}: must be >= 0 (0 = only at the end)")
+    _require(tc.keep_checkpoints >= 1, f"trainer.keep_checkpoints={tc.keep_checkpoints}: must be >= 1")
+    _require(ec.every >= 0 and ec.limit >= 0 and ec.num_samples >= 0,
+             f"eval.every={ec.every}, eval.limit={ec.limit}, eval.num_samples={ec.num_samples}: must be >= 0")
+    _require(not ec.num_samples or 1 <= ec.k <= ec.num_samples,
+             f"eval.k={ec.k}: must be between 1 and eval.num_samples={ec.num_samples}")
+    _require(ec.temperature > 0 or not ec.num_samples,
+             f"eval.temperature={ec.temperature}: pass@k samples need a temperature > 0 (or eval.num_samples=0)")

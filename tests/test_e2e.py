@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import ray
 from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
 
+from rlpost.digest import weights_digest
 from rlpost.train import CONFIG_DIR
 from rlpost.trainer import Trainer
 from rlpost.validate import validate
@@ -38,7 +40,8 @@ def debug_cfg(model_dir: str, run_dir: str, *overrides: str):
             "experiment=gsm8k_grpo_debug", f"model.path={model_dir}", f"trainer.run_dir={run_dir}",
             "trainer.steps=2", "trainer.prompts_per_step=2", "algo.group_size=4", "rollout.max_new_tokens=24",
             "learner.micro_batch_size=2", "learner.lr=1e-3", "algo.kl_coef=0.05", "data.limit=64",
-            "logger.progress=false", "logger.wandb.mode=offline",
+            "logger.progress=false", "logger.wandb.mode=offline", "eval.enabled=false",
+            "trainer.save_every=1",
             "reward.functions=[{path: rewards/gsm8k.py, name: score}, "
             f"{{path: {TESTS / 'rewards_for_tests.py'}, name: text_length}}]",
             *overrides])
@@ -60,6 +63,8 @@ def run_and_check(cfg, model_dir: str, run_dir: str, required: list[str] = REQUI
         after = trainer.learners.weights_digest()
         assert after != before
         assert trainer.rollout.weights_digests() == [after] * cfg.rollout.num_engines
+        # The exported Hugging Face folder holds exactly the learner's final weights (gathered under ZeRO-3).
+        assert weights_digest(load_file(Path(run_dir, "hf_model", "model.safetensors")).items()) == after
 
         # Engine and learner agree on the logprobs of a fixed completion (fp32).
         prompt = trainer.loader.prompts[0].ids
@@ -80,6 +85,13 @@ def run_and_check(cfg, model_dir: str, run_dir: str, required: list[str] = REQUI
             assert not missing, missing
         if drift is not None:
             assert rows[1][drift] > 0  # the policy left the reference after the first update
+
+        # Checkpoints load back under this ZeRO stage and rank count: step 1's weights, then step 2's (the last).
+        checkpoints = Path(run_dir, "checkpoints")
+        trainer.learners.load_checkpoint(str(checkpoints / "step_000001" / "policy"))
+        assert trainer.learners.weights_digest() not in (before, after)
+        trainer.learners.load_checkpoint(str(checkpoints / "step_000002" / "policy"))
+        assert trainer.learners.weights_digest() == after
         return history
     finally:
         trainer.close()

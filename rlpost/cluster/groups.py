@@ -125,6 +125,16 @@ class LearnerGroup(ActorGroup):
     def weights_digest(self) -> str:
         return ray.get([r.weights_digest.remote() for r in self.ranks])[0]
 
+    # Checkpointing (rlpost.checkpoint): every rank takes part, each writes its own share into `path`.
+    def save_checkpoint(self, path: str) -> None:
+        ray.get([r.save_checkpoint.remote(path) for r in self.ranks])
+
+    def load_checkpoint(self, path: str) -> None:
+        ray.get([r.load_checkpoint.remote(path) for r in self.ranks])
+
+    def export_hf(self, path: str) -> None:
+        ray.get([r.export_hf.remote(path) for r in self.ranks])
+
 
 class CriticGroup(LearnerGroup):
     """PPO's value function: `critic.num_ranks` DeepSpeed ranks; `experience` gives {"values": ...}."""

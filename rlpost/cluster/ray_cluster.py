@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
@@ -28,15 +29,47 @@ def actor_env(device: str) -> dict[str, str]:
     return env
 
 
+def running_cluster_address() -> str | None:
+    """The cluster this process should join, found the way `ray.init()` finds it: RAY_ADDRESS (which
+    `ray job submit` sets for the job's driver), else the head that `ray start` last started on this machine."""
+    from ray._private.services import get_ray_address_from_environment
+
+    return get_ray_address_from_environment(None, None)
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """One line if nothing answers at a GCS address: `ray.init` would otherwise retry for minutes."""
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if address.startswith(("http://", "https://")) or not host or not port.isdigit():
+        raise ConfigError(f"cluster.address={address!r} is not a Ray cluster address; use HOST:PORT of the head's "
+                          "GCS (`ray start --head --port PORT`), 'auto', 'local', or '' (the dashboard's "
+                          "http:// address is for `rlpost-submit`)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConfigError(f"cluster.address={address!r}: no Ray cluster answers there ({err.strerror or err}); start "
+                          "one with `ray start --head` (see launch/README.md), fix the address, or set "
+                          "cluster.address=local for a local cluster") from None
+
+
 def init_ray(address: str, num_cpus: int) -> None:
-    """Join the cluster at `address`, or the one this process was submitted to (`ray job submit` sets
-    RAY_ADDRESS), or start a local one sized `num_cpus` logical CPUs. Logical CPUs are a scheduling count, not
-    cores: the debug machine time-shares phases (rollout, then learning), so more actors than cores is fine."""
+    """Join or start the Ray cluster `cluster.address` names:
+    - "" : join the cluster this process belongs to (a `ray job submit` job, or a `ray start` head on this
+      machine), else start a local one sized `num_cpus` logical CPUs;
+    - "auto": join that cluster, and fail if there is none; "local": always start a local one;
+    - HOST:PORT (or ray://HOST:PORT): join that head.
+    Logical CPUs are a scheduling count, not cores: the debug machine time-shares phases (rollout, then
+    learning), so more actors than cores is fine."""
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS", "")
-    if address:
-        ray.init(address=address, log_to_driver=True)
+    target = address if address not in ("", "auto") else running_cluster_address()
+    if address == "auto" and not target:
+        raise ConfigError("cluster.address=auto: no Ray cluster found (RAY_ADDRESS is unset and `ray start` has not "
+                          "run on this machine); start one with `ray start --head` or set cluster.address=''")
+    if target and target != "local":
+        check_reachable(target)
+        ray.init(address=target, log_to_driver=True)
         return
     # A local cluster writes ~/.ray/auth_token when auth is on, after which `ray job submit` from a shell with a
     # different setting fails; debug clusters are loopback-only, so run them without token auth.

@@ -36,6 +36,7 @@ from rlpost.algos import (
 )
 from rlpost.config import RunError, needs_reference, samples_per_rank, train_sequences_per_step
 from rlpost.digest import weights_digest
+from rlpost.learner.checkpointing import CheckpointMixin
 from rlpost.learner.ds_config import build_ds_config, build_ref_ds_config, lr_multiplier
 from rlpost.learner.logprobs import (
     PackedBatch,
@@ -95,7 +96,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class LearnerRank:
+class LearnerRank(CheckpointMixin):
     prefix = "actor"  # metric names: actor/grad_norm, actor/lr, ...
     group = "learner"  # learner/tokens, learner/seconds
 

@@ -1,0 +1,72 @@
+"""bench/gsm8k.py: the scoring protocol on hand-written completions, and the whole script on CPU (tiny model,
+8 problems, HF engine)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from rlpost.config import RewardConfig, RewardFunctionConfig
+from rlpost.rewards.manager import RewardManager
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("bench_gsm8k", ROOT / "bench" / "gsm8k.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def test_protocol_prompts_and_scoring(tiny_model_dir: str) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = bench.load_problems(tokenizer, limit=3)
+    assert len(prompts) == 3
+    # The training prompt: the question, then the instruction, inside the chat template.
+    first = prompts[0]
+    assert "Janet" in first.text and "Put the final numeric answer after '####'." in first.text
+    assert first.columns["answer"].rstrip().endswith("#### 18")
+    completions = ["16 - 3 - 4 = 9 eggs, 9 * 2 = 18 dollars. #### 18",  # right, with the marker
+                   "The answer is 3.",  # problem 2's answer is 3: right, found by math-verify without the marker
+                   "#### 1"]  # wrong
+    with RewardManager(RewardConfig(functions=[RewardFunctionConfig(path=str(ROOT / "rewards" / "gsm8k.py"))],
+                                    num_workers=1)) as manager:
+        assert bench.score(manager, prompts, completions) == [True, True, False]
+
+
+def test_bench_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    bench.append_result(results, ["2026-01-01", "earlier machine", "vllm", "m", "1319", "512", "0.5", "60", "x"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "bench" / "gsm8k.py"), "--model", tiny_model_dir, "--engine", "hf",
+           "--limit", "8", "--max-new-tokens", "16", "--results", str(results)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = out.stdout.splitlines()
+    row = next(line for line in table if line.startswith(f"| {Path(tiny_model_dir).name} |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:3] == ["hf", "8"]
+    assert 0 <= int(cells[3]) <= 8 and float(cells[4]) == int(cells[3]) / 8
+    lines = results.read_text().splitlines()
+    assert lines[0] == "# GSM8K benchmark results"
+    rows = [line for line in lines if line.startswith("| 20")]  # rows start with the date
+    assert len(rows) == 2  # appended, not overwritten
+    cells = [c.strip() for c in rows[-1].strip("|").split("|")]
+    assert cells[2:6] == ["hf", Path(tiny_model_dir).name, "8", "16"] and cells[6] == f"{float(cells[6]):.4f}"
+    assert cells[8].startswith("python bench/gsm8k.py --model")
+
+
+def test_vllm_engine_missing_is_one_line(tiny_model_dir: str, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return  # on a GPU machine the vLLM engine may well be there
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gsm8k.py"), "--model", tiny_model_dir, "--engine",
+                          "vllm", "--limit", "1", "--results", str(tmp_path / "r.md")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("bench/gsm8k.py: error: --engine vllm: cannot import the vLLM engine")
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r.md").exists()

@@ -1,0 +1,91 @@
+"""Operations settings: the full-size GSM8K preset's batch arithmetic, checkpoint/eval/run-folder validation,
+and the CLI's one-line refusal to resume under an incompatible config (before any actor starts)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from rlpost.checkpoint import CheckpointManager
+from rlpost.config import ConfigError
+from rlpost.train import CONFIG_DIR
+from rlpost.validate import validate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 4, 8])
+def test_full_size_preset_divides_for_common_learner_sizes(ranks: int) -> None:
+    # rollout.engine=hf / cluster.device=cpu only stand in for the GPU path this branch does not validate yet.
+    cfg = make("experiment=gsm8k_grpo", "model.path=/models/x", f"learner.num_ranks={ranks}", "rollout.engine=hf")
+    assert cfg.trainer.prompts_per_step * cfg.algo.group_size == 1024 and cfg.learner.lr == 1e-6
+    assert cfg.eval.limit == 0 and cfg.trainer.save_every == 20
+    validate(cfg)
+
+
+def test_preset_without_model_path_names_the_field() -> None:
+    from rlpost.models import resolve_model_path
+
+    cfg = make("experiment=gsm8k_grpo")
+    with pytest.raises(ConfigError, match=r"^model.path: <set model.path=.*> is not a folder"):
+        resolve_model_path(cfg.model.path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.keep_checkpoints=0", "trainer.keep_checkpoints=0: must be >= 1"),
+    ("trainer.save_every=-1", "trainer.save_every=-1: must be >= 0"),
+    ("eval.k=8", "eval.k=8: must be between 1 and eval.num_samples=2"),  # the debug preset samples 2
+    ("eval.temperature=0", "eval.temperature=0.0: pass@k samples need a temperature > 0"),
+])
+def test_operations_validation(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate(make("experiment=gsm8k_grpo_debug", override))
+
+
+def test_relative_run_dir_refused_inside_a_ray_job(monkeypatch) -> None:
+    cfg = make("experiment=gsm8k_grpo_debug", "trainer.run_dir=runs/x")
+    validate(cfg)  # run directly, a relative run folder is fine
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what Ray sets for a submitted job's driver
+    with pytest.raises(ConfigError, match="trainer.run_dir=runs/x: this driver runs as a Ray job"):
+        validate(cfg)
+    validate(make("experiment=gsm8k_grpo_debug", "trainer.run_dir=/abs/x"))
+
+
+def test_resume_with_another_model_is_one_line(tiny_model_dir: str, tmp_path: Path) -> None:
+    """Through the real CLI: the checkpoint says which model it was trained from; a run naming another one stops
+    with exit code 2 and one line on stderr, before Ray starts, and the checkpoint is left as it was."""
+    import torch
+
+    from rlpost.checkpoint import fingerprint
+
+    run_dir = tmp_path / "run"
+    other_model = tmp_path / "other_model"
+    other_model.mkdir()  # same weights, different model.path: still refused
+    for f in Path(tiny_model_dir).iterdir():
+        (other_model / f.name).symlink_to(f)
+    cfg = make("experiment=gsm8k_grpo_debug", f"model.path={tiny_model_dir}")
+    manager = CheckpointManager(str(run_dir), keep=2)
+    saved = manager.save(2, lambda folder: torch.save({"step": 2}, folder / "driver.pt"),
+                         {"fingerprint": fingerprint(cfg, tiny_model_dir), "groups": ["policy"]})
+    before = sorted((p.name, p.stat().st_size) for p in saved.rglob("*"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "127.0.0.1:1"}  # Ray must not even be tried
+    out = subprocess.run([sys.executable, "-m", "rlpost.train", "experiment=gsm8k_grpo_debug",
+                          f"model.path={other_model}", f"trainer.run_dir={run_dir}", "trainer.resume=auto",
+                          "logger.wandb.mode=disabled"], capture_output=True, text=True, env=env, cwd=ROOT,
+                         timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"rlpost: error: trainer.resume: checkpoint {saved} does not fit this config")
+    assert f"model.path was '{tiny_model_dir}', now '{other_model}'" in lines[0]
+    assert sorted((p.name, p.stat().st_size) for p in saved.rglob("*")) == before
