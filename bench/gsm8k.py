@@ -61,11 +61,12 @@ def score(manager: RewardManager, prompts: list, completions: list[str]) -> list
 
 def make_engine(kind: str, model: str, dtype: str, batch_size: int):
     if kind == "vllm":
+        from rlpost.rollout.vllm_engine import VLLMEngine, check_vllm
+
         try:
-            from rlpost.rollout.vllm_engine import VLLMEngine  # GPU only: imported when asked for
-        except ImportError as err:
-            raise ConfigError(f"--engine vllm: cannot import the vLLM engine ({err}); install rlpost[vllm] on a GPU "
-                              "machine, or use --engine hf") from None
+            check_vllm()
+        except ConfigError as err:  # the same one line, naming this script's flag instead of the config key
+            raise ConfigError(f"--engine vllm: {str(err).split(': ', 1)[1]}") from None
         return VLLMEngine(model, dtype)
     import torch
 

@@ -50,7 +50,7 @@ def test_bench_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     assert cells[1:3] == ["hf", "8"]
     assert 0 <= int(cells[3]) <= 8 and float(cells[4]) == int(cells[3]) / 8
     lines = results.read_text().splitlines()
-    assert lines[0] == "# GSM8K benchmark results"
+    assert lines[0] == "## GSM8K (`bench/gsm8k.py`)"
     rows = [line for line in lines if line.startswith("| 20")]  # rows start with the date
     assert len(rows) == 2  # appended, not overwritten
     cells = [c.strip() for c in rows[-1].strip("|").split("|")]
@@ -67,6 +67,17 @@ def test_vllm_engine_missing_is_one_line(tiny_model_dir: str, tmp_path: Path) ->
                           "vllm", "--limit", "1", "--results", str(tmp_path / "r.md")],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
-    assert out.stderr.strip().startswith("bench/gsm8k.py: error: --engine vllm: cannot import the vLLM engine")
+    assert out.stderr.strip().startswith("bench/gsm8k.py: error: --engine vllm: vLLM is not installed")
     assert len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r.md").exists()
+
+
+def test_rows_go_to_the_end_of_the_gsm8k_table(tmp_path: Path) -> None:
+    """RESULTS.md holds other benchmarks' sections after the GSM8K table: a new row lands in the table."""
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## GSM8K (`bench/gsm8k.py`)\n\nProtocol.\n\n" + bench.RESULTS_HEADER
+                       + "| 2026-01-01 | a |\n\n## Sync\n\n| x | y |\n")
+    bench.append_result(results, ["2026-02-02", "b"])
+    lines = results.read_text().splitlines()
+    assert lines[lines.index("| 2026-01-01 | a |") + 1] == "| 2026-02-02 | b |"
+    assert lines[-1] == "| x | y |"
