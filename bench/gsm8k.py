@@ -59,7 +59,7 @@ def score(manager: RewardManager, prompts: list, completions: list[str]) -> list
     return [v > 0 for v in result.components["gsm8k"]]
 
 
-def make_engine(kind: str, model: str, dtype: str, batch_size: int):
+def make_engine(kind: str, model: str, dtype: str, batch_size: int, enforce_eager: bool = False):
     if kind == "vllm":
         from rlpost.rollout.vllm_engine import VLLMEngine, check_vllm
 
@@ -67,7 +67,7 @@ def make_engine(kind: str, model: str, dtype: str, batch_size: int):
             check_vllm()
         except ConfigError as err:  # the same one line, naming this script's flag instead of the config key
             raise ConfigError(f"--engine vllm: {str(err).split(': ', 1)[1]}") from None
-        return VLLMEngine(model, dtype)
+        return VLLMEngine(model, dtype, enforce_eager=enforce_eager)
     import torch
 
     from rlpost.rollout.hf_engine import HFEngine
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--dtype", default="", help="default: bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per generate call (hf)")
+    parser.add_argument("--enforce-eager", action="store_true", help="vllm: no CUDA graphs (faster start)")
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"), help="file to append a row to")
     args = parser.parse_args(argv)
 
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         dtype = args.dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
         tokenizer = AutoTokenizer.from_pretrained(model)
         prompts = load_problems(tokenizer, args.limit)
-        engine = make_engine(args.engine, model, dtype, args.batch_size)
+        engine = make_engine(args.engine, model, dtype, args.batch_size, args.enforce_eager)
     except ConfigError as err:
         print(f"bench/gsm8k.py: error: {err}", file=sys.stderr)
         return 2
