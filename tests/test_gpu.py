@@ -41,7 +41,8 @@ def gpu_cfg(model_dir: str, run_dir: str, *overrides: str):
             "experiment=gsm8k_grpo_debug", "cluster=single_gpu", f"model.path={model_dir}",
             f"trainer.run_dir={run_dir}", "trainer.steps=2", "trainer.prompts_per_step=4", "algo.group_size=4",
             "rollout.max_new_tokens=64", "rollout.enforce_eager=true", "learner.micro_batch_size=8",
-            "algo.kl_coef=0.04", "logger.progress=false", *overrides])
+            "algo.kl_coef=0.04", "logger.progress=false", "eval.enabled=false", "trainer.export_hf=false",
+            *overrides])
 
 
 def mean_abs_diff(a: list[list[float]], b: list[list[float]]) -> float:
