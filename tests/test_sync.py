@@ -124,3 +124,51 @@ def test_missing_receiver_times_out_instead_of_hanging() -> None:
     with pytest.raises(Exception, match="(?i)timed out|timeout"):
         create_transport(info, 0)
     assert time.perf_counter() - t0 < 30
+
+
+def test_ipc_slot_handshake_over_several_syncs() -> None:
+    """The IPC transport's handshake (two reusable slots, filled/done keys in the sender's store), with the
+    slots shared between threads instead of GPU processes: one sender, two receivers, three full syncs of
+    five buckets each. The second sync is where a sender that re-awaited already-released buckets hung."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from rlpost.sync.ipc import SLOTS, SlotTransport
+
+    weights = {f"w{i}": torch.randn(40) for i in range(5)}
+    plan = plan_buckets([TensorSpec(n, tuple(t.shape), t.dtype) for n, t in weights.items()], 160)
+    assert len(plan) == 5
+    slots = [torch.empty(max(b.nbytes for b in plan), dtype=torch.uint8) for _ in range(SLOTS)]
+    port, timeout = _free_port(), timedelta(seconds=20)
+    received: dict[int, list[dict[str, torch.Tensor]]] = {0: [], 1: []}
+    errors: list[BaseException] = []
+
+    def receiver(index: int) -> None:
+        try:
+            store = dist.TCPStore("127.0.0.1", port, 3, is_master=False, timeout=timeout)
+            transport = SlotTransport(store, slots, 2, sender=False, index=index)
+            for _ in range(3):
+                got: dict[str, torch.Tensor] = {}
+                receive_weights(transport, plan, lambda named: got.update({n: t.clone() for n, t in named}))
+                received[index].append(got)
+        except BaseException as exc:  # surfaced in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=receiver, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    sender = SlotTransport(dist.TCPStore("127.0.0.1", port, 3, is_master=True, timeout=timeout), slots, 2, True)
+    sent = []
+    for sync in range(3):
+        current = {n: t + sync for n, t in weights.items()}
+        send_weights(sender, plan, lambda b, c=current: _nullctx([c[s.name] for s in b.specs]))
+        sent.append(current)
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, errors
+    for index in (0, 1):
+        assert len(received[index]) == 3
+        for got, expected in zip(received[index], sent, strict=True):
+            assert all(torch.equal(got[n], expected[n]) for n in weights)
+    assert sender._pending == []  # every bucket released: the next sync starts with both slots free

@@ -33,28 +33,22 @@ def gpu_uuid() -> str:
     return str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
 
 
-class IpcTransport(WeightTransport):
-    name = "ipc"
+class SlotTransport(WeightTransport):
+    """The handshake of the IPC transport over two shared slots, independent of how the slots are shared (the
+    CPU tests run it with tensors shared between threads; `IpcTransport` shares GPU buffers between processes).
+    `store`: a TCPStore the sender hosts; `index`: this receiver's number among `num_receivers`."""
 
-    def __init__(self, info: SyncGroupInfo, sender: bool) -> None:
-        uuid = gpu_uuid()
-        if uuid not in info.ipc_senders:
-            raise RuntimeError(f"sync.transport=ipc: no learner rank shares this engine's GPU {uuid}; colocate "
-                               "every engine with a learner rank (cluster=single_gpu) or use cluster=split (nccl)")
-        host, port, self.num_receivers = info.ipc_senders[uuid]
-        self.sender = sender
+    name = "slots"
+
+    def __init__(self, store: dist.Store, slots: list[torch.Tensor], num_receivers: int, sender: bool,
+                 index: int = 0) -> None:
+        self._store, self._slots, self.num_receivers, self.sender, self.index = (
+            store, slots, num_receivers, sender, index)
         self._seq = 0  # buckets moved so far; both sides walk the same sequence, so keys line up
-        self._store = dist.TCPStore(host, port, 1 + self.num_receivers, is_master=sender,
-                                    timeout=timedelta(seconds=info.timeout_s))
-        device = torch.cuda.current_device()
-        if sender:
-            self._slots = [torch.empty(info.slot_bytes, dtype=torch.uint8, device=device) for _ in range(SLOTS)]
-            self._store.set("handles", pickle.dumps([reduce_tensor(s)[1] for s in self._slots]))
-        else:
-            self.index = self._store.add("receivers", 1) - 1
-            handles = pickle.loads(self._store.get("handles"))
-            self._slots = [rebuild_cuda_tensor(*args[:_DEVICE_ARG], device, *args[_DEVICE_ARG + 1:])
-                           for args in handles]
+        self._pending: list[int] = []  # sender: buckets not yet released by every receiver, oldest first
+
+    def _synchronize(self) -> None:
+        """Make this process's writes to (sender) or reads from (receiver) a slot visible/finished."""
 
     # ---- sender -----------------------------------------------------------------------------------------
     def _await_release(self, seq: int) -> None:
@@ -65,21 +59,21 @@ class IpcTransport(WeightTransport):
 
     def send(self, flat: torch.Tensor) -> None:
         assert self.sender, "only learner ranks send"
-        if self._seq >= SLOTS:
-            self._await_release(self._seq - SLOTS)  # the slot we are about to overwrite must be loaded
+        if len(self._pending) == SLOTS:
+            self._await_release(self._pending.pop(0))  # the slot we are about to overwrite must be loaded
         nbytes = flat.numel() * flat.element_size()
         if nbytes > self._slots[0].numel():
             raise ValueError(f"bucket of {nbytes} B exceeds the IPC slot of {self._slots[0].numel()} B")
         slot = self._slots[self._seq % SLOTS][:nbytes]
         slot.view(flat.dtype).copy_(flat.reshape(-1))
-        torch.cuda.current_stream().synchronize()  # the receivers read from another process: bytes must be there
+        self._synchronize()  # the receivers read the slot from another process: the bytes must be there
         self._store.set(f"filled/{self._seq}", b"1")
+        self._pending.append(self._seq)
         self._seq += 1
 
     def flush(self) -> None:
-        for seq in range(max(self._seq - SLOTS, 0), self._seq):
-            if self._store.check([f"filled/{seq}"]):
-                self._await_release(seq)
+        while self._pending:
+            self._await_release(self._pending.pop(0))
 
     # ---- receiver ---------------------------------------------------------------------------------------
     def receive(self, bucket: Bucket) -> torch.Tensor:
@@ -87,10 +81,39 @@ class IpcTransport(WeightTransport):
         return self._slots[self._seq % SLOTS][:bucket.nbytes].view(bucket.dtype)
 
     def release(self) -> None:
-        torch.cuda.synchronize()  # load_weights' copies out of the slot must be finished before it is reused
+        self._synchronize()  # load_weights' copies out of the slot must be finished before it is reused
         self._store.set(f"done/{self._seq}/{self.index}", b"1")
         self._seq += 1
 
     def close(self) -> None:
         self._slots = []
         self._store = None
+
+
+class IpcTransport(SlotTransport):
+    """CUDA IPC handles of the sender's two slots, opened once by every receiver on the same GPU."""
+
+    name = "ipc"
+
+    def __init__(self, info: SyncGroupInfo, sender: bool) -> None:
+        uuid = gpu_uuid()
+        if uuid not in info.ipc_senders:
+            raise RuntimeError(f"sync.transport=ipc: no learner rank shares this engine's GPU {uuid}; colocate "
+                               "every engine with a learner rank (cluster=single_gpu) or use cluster=split (nccl)")
+        host, port, num_receivers = info.ipc_senders[uuid]
+        store = dist.TCPStore(host, port, 1 + num_receivers, is_master=sender,
+                              timeout=timedelta(seconds=info.timeout_s))
+        device = torch.cuda.current_device()
+        index = 0
+        if sender:
+            slots = [torch.empty(info.slot_bytes, dtype=torch.uint8, device=device) for _ in range(SLOTS)]
+            store.set("handles", pickle.dumps([reduce_tensor(s)[1] for s in slots]))
+        else:
+            index = store.add("receivers", 1) - 1
+            slots = [rebuild_cuda_tensor(*args[:_DEVICE_ARG], device, *args[_DEVICE_ARG + 1:])
+                     for args in pickle.loads(store.get("handles"))]
+        super().__init__(store, slots, num_receivers, sender, index)
+
+    def _synchronize(self) -> None:
+        # The other side is another process: the copy into (or out of) the slot must have finished on the GPU.
+        torch.cuda.synchronize()
