@@ -150,7 +150,7 @@ def test_ipc_slot_handshake_over_several_syncs() -> None:
             transport = SlotTransport(store, slots, 2, sender=False, index=index)
             for _ in range(3):
                 got: dict[str, torch.Tensor] = {}
-                receive_weights(transport, plan, lambda named: got.update({n: t.clone() for n, t in named}))
+                receive_weights(transport, plan, lambda named, g=got: g.update({n: t.clone() for n, t in named}))
                 received[index].append(got)
         except BaseException as exc:  # surfaced in the main thread
             errors.append(exc)
