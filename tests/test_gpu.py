@@ -107,15 +107,24 @@ def test_vllm_engine_actor_generates(gpu_ray, smollm_dir: str, tmp_path) -> None
         ray.kill(engine)
 
 
-@pytest.mark.parametrize("zero_stage", [0, 3])
-def test_colocated_ipc_sync_and_logprob_agreement(gpu_ray, smollm_dir: str, tmp_path, zero_stage: int) -> None:
-    """Learner (DeepSpeed bf16) and vLLM share the GPU: vLLM sleeps while the learner trains, wakes its weights,
-    takes the new ones over CUDA IPC, wakes its KV cache. After the sync, vLLM's sampled-token logprobs match the
-    learner's logprobs of the same tokens (bf16: mean |diff| < 1e-2), although the learner moved well beyond that."""
+@pytest.mark.parametrize("dtype, zero_stage", [("bfloat16", 0), ("bfloat16", 3), ("float32", 0)])
+def test_colocated_ipc_sync_and_logprob_agreement(gpu_ray, smollm_dir: str, tmp_path, dtype: str,
+                                                  zero_stage: int) -> None:
+    """Learner (DeepSpeed) and vLLM share the GPU: vLLM sleeps while the learner trains, wakes its weights, takes
+    the new ones over CUDA IPC (several syncs), wakes its KV cache. After a sync, vLLM's sampled-token logprobs
+    match the learner's logprobs of the same tokens, although the learner moved well beyond the gap.
+
+    How close "match" can be depends on the dtype. In fp32 both sides compute the same function: mean |diff|
+    < 1e-2. In bf16 two implementations of the same weights differ by the model's bf16 rounding noise: for
+    SmolLM2-135M that is ~3.5e-2 between transformers' own bf16 and fp32 forwards (measured on CPU; vLLM bf16 vs
+    transformers fp32 3.2e-2 on the H100), so the bf16 check is that a sync adds nothing to the gap measured at
+    the shared starting checkpoint."""
     run_dir = str(tmp_path / "run")
-    cfg = gpu_cfg(smollm_dir, run_dir, f"learner.zero_stage={zero_stage}", "learner.lr=3e-4")
+    cfg = gpu_cfg(smollm_dir, run_dir, f"learner.zero_stage={zero_stage}", "learner.lr=3e-4", f"model.dtype={dtype}",
+                  "trainer.steps=3")
     validate(cfg)
     trainer = Trainer(cfg, smollm_dir, run_dir)
+    name = f"{dtype} zero{zero_stage}"
     try:
         trainer.start()
         assert trainer.sync.transport == "ipc"
@@ -124,25 +133,24 @@ def test_colocated_ipc_sync_and_logprob_agreement(gpu_ray, smollm_dir: str, tmp_
         before = trainer.rollout.generate(prompts, params)
         completions = [s.completion_ids for s in before]
         start_diff = mean_abs_diff(trainer.learners.score(prompts, completions), [s.logprobs for s in before])
-        print(f"zero{zero_stage} at start (same checkpoint): vLLM vs learner mean |diff| {start_diff:.2e}; "
+        print(f"{name} at start (same checkpoint): vLLM vs learner mean |diff| {start_diff:.2e}; "
               f"vs plain HF: {hf_reference_diffs(smollm_dir, prompts, before)}")
-        assert start_diff < 1e-2
+        bound = 1e-2 if dtype == "float32" else 1.5 * start_diff + 5e-3
 
-        history = trainer.fit()  # 2 steps: generate, sleep, train, wake + IPC sync + wake, each step
+        history = trainer.fit()  # each step: generate, sleep, train, wake weights + IPC sync + wake KV cache
         for step, m in enumerate(history, 1):
-            print(f"zero{zero_stage} step {step}: logprob_diff {m['rollout/logprob_diff']:.2e} sync "
+            print(f"{name} step {step}: logprob_diff {m['rollout/logprob_diff']:.2e} sync "
                   f"{m['sync/seconds']:.3f}s {m['sync/gb']:.3f} GB kl {m['actor/kl']:.2e} "
                   f"reward {m['reward/mean']:.3f}")
-        assert history[1]["rollout/logprob_diff"] < 1e-2  # step 2 was sampled right after the first sync
+        assert all(m["rollout/logprob_diff"] < bound for m in history[1:])  # sampled right after a sync
 
-        learner_after = trainer.learners.score(prompts, completions)
-        moved = mean_abs_diff(learner_after, [s.logprobs for s in before])
+        moved = mean_abs_diff(trainer.learners.score(prompts, completions), [s.logprobs for s in before])
         after = trainer.rollout.generate(prompts, params)
         synced = mean_abs_diff(trainer.learners.score(prompts, [s.completion_ids for s in after]),
                                [s.logprobs for s in after])
-        print(f"zero{zero_stage} after 2 steps: learner moved {moved:.2e} from the start; vLLM vs learner after "
-              f"sync {synced:.2e}")
-        assert synced < 1e-2
+        print(f"{name} after {len(history)} steps: learner moved {moved:.2e} from the start; vLLM vs learner "
+              f"after the last sync {synced:.2e} (bound {bound:.2e})")
+        assert synced < bound
         assert moved > 3 * synced  # the agreement is the sync's doing, not weights that never changed
     finally:
         trainer.close()
