@@ -47,7 +47,11 @@ class VLLMEngine(RolloutEngine):
                  gpu_memory_utilization: float = 0.5, max_model_len: int | None = None, enforce_eager: bool = False,
                  sleep_level: int = 0, seed: int = 0, sync_timeout_s: float = 600.0) -> None:
         self.version = check_vllm()
+        import torch
         from vllm import LLM
+
+        if torch.cuda.is_initialized():  # a forked engine-core process could not use CUDA any more
+            os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
 
         self.sleep_level = sleep_level
         self.sync_timeout_s = sync_timeout_s
