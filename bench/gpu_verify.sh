@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # The GPU path's verification on one GPU, in parts that each fit a 10-minute slot of a lent GPU machine:
-#   bash bench/gpu_verify.sh tests   # GPU tests: colocated CUDA-IPC sync + logprob agreement, RM scorer on GPU
+#   bash bench/gpu_verify.sh tests [pytest args]  # GPU tests (default: all of tests/test_gpu.py)
 #   bash bench/gpu_verify.sh train   # GSM8K pass@1 before, 20-step GRPO (cluster=single_gpu), GSM8K after
 #   bash bench/gpu_verify.sh sync    # weight-sync benchmark: SmolLM2-135M and a random ~0.5B Qwen2
 # MODEL: a SmolLM2-135M-Instruct folder (default $KIT_MODEL); OUT: where logs and results go (default
-# ./gpu-verify); RUN: the training run folder (default /tmp/rlpost-gpu-run). Extra pytest arguments: PYTEST_ARGS.
+# ./gpu-verify); RUN: the training run folder (default /tmp/rlpost-gpu-run).
 set -euo pipefail
 MODEL=${MODEL:-${KIT_MODEL:?set MODEL to a SmolLM2-135M-Instruct folder}}
 OUT=${OUT:-gpu-verify}
 RUN=${RUN:-/tmp/rlpost-gpu-run}
 mkdir -p "$OUT"
-export MODEL
+export MODEL VLLM_WORKER_MULTIPROC_METHOD=spawn  # bench/gsm8k.py touches CUDA before vLLM starts its engine
 case "${1:-}" in
   tests)
-    # shellcheck disable=SC2086
-    python3 -m pytest -q -m gpu -s --durations=0 tests/test_gpu.py ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/gpu_tests.log" ;;
+    shift
+    [ $# -gt 0 ] || set -- tests/test_gpu.py
+    python3 -m pytest -q -m gpu -s --durations=0 "$@" 2>&1 | tee "$OUT/gpu_tests.log" ;;
   train)
     python3 bench/gsm8k.py --model "$MODEL" --engine vllm --enforce-eager --results "$OUT/RESULTS.md" \
       2>&1 | tee "$OUT/gsm8k_before.log"
