@@ -20,7 +20,7 @@ case "${1:-}" in
     python3 bench/gsm8k.py --model "$MODEL" --engine vllm --enforce-eager --results "$OUT/RESULTS.md" \
       2>&1 | tee "$OUT/gsm8k_before.log"
     python3 -m rlpost.train experiment=gsm8k_grpo_smollm2 cluster=single_gpu model.path="$MODEL" \
-      trainer.run_dir="$RUN" logger.progress=false eval.limit=256 2>&1 | tee "$OUT/train.log"
+      trainer.run_dir="$RUN" logger.progress=false eval.limit=128 2>&1 | tee "$OUT/train.log"
     cp -r "$RUN"/metrics.jsonl "$RUN"/report.md "$RUN"/*.png "$RUN"/plots "$OUT"/ 2>/dev/null || true
     python3 bench/gsm8k.py --model "$RUN/hf_model" --engine vllm --enforce-eager --results "$OUT/RESULTS.md" \
       2>&1 | tee "$OUT/gsm8k_after.log" ;;
