@@ -12,6 +12,7 @@ fail after the timeout; a broadcast that never completes fails `Work.wait`. Both
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from datetime import timedelta
 
 import torch
@@ -30,11 +31,13 @@ class _BroadcastTransport(WeightTransport):
                                     timeout=self._timeout)
         self._group = self._make_group(self._store, rank, info.world_size)
 
+    @abstractmethod
     def _make_group(self, store: dist.Store, rank: int, world_size: int) -> dist.ProcessGroup:
-        raise NotImplementedError
+        """The process group over `store` (gloo or NCCL)."""
 
+    @abstractmethod
     def _device(self) -> torch.device:
-        raise NotImplementedError
+        """Where receive buffers live."""
 
     def send(self, flat: torch.Tensor) -> None:
         assert self.rank == 0, "only rank 0 sends"
