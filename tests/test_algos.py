@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import close
 
 from rlpost.algos import (
     ADVANTAGES,
@@ -18,12 +19,6 @@ from rlpost.algos import (
     token_mean,
 )
 from rlpost.config import AlgoConfig
-
-
-def close(actual, expected, atol=1e-5):
-    actual, expected = torch.as_tensor(actual).float(), torch.as_tensor(expected).float()
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=0)
-
 
 # ---- advantages ---------------------------------------------------------------------------------------------
 

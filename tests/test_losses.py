@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import close
 
 from rlpost.algos import (
     ADVANTAGES,
@@ -31,12 +32,6 @@ from rlpost.algos import (
 )
 from rlpost.algos.dynamic_sampling import informative_groups, refill_size
 from rlpost.config import ConfigError
-
-
-def close(actual, expected, atol=1e-5):
-    actual, expected = torch.as_tensor(actual).float(), torch.as_tensor(expected).float()
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=0)
-
 
 # ---- clipped policy loss --------------------------------------------------------------------------------------
 
