@@ -17,13 +17,19 @@ from rlpost.config import ConfigError
 # interleave into the driver's log.
 ACTOR_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
              "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+# Passed on to every actor as the driver has them. The NVLink-multicast switches are safety settings of shared
+# multi-GPU hosts (multicast can take a host's GPUs out of service); an actor on a node started by `ray start` in
+# another shell would not inherit them from the driver.
+PASSED_ENV = ("WANDB_MODE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "RLPOST_CACHE",
+              "NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS",
+              "VLLM_WORKER_MULTIPROC_METHOD", "VLLM_USE_FLASHINFER_SAMPLER")
 
 
 def actor_env(device: str) -> dict[str, str]:
     env = dict(ACTOR_ENV)
     if device == "cpu":
         env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed would otherwise probe for GPUs and warn
-    for key in ("WANDB_MODE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "RLPOST_CACHE"):
+    for key in PASSED_ENV:
         if key in os.environ:
             env[key] = os.environ[key]
     return env

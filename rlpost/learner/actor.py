@@ -338,7 +338,10 @@ class LearnerRank(CheckpointMixin):
     def init_weight_sync(self, info: SyncGroupInfo) -> None:
         """Broadcast transports: rank 0 is the sender; other ranks only take part in ZeRO-3 gathers. IPC: every
         rank that shares its GPU with engine workers sends to them (each rank holds full tensors after the
-        gather, so no rank has to ship weights to another GPU)."""
+        gather, so no rank has to ship weights to another GPU). A second call replaces the group."""
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
         if info.transport == "ipc":
             if self.gpu_uuid() in info.ipc_senders:
                 self._transport = create_transport(info, 0)

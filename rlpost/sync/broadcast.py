@@ -49,6 +49,10 @@ class _BroadcastTransport(WeightTransport):
         return flat
 
     def close(self) -> None:
+        # NCCL frees its communicator (and GPU buffers) here rather than whenever the group is collected; a
+        # re-created sync group (a new bucket size, a restarted engine) must not pile them up.
+        if self._group is not None and hasattr(self._group, "shutdown"):
+            self._group.shutdown()
         self._group = None
         self._store = None
 
