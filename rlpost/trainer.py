@@ -145,7 +145,9 @@ class Trainer:
         timings = {"time/generate": 0.0, "time/reward": 0.0}
         t_step = time.perf_counter()
         rollout = self.collect(step, timings)
+        t = time.perf_counter()
         self.rollout.sleep()  # colocated: the learner gets the GPU memory until the next sync
+        handover = time.perf_counter() - t
 
         t = time.perf_counter()
         kl_coef = self.kl_coef
@@ -158,8 +160,11 @@ class Trainer:
 
         # Also when the policy did not move (critic warm-up, no DPO pair): a colocated engine that slept at
         # level 2 dropped its weights and must be handed them again.
+        t = time.perf_counter()
         sync = self.sync.sync()
-        timings["time/sync"] = sync.get("sync/seconds", 0.0)
+        # The phase as the step pays it: the engines' sleep and both wake-ups (colocated) and the transfer;
+        # sync/seconds is the transfer alone, as the sending learner timed it.
+        timings["time/sync"] = handover + time.perf_counter() - t
         if "kl/sequence" in experience:
             algo = self.cfg.algo
             self.kl_coef = adaptive_kl_coef(kl_coef, experience["kl/sequence"], algo.kl_target, algo.kl_horizon,
