@@ -1,5 +1,6 @@
-"""Step metrics: a live progress line, one JSON object per step in `<run_dir>/metrics.jsonl`, and wandb
-(offline unless `logger.wandb.mode=online`; `disabled` turns it off)."""
+"""Step metrics: a live progress line (or, with `logger.progress=false`, one printed line per step: what a
+`ray job submit` log or a redirected file can hold), one JSON object per step in `<run_dir>/metrics.jsonl`, and
+wandb (offline unless `logger.wandb.mode=online`; `disabled` turns it off)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,18 @@ from tqdm import tqdm
 # What the progress line shows, in order: (metric, short label, format).
 PROGRESS_FIELDS = [("reward/mean", "reward", "{:.3f}"), ("accuracy", "acc", "{:.2f}"),
                    ("response/length_mean", "len", "{:.0f}"), ("actor/kl", "kl", "{:.4f}"),
-                   ("perf/step_seconds", "s/step", "{:.1f}"), ("eval/pass@1", "eval", "{:.2f}")]
+                   ("rollout/logprob_diff", "lp_diff", "{:.3f}"), ("perf/step_seconds", "s/step", "{:.1f}"),
+                   ("eval/pass@1", "eval", "{:.2f}")]
+# The phases a printed line adds after the fields above.
+PHASE_FIELDS = [("time/generate", "gen"), ("time/reward", "rew"), ("time/experience", "exp"), ("time/train", "train"),
+                ("time/sync", "sync")]
 
 
 class MetricsLogger:
     def __init__(self, run_dir: str, total_steps: int, wandb_mode: str, wandb_project: str,
                  config: dict[str, Any], progress: bool = True, start_step: int = 0) -> None:
         self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.progress, self.total_steps = progress, total_steps
         self.bar = tqdm(total=total_steps, initial=start_step, desc="rlpost", disable=not progress,
                         dynamic_ncols=True)
         self.wandb = None
@@ -36,8 +42,12 @@ class MetricsLogger:
             f.write(json.dumps(row) + "\n")
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
-        self.bar.set_postfix_str(" ".join(lbl + "=" + fmt.format(metrics[k])
-                                          for k, lbl, fmt in PROGRESS_FIELDS if k in metrics))
+        summary = " ".join(lbl + "=" + fmt.format(metrics[k]) for k, lbl, fmt in PROGRESS_FIELDS if k in metrics)
+        self.bar.set_postfix_str(summary)
+        if not self.progress:
+            phases = " ".join(f"{lbl}={metrics[k]:.2f}s" for k, lbl in PHASE_FIELDS if k in metrics)
+            print(f"[rlpost] step {step}/{self.total_steps} {summary}" + (f" | {phases}" if phases else ""),
+                  flush=True)
         if advance:
             self.bar.update(1)
 
