@@ -6,8 +6,8 @@ samples with their bf16 copy).
 
 Each step: a policy-gradient-shaped loss (random +-1 advantage per sequence on random-token sequences), AdamW on
 the fp32 masters, the bf16 copy re-cast from them. Columns: bf16 values that differ from the start, the largest
-master drift, and the k3 KL to the starting model on held-out sequences for the bf16 copy and for the fp32 masters
-(the model the optimizer thinks it has). RoPE buffers stay fp32 in both (as `fp32_buffers_kept` does in the
+master drift, and the k3 KL on held-out sequences of the bf16 copy to the bf16 start (what the learner logs as
+actor/kl) and of the fp32 masters to the fp32 start (the model the optimizer thinks it has). RoPE buffers stay fp32 in both (as `fp32_buffers_kept` does in the
 learner). Measured on 2026-11-23: see bench/RESULTS.md ("GSM8K").
 """
 
@@ -53,8 +53,8 @@ def main() -> None:
     optimizer = torch.optim.AdamW(master.parameters(), lr=args.lr, weight_decay=0.0)
     low, high = 100, min(20000, master.config.vocab_size)
     train_ids, held_ids = torch.randint(low, high, (8, 96)), torch.randint(low, high, (4, 96))
-    with torch.no_grad():
-        ref = token_logprobs(start32, held_ids)
+    with torch.no_grad():  # each copy against its own start: the learner's reference is in the training dtype
+        ref32, ref16 = token_logprobs(start32, held_ids), token_logprobs(work, held_ids)
     total = sum(p.numel() for p in start16)
     print(f"model {Path(path).name}, {total / 1e6:.0f}M parameters, lr {args.lr:g}\n")
     print("| step | bf16 values changed | share | max master drift | KL bf16 copy | KL fp32 masters | bf16 / fp32 |")
@@ -64,7 +64,7 @@ def main() -> None:
             changed = sum(int((p != q).sum()) for p, q in zip(work.parameters(), start16, strict=True))
             drift = max(float((p - q).abs().max()) for p, q in zip(master.parameters(), start32.parameters(),
                                                                    strict=True))
-            kl16, kl32 = k3(ref, token_logprobs(work, held_ids)), k3(ref, token_logprobs(master, held_ids))
+            kl16, kl32 = k3(ref16, token_logprobs(work, held_ids)), k3(ref32, token_logprobs(master, held_ids))
         ratio = f"{kl16 / kl32:.1f}" if kl32 > 0 else "-"
         print(f"| {step} | {changed} | {changed / total:.2%} | {drift:.2e} | {kl16:.2e} | {kl32:.2e} | {ratio} |",
               flush=True)
