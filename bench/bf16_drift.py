@@ -7,8 +7,8 @@ samples with their bf16 copy).
 Each step: a policy-gradient-shaped loss (random +-1 advantage per sequence on random-token sequences), AdamW on
 the fp32 masters, the bf16 copy re-cast from them. Columns: bf16 values that differ from the start, the largest
 master drift, and the k3 KL on held-out sequences of the bf16 copy to the bf16 start (what the learner logs as
-actor/kl) and of the fp32 masters to the fp32 start (the model the optimizer thinks it has). RoPE buffers stay fp32 in both (as `fp32_buffers_kept` does in the
-learner). Measured on 2026-11-23: see bench/RESULTS.md ("GSM8K").
+actor/kl) and of the fp32 masters to the fp32 start (the model the optimizer thinks it has). RoPE buffers stay
+fp32 in both (as `fp32_buffers_kept` does in the learner). Measured on 2026-11-23: see bench/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rlpost.sync.buckets import Bucket, TensorSpec, flatten, plan_buckets, unflatten
-from rlpost.sync.transport import SyncGroupInfo, choose_transport, create_transport
+from rlpost.sync.transport import SyncGroupInfo, broadcast_layout, choose_transport, create_transport
 from rlpost.sync.weights import receive_weights, send_weights
 
 
@@ -64,35 +64,45 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_gloo_transport_sends_every_bucket_to_every_receiver() -> None:
-    """One sender, two receivers, each in its own thread with its own group member."""
+@pytest.mark.parametrize("num_engines, tp", [(2, 1), (2, 2)])
+def test_gloo_transport_sends_every_bucket_to_every_receiver(num_engines: int, tp: int) -> None:
+    """One sender and every engine worker of the broadcast layout (2 engines x TP 1, and 2 engines x TP 2 as in
+    issue 7's 2-rollout-GPU run), each in its own thread with its own group member, over two full syncs."""
+    world_size, first_ranks = broadcast_layout(num_engines, tp)
+    assert first_ranks == ([1, 2] if tp == 1 else [1, 3]) and world_size == 1 + num_engines * tp
+    ranks = [first + k for first in first_ranks for k in range(tp)]
+    assert ranks == list(range(1, world_size))  # every non-sender rank is one engine worker, none twice
     weights = {"embed": torch.randn(50, 8), "norm": torch.randn(8), "head": torch.randn(8, 50)}
     plan = plan_buckets([TensorSpec(n, tuple(t.shape), t.dtype) for n, t in weights.items()], 1700)
     assert len(plan) >= 2  # the test must exercise several buckets
-    info = SyncGroupInfo("gloo", "127.0.0.1", _free_port(), world_size=3, timeout_s=30)
-    received: dict[int, dict[str, torch.Tensor]] = {1: {}, 2: {}}
+    info = SyncGroupInfo("gloo", "127.0.0.1", _free_port(), world_size=world_size, timeout_s=30)
+    received: dict[int, list[dict[str, torch.Tensor]]] = {r: [{}, {}] for r in ranks}
     errors: list[BaseException] = []
 
     def receiver(rank: int) -> None:
         try:
             transport = create_transport(info, rank)
-            receive_weights(transport, plan, lambda named: received[rank].update(
-                {n: t.clone() for n, t in named}))
+            for sync in range(2):
+                receive_weights(transport, plan, lambda named, s=sync: received[rank][s].update(
+                    {n: t.clone() for n, t in named}))
         except BaseException as exc:  # surfaced in the main thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=receiver, args=(r,)) for r in (1, 2)]
+    threads = [threading.Thread(target=receiver, args=(r,)) for r in ranks]
     for t in threads:
         t.start()
     sender = create_transport(info, 0)
-    stats = send_weights(sender, plan, lambda b: _nullctx([weights[s.name] for s in b.specs]))
+    sent = [weights, {n: t + 1 for n, t in weights.items()}]  # the second sync carries new values
+    for version in sent:
+        stats = send_weights(sender, plan, lambda b, v=version: _nullctx([v[s.name] for s in b.specs]))
     for t in threads:
         t.join(timeout=30)
     assert not errors, errors
-    for rank in (1, 2):
-        assert set(received[rank]) == set(weights)
-        for name, tensor in weights.items():
-            assert torch.equal(received[rank][name], tensor)
+    for rank in ranks:
+        for sync, version in enumerate(sent):
+            assert set(received[rank][sync]) == set(weights)
+            for name, tensor in version.items():
+                assert torch.equal(received[rank][sync][name], tensor)
     assert stats["sync/buckets"] == len(plan)
     assert stats["sync/gb"] == pytest.approx(sum(t.numel() * 4 for t in weights.values()) / 1e9)
 

@@ -16,7 +16,7 @@ from rlpost.rewards.manager import RewardManager, RewardResult
 from rlpost.rewards.reward_model import RewardModelScorer, RunningMeanStd, model_label
 from rlpost.rollout.engine import Sample, SamplingParams
 from rlpost.rollout.hf_engine import HFEngine
-from rlpost.sync.transport import SyncGroupInfo
+from rlpost.sync.transport import SyncGroupInfo, broadcast_layout
 
 
 def _split(items: list, parts: int) -> list[list]:
@@ -297,8 +297,8 @@ class WeightSync:
             first_ranks = [1] * len(engines)  # any rank > 0 receives; IPC matches peers by GPU, not rank
         else:
             host, port = ray.get(learners.ranks[0].address.remote())
-            info = SyncGroupInfo(transport, host, port, 1 + len(engines) * tensor_parallel_size, timeout_s)
-            first_ranks = [1 + i * tensor_parallel_size for i in range(len(engines))]
+            world_size, first_ranks = broadcast_layout(len(engines), tensor_parallel_size)
+            info = SyncGroupInfo(transport, host, port, world_size, timeout_s)
         # Every member joins at once: group construction blocks until all of them are there.
         self._get([r.init_weight_sync.remote(info) for r in learners.ranks]
                   + [e.init_weight_sync.remote(info, k, plan) for e, k in zip(engines, first_ranks, strict=True)],

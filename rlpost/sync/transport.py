@@ -38,6 +38,14 @@ class SyncGroupInfo:
     slot_bytes: int = 0  # IPC: size of each reusable buffer, the plan's largest bucket
 
 
+def broadcast_layout(num_engines: int, tensor_parallel_size: int) -> tuple[int, list[int]]:
+    """A broadcast group's size and each engine's first receiver rank: learner rank 0 is rank 0, engine i's
+    tensor-parallel workers are ranks 1 + i * tp + (0 .. tp-1). Every TP worker receives whole tensors; the model's
+    weight loaders keep their own slice."""
+    tp = tensor_parallel_size
+    return 1 + num_engines * tp, [1 + i * tp for i in range(num_engines)]
+
+
 class WeightTransport(ABC):
     name: str = ""
 
