@@ -17,8 +17,8 @@ does what this would, plus the parts that are easy to get wrong by hand:
   `trainer.run_dir` is made absolute against the directory you submit from, and without one the run goes to
   `<that directory>/runs/<experiment>-<time>`. On a multi-node cluster it must be storage every node can reach
   (learner ranks write their checkpoint shards there).
-- Settings rlpost reads from the environment (offline switches, caches, wandb mode) are forwarded when set;
-  add others with --env KEY=VALUE.
+- Settings rlpost reads from the environment (offline switches, caches, wandb mode, NVLink-multicast switches;
+  `PASSED_ENV`) are forwarded when set; add others with --env KEY=VALUE.
 
 It prints the job id, streams the job's logs until it ends, and exits 0 only if the job SUCCEEDED
 (--no-wait: print the id and return). An unreachable address is one line, as is every other bad argument.
@@ -34,8 +34,8 @@ import sys
 import time
 from pathlib import Path
 
-FORWARDED_ENV = ("WANDB_MODE", "WANDB_PROJECT", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-                 "HF_DATASETS_OFFLINE", "RLPOST_CACHE")
+from rlpost.cluster.ray_cluster import PASSED_ENV
+
 EXCLUDES = [".git", ".venv", "runs", "outputs", "wandb", "__pycache__", "*.egg-info", ".pytest_cache",
             ".ruff_cache"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -77,7 +77,7 @@ def build_job(working_dir: str, overrides: list[str], python: str, extra_env: li
         raise SubmitError(f"--working-dir {wd} is not an rlpost checkout (no rlpost/ and configs/ in it); run from "
                           "the checkout (put your reward files in it) or pass --working-dir /path/to/rlpost")
     overrides, run_dir = absolute_run_dir(overrides, base, now)
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     for item in extra_env:
         key, sep, value = item.partition("=")
         if not sep or not key:

@@ -17,12 +17,13 @@ from rlpost.config import ConfigError
 # interleave into the driver's log.
 ACTOR_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
              "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-# Passed on to every actor as the driver has them. The NVLink-multicast switches are safety settings of shared
-# multi-GPU hosts (multicast can take a host's GPUs out of service); an actor on a node started by `ray start` in
-# another shell would not inherit them from the driver.
-PASSED_ENV = ("WANDB_MODE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "RLPOST_CACHE",
-              "NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS",
-              "VLLM_WORKER_MULTIPROC_METHOD", "VLLM_USE_FLASHINFER_SAMPLER")
+# Settings rlpost and its libraries read from the environment, passed on as the caller has them: by the driver to
+# every actor, and by `rlpost-submit` to the job's driver. An actor on a node that `ray start` started in another
+# shell would not inherit them. The NVLink-multicast switches are safety settings of shared multi-GPU hosts
+# (multicast can take a host's GPUs out of service).
+PASSED_ENV = ("WANDB_MODE", "WANDB_PROJECT", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+              "HF_DATASETS_OFFLINE", "RLPOST_CACHE", "NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST",
+              "NVSHMEM_DISABLE_NVLS", "VLLM_WORKER_MULTIPROC_METHOD", "VLLM_USE_FLASHINFER_SAMPLER")
 
 
 def actor_env(device: str) -> dict[str, str]:
