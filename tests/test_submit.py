@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from rlpost.cluster.ray_cluster import init_ray
+from rlpost.cluster.ray_cluster import actor_env, init_ray
 from rlpost.config import ConfigError
 from rlpost.submit import SubmitError, build_job, main
 
@@ -48,6 +48,21 @@ def test_job_gets_an_absolute_run_dir_and_the_shipped_package(tmp_path: Path) ->
         build_job(str(tmp_path), [], "python", [], "/base", "now")
     with pytest.raises(SubmitError, match="expected KEY=VALUE"):
         build_job(str(ROOT), [], "python", ["NOVALUE"], "/base", "now")
+
+
+def test_environment_settings_reach_the_job_and_every_actor(monkeypatch) -> None:
+    """The NVLink-multicast switches (and the offline/cache settings) set where the user submits or runs the
+    driver travel to the job's driver and to every actor; unrelated variables do not."""
+    monkeypatch.setenv("NCCL_NVLS_ENABLE", "0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("RLPOST_UNRELATED", "x")
+    _, env, _ = build_job(str(ROOT), [], "python", [], "/base", "now")
+    assert env["env_vars"]["NCCL_NVLS_ENABLE"] == "0" and env["env_vars"]["HF_HUB_OFFLINE"] == "1"
+    assert "RLPOST_UNRELATED" not in env["env_vars"]
+    cpu, gpu = actor_env("cpu"), actor_env("cuda")
+    assert cpu["NCCL_NVLS_ENABLE"] == gpu["NCCL_NVLS_ENABLE"] == "0" and "RLPOST_UNRELATED" not in gpu
+    assert cpu["DS_ACCELERATOR"] == "cpu" and "DS_ACCELERATOR" not in gpu
+    assert cpu["OMP_NUM_THREADS"] == "1"
 
 
 def test_unreachable_addresses_are_one_line(capsys) -> None:
