@@ -111,14 +111,11 @@ def build_qwen05b(folder: str, tokenizer_from: str) -> str:
 
 def bench_model(model_dir: str, cluster: str, bucket_sizes: list[int], reps: int, ref_gbs: float
                 ) -> list[list[str]]:
-    from hydra import compose, initialize_config_dir
-
     from rlpost.cluster.groups import WeightSync
-    from rlpost.train import CONFIG_DIR
+    from rlpost.train import compose_config
     from rlpost.trainer import Trainer
 
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
+    cfg = compose_config([
             f"cluster={cluster}", f"model.path={model_dir}", "trainer.run_dir=/tmp/rlpost-bench-sync",
             "trainer.prompts_per_step=1", "algo.group_size=2", "learner.micro_batch_size=2",
             "rollout.enforce_eager=true", "rollout.gpu_memory_utilization=0.3", "data.limit=16"])

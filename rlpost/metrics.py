@@ -25,7 +25,7 @@ class MetricsLogger:
     def __init__(self, run_dir: str, total_steps: int, wandb_mode: str, wandb_project: str,
                  config: dict[str, Any], progress: bool = True, start_step: int = 0) -> None:
         self.path = os.path.join(run_dir, "metrics.jsonl")
-        self.progress, self.total_steps = progress, total_steps
+        self.total_steps = total_steps
         self.bar = tqdm(total=total_steps, initial=start_step, desc="rlpost", disable=not progress,
                         dynamic_ncols=True)
         self.wandb = None
@@ -44,7 +44,7 @@ class MetricsLogger:
             self.wandb.log(metrics, step=step)
         summary = " ".join(lbl + "=" + fmt.format(metrics[k]) for k, lbl, fmt in PROGRESS_FIELDS if k in metrics)
         self.bar.set_postfix_str(summary)
-        if not self.progress:
+        if self.bar.disable:  # no live bar (logger.progress=false): a line per step instead
             phases = " ".join(f"{lbl}={metrics[k]:.2f}s" for k, lbl in PHASE_FIELDS if k in metrics)
             print(f"[rlpost] step {step}/{self.total_steps} {summary}" + (f" | {phases}" if phases else ""),
                   flush=True)

@@ -22,6 +22,15 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 register_configs()
 
 
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The config `rlpost-train OVERRIDES...` runs with, built without running: for tests, benchmarks and
+    notebooks."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
 def run(cfg: DictConfig) -> list[dict[str, float]]:
     """Validate, build the groups, resume if asked, train, and write the report card. Importable, so tests and
     notebooks drive the same path as the CLI."""

@@ -1,4 +1,4 @@
-"""Shared test set-up: process environment, the `gpu` marker, and the tiny model fixture."""
+"""Shared test set-up: process environment, the `gpu` marker, the local Ray cluster and the tiny model fixture."""
 
 import os
 
@@ -25,6 +25,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A real local Ray cluster (loopback) for one test module's actors."""
+    import ray
+
+    ray.init(address="local", num_cpus=8, include_dashboard=False)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")

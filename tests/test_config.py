@@ -8,19 +8,17 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from rlpost.config import ConfigError
 from rlpost.learner.ds_config import build_ds_config, lr_multiplier
-from rlpost.train import CONFIG_DIR
+from rlpost.train import compose_config
 from rlpost.validate import validate
 
 
 def make(*overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=["experiment=gsm8k_grpo_debug", *overrides])
+    return compose_config(["experiment=gsm8k_grpo_debug", *overrides])
 
 
 def test_debug_experiment_composes_and_validates() -> None:

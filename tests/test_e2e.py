@@ -8,12 +8,10 @@ import math
 from pathlib import Path
 
 import pytest
-import ray
-from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from rlpost.digest import weights_digest
-from rlpost.train import CONFIG_DIR
+from rlpost.train import compose_config
 from rlpost.trainer import Trainer
 from rlpost.validate import validate
 
@@ -27,16 +25,8 @@ REQUIRED_METRICS = [
 PHASES = ["time/generate", "time/reward", "time/experience", "time/train", "time/sync"]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=8, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def debug_cfg(model_dir: str, run_dir: str, *overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=[
+    return compose_config([
             "experiment=gsm8k_grpo_debug", f"model.path={model_dir}", f"trainer.run_dir={run_dir}",
             "trainer.steps=2", "trainer.prompts_per_step=2", "algo.group_size=4", "rollout.max_new_tokens=24",
             "learner.micro_batch_size=2", "learner.lr=1e-3", "algo.kl_coef=0.05", "data.limit=64",

@@ -11,10 +11,9 @@ import os
 
 import pytest
 import ray
-from hydra import compose, initialize_config_dir
 
 from rlpost.rollout.engine import SamplingParams
-from rlpost.train import CONFIG_DIR
+from rlpost.train import compose_config
 from rlpost.trainer import Trainer
 from rlpost.validate import validate
 
@@ -28,16 +27,8 @@ def smollm_dir() -> str:
     return resolve_model_path(os.environ.get("KIT_MODEL", ""))
 
 
-@pytest.fixture(scope="module")
-def gpu_ray():
-    ray.init(address="local", num_cpus=8, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def gpu_cfg(model_dir: str, run_dir: str, *overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=[
+    return compose_config([
             "experiment=gsm8k_grpo_debug", "cluster=single_gpu", f"model.path={model_dir}",
             f"trainer.run_dir={run_dir}", "trainer.steps=2", "trainer.prompts_per_step=4", "algo.group_size=4",
             "rollout.max_new_tokens=64", "rollout.enforce_eager=true", "learner.micro_batch_size=8",
@@ -68,7 +59,7 @@ def hf_reference_diffs(model_dir: str, prompts: list[list[int]], samples) -> str
     return ", ".join(out)
 
 
-def test_vllm_engine_actor_generates(gpu_ray, smollm_dir: str, tmp_path) -> None:
+def test_vllm_engine_actor_generates(local_ray, smollm_dir: str, tmp_path) -> None:
     """Batched sampling through our actor: per-token logprobs of the sampled tokens, EOS kept and counted as
     'stop', max-length cut as 'length', seeds that repeat a run and still make a group's copies differ."""
     from rlpost.rollout.vllm_engine import VLLMEngine
@@ -108,7 +99,7 @@ def test_vllm_engine_actor_generates(gpu_ray, smollm_dir: str, tmp_path) -> None
 
 
 @pytest.mark.parametrize("dtype, zero_stage", [("bfloat16", 0), ("bfloat16", 3), ("float32", 0)])
-def test_colocated_ipc_sync_and_logprob_agreement(gpu_ray, smollm_dir: str, tmp_path, dtype: str,
+def test_colocated_ipc_sync_and_logprob_agreement(local_ray, smollm_dir: str, tmp_path, dtype: str,
                                                   zero_stage: int) -> None:
     """Learner (DeepSpeed) and vLLM share the GPU: vLLM sleeps while the learner trains, wakes its weights, takes
     the new ones over CUDA IPC (several syncs), wakes its KV cache. After a sync, vLLM's sampled-token logprobs

@@ -8,14 +8,13 @@ import importlib.util
 import pytest
 import ray
 import torch
-from hydra import compose, initialize_config_dir
 
 from rlpost.config import ConfigError, RunError
 from rlpost.learner import logprobs as lp
 from rlpost.rollout.vllm_worker import info_from_wire, plan_from_wire, plan_to_wire
 from rlpost.sync.buckets import Bucket, TensorSpec
 from rlpost.sync.transport import SyncGroupInfo
-from rlpost.train import CONFIG_DIR, user_error
+from rlpost.train import compose_config, user_error
 from rlpost.validate import validate
 
 HAS_CUDA = torch.cuda.is_available()
@@ -67,8 +66,7 @@ def test_worker_extension_wire_format_round_trips() -> None:
 
 
 def make(*overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=["experiment=gsm8k_grpo_debug", *overrides])
+    return compose_config(["experiment=gsm8k_grpo_debug", *overrides])
 
 
 def test_gpu_cluster_presets_compose() -> None:

@@ -25,10 +25,8 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
-from hydra import compose, initialize_config_dir
 
-from rlpost.train import CONFIG_DIR
+from rlpost.train import compose_config
 from rlpost.trainer import Trainer
 from rlpost.validate import validate
 
@@ -52,13 +50,6 @@ ALGOS = {
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=8, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def task_path(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("task") / "capitals.jsonl"
     path.write_text("".join(json.dumps({"question": word}) + "\n" for word in WORDS))
@@ -66,8 +57,7 @@ def task_path(tmp_path_factory) -> str:
 
 
 def learning_cfg(algo: str, model_dir: str, data: str, run_dir: str, *overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
+    cfg = compose_config([
             f"algo={algo}", f"model.path={model_dir}", f"data.train_path={data}",
             "data.system_prompt=Be brief.", "data.instruction=Capitalise it.", f"trainer.run_dir={run_dir}",
             f"trainer.steps={STEPS}", "rollout.max_new_tokens=2", "rollout.top_k=50", "rollout.num_engines=1",

@@ -9,19 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from rlpost.checkpoint import CheckpointManager
 from rlpost.config import ConfigError
-from rlpost.train import CONFIG_DIR
+from rlpost.train import compose_config
 from rlpost.validate import validate
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def make(*overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose_config(list(overrides))
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 4, 8])

@@ -24,12 +24,11 @@ from pathlib import Path
 
 import pytest
 import ray
-from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from rlpost.checkpoint import CheckpointError
 from rlpost.digest import weights_digest
-from rlpost.train import CONFIG_DIR
+from rlpost.train import compose_config
 from rlpost.trainer import Trainer
 from rlpost.validate import validate
 
@@ -91,8 +90,7 @@ def test_resume_after_sigkill_is_exact(tiny_model_dir: str, tmp_path: Path) -> N
     watcher = kill_after_checkpoint(killed, run_b / "checkpoints" / "step_000002")
 
     # Run A in this process (at the same time as B's first part), keeping its actors for the corrupt-state check.
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides(tiny_model_dir, run_a))
+    cfg = compose_config(overrides(tiny_model_dir, run_a))
     validate(cfg)
     run_a.mkdir()
     trainer = Trainer(cfg, tiny_model_dir, str(run_a))

@@ -9,13 +9,12 @@ import time
 
 import pytest
 import ray
-from hydra import compose, initialize_config_dir
 
 from rlpost.config import ConfigError, RewardConfig, RewardFunctionConfig
 from rlpost.rewards import ProcessPool, RewardManager, RewardResult, load_reward_fn, reward_label
 from rlpost.rewards.loader import function_spec
 from rlpost.rewards.manager import RewardFailureError, check_reward_functions
-from rlpost.train import CONFIG_DIR
+from rlpost.train import compose_config
 
 TEST_FNS = '''
 import asyncio, ctypes, os, time
@@ -353,8 +352,7 @@ def test_trainer_checks_rewards_before_any_actor(fns_file, tiny_model_dir, tmp_p
     way training calls it) that catches it."""
     from rlpost.trainer import Trainer
 
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
+    cfg = compose_config([
             "experiment=gsm8k_grpo_debug", "data.limit=16", f"trainer.run_dir={tmp_path}",
             f"reward.functions=[{{path: rewards/gsm8k.py}}, {{path: {fns_file}, name: wrong_len}}]"])
     assert cfg.trainer.prompts_per_step == 2
@@ -374,8 +372,7 @@ def test_validate_reward_fields(tmp_path):
         ("reward.functions=[{path: rewards/length.py, max_lenght: 80}]",
          r"^reward\.functions\[0\]\.max_lenght: score\(\) has no parameter 'max_lenght'"),
     ]:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose(config_name="config", overrides=["experiment=gsm8k_grpo_debug", override])
+        cfg = compose_config(["experiment=gsm8k_grpo_debug", override])
         with pytest.raises(ConfigError, match=pattern):
             validate(cfg)
 

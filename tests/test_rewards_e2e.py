@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_e2e import TESTS, debug_cfg, local_ray, run_and_check  # noqa: F401 (the local_ray fixture)
+from test_e2e import TESTS, debug_cfg, run_and_check
 from test_reward_model import build_tiny_rm
 
 from rlpost.rewards.manager import RewardFailureError
