@@ -1,0 +1,34 @@
+"""bench/vs_trl.py on CPU: both sides (rlpost through Ray + DeepSpeed + the HF engine, TRL's GRPOTrainer with HF
+generation) run two steps of the tiny model, and the script prints the phase table with the ratio and appends it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_vs_trl_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    cmd = [sys.executable, str(ROOT / "bench" / "vs_trl.py"), "--model", tiny_model_dir, "--device", "cpu",
+           "--steps", "2", "--prompts", "2", "--group", "2", "--new-tokens", "8", "--micro", "2",
+           "--results", str(results)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    lines = out.stdout.splitlines()
+    for side in ("rlpost", "trl"):  # every step of both sides, every phase, as numbers
+        steps = [line for line in lines if line.startswith(f"{side} step ")]
+        assert len(steps) == 2, lines
+        phases = dict(kv.split("=") for kv in steps[-1].split(": ", 1)[1].split())
+        assert set(phases) == {"generate", "sync", "reward", "experience", "train", "step"}
+        assert float(phases["step"]) > 0 and float(phases["generate"]) > 0
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| phase")]
+    assert [r.split("|")[1].strip() for r in rows] == ["generate", "sync", "reward", "experience", "train", "step"]
+    assert "faster than TRL's" in lines[-1]
+    appended = results.read_text()
+    assert "rlpost vs TRL GRPOTrainer" in appended and "trl 1.16.0" in appended
+    assert appended.count("| step |") == 1
