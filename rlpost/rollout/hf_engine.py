@@ -15,6 +15,7 @@ from rlpost.digest import weights_digest
 from rlpost.learner.logprobs import sequence_logprobs
 from rlpost.rollout.engine import RolloutEngine, Sample, SamplingParams
 from rlpost.sync.buckets import Bucket
+from rlpost.sync.direct import DirectCopy
 from rlpost.sync.transport import SyncGroupInfo, WeightTransport, create_transport
 from rlpost.sync.weights import NamedTensors, receive_weights
 
@@ -86,11 +87,12 @@ class HFEngine(RolloutEngine):
         if unknown:
             raise ValueError(f"learner sends parameters this engine's model lacks: {unknown[:5]}")
         self._plan = plan
+        self._direct = DirectCopy(plan, self._params)
         self._transport = create_transport(info, rank)
 
     def receive_weights(self) -> int:
         assert self._transport is not None, "init_weight_sync first"
-        return receive_weights(self._transport, self._plan, self.load_weights)
+        return receive_weights(self._transport, self._plan, self.load_weights, self._direct)
 
     @torch.no_grad()
     def load_weights(self, named: NamedTensors) -> None:

@@ -18,6 +18,7 @@ import torch
 
 from rlpost.digest import weights_digest
 from rlpost.sync.buckets import Bucket, TensorSpec
+from rlpost.sync.direct import DirectCopy
 from rlpost.sync.transport import SyncGroupInfo, WeightTransport, create_transport
 from rlpost.sync.weights import receive_weights
 
@@ -39,6 +40,7 @@ def info_from_wire(wire: dict[str, Any]) -> SyncGroupInfo:
 class WeightSyncExtension:
     _rlpost_transport: WeightTransport | None = None
     _rlpost_plan: list[Bucket] = []
+    _rlpost_direct: DirectCopy | None = None
 
     def rlpost_gpu_uuid(self) -> str:
         from rlpost.sync.ipc import gpu_uuid
@@ -51,13 +53,17 @@ class WeightSyncExtension:
         if self._rlpost_transport is not None:
             self._rlpost_transport.close()
         self._rlpost_plan = plan_from_wire(plan)
+        model = self.get_model()
+        # vLLM models name the modules they fuse (q/k/v -> qkv_proj, ...) in `packed_modules_mapping`.
+        self._rlpost_direct = DirectCopy(self._rlpost_plan, dict(model.named_parameters()),
+                                         getattr(model, "packed_modules_mapping", {}))
         self._rlpost_transport = create_transport(info_from_wire(info), first_rank + self.rank)
 
     def rlpost_receive(self) -> int:
         assert self._rlpost_transport is not None, "rlpost_init_sync first"
         model = self.get_model()
         return receive_weights(self._rlpost_transport, self._rlpost_plan,
-                               lambda named: model.load_weights(weights=named))
+                               lambda named: model.load_weights(weights=named), self._rlpost_direct)
 
     def rlpost_weights_digest(self) -> str:
         return weights_digest(self.get_model().named_parameters())

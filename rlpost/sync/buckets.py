@@ -74,16 +74,17 @@ def plan_buckets(specs: Iterable[TensorSpec], bucket_bytes: int) -> list[Bucket]
     return buckets
 
 
-def flatten(tensors: list[torch.Tensor], bucket: Bucket, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Pack `tensors` (in the bucket's order, with its shapes and dtype) into one contiguous 1-D buffer."""
-    flat = torch.empty(bucket.numel, dtype=bucket.dtype, device=device)
-    offset = 0
+def flatten(tensors: list[torch.Tensor], bucket: Bucket, device: torch.device | str = "cpu",
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """Pack `tensors` (in the bucket's order, with its shapes and dtype) into one contiguous 1-D buffer: `out`
+    when given (a transport's own buffer, so the bytes are written once), else a new one on `device`. One
+    concatenation kernel, not one copy per tensor: a bucket holds hundreds of small tensors."""
     for spec, t in zip(bucket.specs, tensors, strict=True):
         if tuple(t.shape) != spec.shape or t.dtype != spec.dtype:
             raise ValueError(f"{spec.name}: expected {spec.shape} {spec.dtype}, got {tuple(t.shape)} {t.dtype}")
-        flat[offset:offset + spec.numel].copy_(t.reshape(-1))
-        offset += spec.numel
-    return flat
+    if out is None:
+        out = torch.empty(bucket.numel, dtype=bucket.dtype, device=device)
+    return torch.cat([t.reshape(-1) for t in tensors], out=out)
 
 
 def unflatten(flat: torch.Tensor, bucket: Bucket) -> list[tuple[str, torch.Tensor]]:

@@ -1,11 +1,12 @@
 """CUDA IPC transport: learner and rollout engine share a GPU, so weights never leave it.
 
 Each learner rank (the *sender*) owns two bucket-sized GPU buffers ("slots") and publishes their CUDA IPC handles
-once, at set-up; every engine worker on the same GPU (a *receiver*) maps them once. Per bucket the sender copies
-the flat bucket into slot k % 2 and sets `filled/k` in a TCP store it hosts; receivers wait for that key, hand
-views of the slot to the engine's `load_weights` (which copies), and set `done/k/<receiver>`. The sender waits for
-those before it reuses a slot, so it packs bucket k+1 while receivers load bucket k. Only the signals go through
-the store (bytes per bucket); the weights move GPU-to-GPU within one device's memory.
+once, at set-up; every engine worker on the same GPU (a *receiver*) maps them once. Per bucket the sender packs
+bucket k straight into slot k % 2 (`send_buffer`) and sets `filled/k` in a TCP store it hosts; receivers wait for
+that key, copy out of the slot (`rlpost.sync.direct`, or the engine's `load_weights`), and set
+`done/k/<receiver>`. The sender waits for those before it reuses a slot, so it packs bucket k+1 while receivers
+load bucket k. Only the signals go through the store (bytes per bucket); the weights move GPU-to-GPU within one
+device's memory, twice: into the slot, out of it.
 
 Senders and receivers find each other by GPU UUID, not device index: each process sees its GPU under its own
 `CUDA_VISIBLE_DEVICES` numbering, and a CUDA IPC handle must be opened on the device that owns it.
@@ -57,15 +58,24 @@ class SlotTransport(WeightTransport):
         for key in keys + [f"filled/{seq}"]:
             self._store.delete_key(key)
 
-    def send(self, flat: torch.Tensor) -> None:
-        assert self.sender, "only learner ranks send"
+    def _claim(self, nbytes: int) -> torch.Tensor:
+        """The next slot (its first `nbytes`), once every receiver has released what it held before."""
         if len(self._pending) == SLOTS:
             self._await_release(self._pending.pop(0))  # the slot we are about to overwrite must be loaded
-        nbytes = flat.numel() * flat.element_size()
         if nbytes > self._slots[0].numel():
             raise ValueError(f"bucket of {nbytes} B exceeds the IPC slot of {self._slots[0].numel()} B")
-        slot = self._slots[self._seq % SLOTS][:nbytes]
-        slot.view(flat.dtype).copy_(flat.reshape(-1))
+        return self._slots[self._seq % SLOTS][:nbytes]
+
+    def send_buffer(self, bucket: Bucket, device: torch.device) -> torch.Tensor:
+        assert self.sender, "only learner ranks send"
+        return self._claim(bucket.nbytes).view(bucket.dtype)
+
+    def send(self, flat: torch.Tensor) -> None:
+        assert self.sender, "only learner ranks send"
+        nbytes = flat.numel() * flat.element_size()
+        slot = self._claim(nbytes)
+        if flat.data_ptr() != slot.data_ptr():  # not packed in place (`send_buffer`): copy it in
+            slot.view(flat.dtype).copy_(flat.reshape(-1))
         self._synchronize()  # the receivers read the slot from another process: the bytes must be there
         self._store.set(f"filled/{self._seq}", b"1")
         self._pending.append(self._seq)

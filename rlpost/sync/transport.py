@@ -49,6 +49,11 @@ def broadcast_layout(num_engines: int, tensor_parallel_size: int) -> tuple[int, 
 class WeightTransport(ABC):
     name: str = ""
 
+    def send_buffer(self, bucket: Bucket, device: torch.device) -> torch.Tensor:
+        """Sender: the flat buffer to pack the next bucket into before `send`. Transports with staging memory of
+        their own (IPC) hand it out here, so a bucket's bytes are written once."""
+        return torch.empty(bucket.numel, dtype=bucket.dtype, device=device)
+
     @abstractmethod
     def send(self, flat: torch.Tensor) -> None:
         """Sender: deliver one bucket's flat buffer to every receiver. It may return before the receivers have

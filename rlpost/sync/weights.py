@@ -9,6 +9,7 @@ from contextlib import AbstractContextManager
 import torch
 
 from rlpost.sync.buckets import Bucket, flatten, unflatten
+from rlpost.sync.direct import DirectCopy
 from rlpost.sync.transport import WeightTransport
 
 NamedTensors = list[tuple[str, torch.Tensor]]
@@ -23,8 +24,9 @@ def send_weights(transport: WeightTransport | None, plan: list[Bucket],
     nbytes = 0
     for bucket in plan:
         with gather(bucket) as tensors:
-            if transport is not None:
-                transport.send(flatten(tensors, bucket, tensors[0].device))
+            if transport is not None:  # packed straight into the transport's buffer
+                flat = flatten(tensors, bucket, out=transport.send_buffer(bucket, tensors[0].device))
+                transport.send(flat)
                 nbytes += bucket.nbytes
     if transport is not None:
         transport.flush()
@@ -33,11 +35,17 @@ def send_weights(transport: WeightTransport | None, plan: list[Bucket],
             "sync/buckets": float(len(plan))}
 
 
-def receive_weights(transport: WeightTransport, plan: list[Bucket], load: Callable[[NamedTensors], None]) -> int:
-    """Receiver loop: hand each bucket's named tensors to the engine's `load` as soon as it arrives."""
+def receive_weights(transport: WeightTransport, plan: list[Bucket], load: Callable[[NamedTensors], None],
+                    direct: DirectCopy | None = None) -> int:
+    """Receiver loop: hand each bucket's named tensors to the engine as soon as it arrives: through `direct`
+    (straight copies where proven, `load` for the rest) when given, else all through `load`."""
     count = 0
-    for bucket in plan:
-        load(unflatten(transport.receive(bucket), bucket))
+    for index, bucket in enumerate(plan):
+        named = unflatten(transport.receive(bucket), bucket)
+        if direct is None:
+            load(named)
+        else:
+            direct.load(index, named, load)
         transport.release()
         count += len(bucket.specs)
     return count
