@@ -53,9 +53,11 @@ def test_top_k_1_is_greedy_and_seeds_reproduce(engine: HFEngine) -> None:
     assert [s.completion_ids for s in a] != [s.completion_ids for s in c]
 
 
-def test_stops_at_eos_and_keeps_it(engine: HFEngine) -> None:
+@pytest.mark.parametrize("ignore_eos", [False, True])
+def test_stops_at_eos_and_keeps_it(engine: HFEngine, ignore_eos: bool) -> None:
     """Point the output layer's EOS row along the prompt's last hidden state: greedy decoding must then pick EOS
-    first, stop, keep it as the completion's one token, and report "stop"."""
+    first, stop, keep it as the completion's one token, and report "stop". With `ignore_eos` it samples on to
+    max_new_tokens and reports "length"."""
     eos = min(engine.eos_ids)
     head = engine.model.get_output_embeddings().weight
     saved = head.data[eos].clone()
@@ -64,11 +66,16 @@ def test_stops_at_eos_and_keeps_it(engine: HFEngine) -> None:
         with torch.no_grad():
             hidden = engine.model.model(input_ids=torch.tensor([p])).last_hidden_state[0, -1]
             head.data[eos] = hidden / hidden.norm() * 1e3
-        out = engine.generate([p], SamplingParams(temperature=0.0, max_new_tokens=8))[0]
+        out = engine.generate([p], SamplingParams(temperature=0.0, max_new_tokens=8, ignore_eos=ignore_eos))[0]
     finally:
         head.data[eos] = saved
-    assert out.completion_ids == [eos] and out.finish_reason == "stop"
-    assert len(out.logprobs) == 1 and out.logprobs[0] > -1e-3  # all the mass on EOS
+    if ignore_eos:
+        assert out.completion_ids[0] == eos and len(out.completion_ids) == 8 and out.finish_reason == "length"
+        assert len(out.logprobs) == 8
+    else:
+        assert out.completion_ids == [eos] and out.finish_reason == "stop"
+        assert len(out.logprobs) == 1
+    assert out.logprobs[0] > -1e-3  # all the mass on EOS
 
 
 def test_length_finish_reason(engine: HFEngine) -> None:

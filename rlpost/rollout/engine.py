@@ -23,6 +23,7 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     max_new_tokens: int = 256
     seed: int | None = None
+    ignore_eos: bool = False  # keep sampling past EOS to max_new_tokens: fixed-length rollouts for benchmarks
 
     @property
     def logprob_temperature(self) -> float:

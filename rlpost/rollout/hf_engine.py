@@ -60,7 +60,7 @@ class HFEngine(RolloutEngine):
             # sneak in: what the config says is what is sampled.
             temperature=params.temperature if sampling else None, top_p=params.top_p if sampling else None,
             top_k=params.top_k if sampling else None,
-            eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id,
+            eos_token_id=[] if params.ignore_eos else sorted(self.eos_ids), pad_token_id=self.pad_id,
             output_logits=True, return_dict_in_generate=True)
         new_tokens = out.sequences[:, width:].cpu()
         logits = torch.stack(out.logits, dim=1).float()  # [batch, steps, vocab], raw (before any processor)
@@ -69,7 +69,7 @@ class HFEngine(RolloutEngine):
         samples = []
         for row, prompt in enumerate(prompts):
             ids = new_tokens[row].tolist()
-            stop = next((t for t, tok in enumerate(ids) if tok in self.eos_ids), None)
+            stop = None if params.ignore_eos else next((t for t, tok in enumerate(ids) if tok in self.eos_ids), None)
             n = len(ids) if stop is None else stop + 1  # keep the EOS: it was sampled and is trained on
             samples.append(Sample(prompt_ids=list(prompt), completion_ids=ids[:n],
                                   logprobs=token_logprobs[row, :n].tolist(),

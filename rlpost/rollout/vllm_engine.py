@@ -78,7 +78,7 @@ class VLLMEngine(RolloutEngine):
         from vllm import TokensPrompt
 
         base = dict(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
-                    max_tokens=params.max_new_tokens, logprobs=0)
+                    max_tokens=params.max_new_tokens, ignore_eos=params.ignore_eos, logprobs=0)
         # One seed per request: copies of a prompt in one group must not sample alike.
         per_request = [VllmSamplingParams(**base, seed=None if params.seed is None else params.seed * 100_003 + i)
                        for i in range(len(prompts))]
