@@ -1,0 +1,182 @@
+"""Learner benchmark: tokens/s and MFU of rlpost's training step under DeepSpeed ZeRO 0, 2 and 3, on one device.
+
+    python bench/learner.py --qwen05b /tmp/qwen2-0.5b-random --tokenizer $KIT_MODEL          # GPU, the 0.5B config
+    python bench/learner.py --model TINY_DIR --device cpu --seqs 4 --micro 2 --seq-len 64    # CPU smoke run
+
+What is timed is the product's own step: `LearnerRank.train_step` (the class a learner actor runs) on one
+mini-batch of `--seqs` sequences of exactly `--seq-len` tokens (a quarter prompt, the rest completion), micro-batches
+of `--micro`, one optimizer step: forward, GRPO's clipped loss, backward, gradient clipping, AdamW (fp32 masters;
+bf16 compute on the GPU). The KL term is off, so no reference model runs. Token ids and advantages are random
+with a fixed seed. Each ZeRO stage runs in a fresh process (DeepSpeed initialises its process group once per
+process) holding a world of one rank: stages 2 and 3 then shard nothing, so what they show is their bookkeeping
+cost (bucketed gradient reduction, parameter gathering) against stage 0 on the same device.
+
+MFU = 6 x parameters x trained tokens / step seconds / peak, the usual forward + backward matmul count (attention's
+own FLOPs left out, the tied embedding counted once as the LM head). The peak is measured in the same run: a bf16
+8192^3 matmul on the GPU (fp32 1024^3 on the CPU), CUDA events, best of several. Warm-up steps excluded; median
+(min-max) of `--reps` steps; the clock stops after `torch.cuda.synchronize()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def matmul_peak_tflops(device: str, reps: int = 10) -> float:
+    """Measured dense matmul throughput (TFLOP/s): bf16 8192^3 on a GPU, fp32 1024^3 on the CPU; best rep."""
+    import torch
+
+    n, dtype = (8192, torch.bfloat16) if device == "cuda" else (1024, torch.float32)
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    a @ b  # warm-up: kernel selection
+    best = float("inf")
+    for _ in range(reps):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            a @ b
+            end.record()
+            torch.cuda.synchronize()
+            seconds = start.elapsed_time(end) / 1e3
+        else:
+            t = time.perf_counter()
+            a @ b
+            seconds = time.perf_counter() - t
+        best = min(best, seconds)
+    return 2 * n**3 / best / 1e12
+
+
+def mfu(params: int, tokens: int, seconds: float, peak_tflops: float) -> float:
+    """Model FLOPs utilisation: 6 x params x tokens of work done in `seconds`, as a share of the peak."""
+    return 6 * params * tokens / seconds / (peak_tflops * 1e12)
+
+
+def synthetic_items(num: int, seq_len: int, vocab: int, seed: int = 0) -> list:
+    """`num` training items of exactly `seq_len` tokens: a quarter prompt, the rest completion."""
+    import numpy as np
+
+    from rlpost.learner.actor import TrainItem
+
+    rng = np.random.default_rng(seed)
+    prompt, completion = seq_len // 4, seq_len - seq_len // 4
+    return [TrainItem(prompt_ids=rng.integers(10, vocab, prompt).tolist(),
+                      completion_ids=rng.integers(10, vocab, completion).tolist(),
+                      rollout_logprobs=[-1.0] * completion, advantages=rng.standard_normal(completion).tolist())
+            for _ in range(num)]
+
+
+def run_stage(args: argparse.Namespace) -> dict:
+    """One ZeRO stage in this process: build a LearnerRank, run warm-up + timed steps, return the numbers."""
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+
+    from rlpost.learner.actor import LearnerRank, MiniBatch
+    from rlpost.train import compose_config
+
+    cuda = args.device == "cuda"
+    cfg = compose_config([
+        f"cluster={'split' if cuda else 'debug_cpu'}", f"model.path={args.model}",
+        f"model.dtype={'bfloat16' if cuda else 'float32'}", f"learner.zero_stage={args.stage}",
+        f"learner.micro_batch_size={args.micro}", f"trainer.prompts_per_step={args.seqs}", "algo.group_size=1",
+        "algo.kl_coef=0", "learner.num_ranks=1",
+        f"learner.gradient_checkpointing={str(args.gradient_checkpointing).lower()}"])
+    rank = LearnerRank(OmegaConf.to_container(cfg, resolve=True), 0, 1, args.model, args.warmup + args.reps)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rank.setup("127.0.0.1", port)
+    vocab = len(AutoTokenizer.from_pretrained(args.model))
+    items = synthetic_items(args.seqs, args.seq_len, vocab)
+    batch = MiniBatch(items, global_tokens=sum(len(it.completion_ids) for it in items), global_seqs=len(items))
+    params = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in rank.engine.module.parameters())
+    seconds, tokens = [], 0
+    for step in range(args.warmup + args.reps):
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        metrics = rank.train_step([batch], 0.0)
+        if cuda:
+            torch.cuda.synchronize()
+        if step >= args.warmup:
+            seconds.append(time.perf_counter() - t)
+        tokens = int(metrics["learner/tokens"])
+    peak_mem = torch.cuda.max_memory_allocated() / 1e9 if cuda else float("nan")
+    return {"stage": args.stage, "params": params, "tokens": tokens, "seconds": seconds, "peak_mem_gb": peak_mem}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="", help="model folder (default: --qwen05b)")
+    parser.add_argument("--qwen05b", default="", help="folder of a ~0.5B Qwen2 model (built there if missing)")
+    parser.add_argument("--tokenizer", default=os.environ.get("KIT_MODEL", ""), help="tokenizer for --qwen05b")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--stages", default="0,2,3")
+    parser.add_argument("--seqs", type=int, default=32, help="sequences per optimizer step")
+    parser.add_argument("--micro", type=int, default=8, help="sequences per forward/backward")
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--stage", type=int, default=-1, help=argparse.SUPPRESS)  # worker mode
+    args = parser.parse_args()
+    if args.seqs % args.micro:
+        parser.error(f"--micro {args.micro} must divide --seqs {args.seqs}")
+    if not args.model:
+        if not args.qwen05b:
+            parser.error("give --model or --qwen05b")
+        from bench.sync import build_qwen05b
+
+        args.model = build_qwen05b(args.qwen05b, args.tokenizer)
+    if args.stage >= 0:
+        print("RESULT " + json.dumps(run_stage(args)), flush=True)
+        return
+
+    import torch
+
+    peak = matmul_peak_tflops(args.device)
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    print(f"{device}: measured matmul peak {peak:.1f} TFLOP/s", flush=True)
+    results = []
+    for stage in (int(s) for s in args.stages.split(",")):
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--model", args.model, "--stage", str(stage)]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
+            raise SystemExit(f"learner bench: ZeRO-{stage} failed (exit {proc.returncode}); its output is above")
+        results.append(json.loads(line.removeprefix("RESULT ")))
+    header = ["ZeRO", "params M", "seqs x len", "micro", "tokens/step", "step s median (min-max)", "tokens/s",
+              "TFLOP/s", "peak mem GB", "MFU", "tokens/s vs ZeRO-0"]
+    base = None
+    rows = []
+    for r in results:
+        med = statistics.median(r["seconds"])
+        tps = r["tokens"] / med
+        base = base or tps
+        rows.append([str(r["stage"]), f"{r['params'] / 1e6:.0f}", f"{args.seqs} x {args.seq_len}", str(args.micro),
+                     str(r["tokens"]), f"{med:.3f} ({min(r['seconds']):.3f}-{max(r['seconds']):.3f})", f"{tps:,.0f}",
+                     f"{6 * r['params'] * tps / 1e12:.1f}", f"{r['peak_mem_gb']:.1f}",
+                     f"{mfu(r['params'], r['tokens'], med, peak):.3f}", f"{tps / base:.2f}"])
+    print(f"\n{device}; {Path(args.model).name}; measured matmul peak {peak:.1f} TFLOP/s; "
+          f"{'gradient checkpointing, ' if args.gradient_checkpointing else ''}warm-up {args.warmup}, "
+          f"{args.reps} timed steps\n")
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
