@@ -61,7 +61,10 @@ def run_rlpost(args: argparse.Namespace, run_dir: str) -> list[dict[str, float]]
         f"algo.kl_coef={BETA}", f"algo.clip_low={CLIP}", f"algo.clip_high={CLIP}", "data.shuffle=false",
         "eval.enabled=false", "logger.progress=false", "logger.wandb.mode=disabled", *args.rlpost_override])
     history = run(cfg)
-    return [{phase: float(h[key]) for phase, key in RLPOST_KEYS.items()} for h in history]
+    # `learner`: the part of `train` spent inside the learner's train_step (the rest is the driver's call, the
+    # transfer of the items and the colocated hand-back of memory).
+    return [{**{phase: float(h[key]) for phase, key in RLPOST_KEYS.items()}, "learner": float(h["learner/seconds"])}
+            for h in history]
 
 
 # ---- TRL ------------------------------------------------------------------------------------------------------
@@ -174,7 +177,7 @@ def summarise(steps: list[dict[str, float]], warmup: int) -> dict[str, tuple[flo
     if not kept:
         raise ValueError(f"--steps must exceed --warmup ({warmup}); only {len(steps)} steps ran")
     return {p: (statistics.median(s[p] for s in kept), min(s[p] for s in kept), max(s[p] for s in kept))
-            for p in PHASES}
+            for p in kept[0]}
 
 
 def table(ours: dict, peer: dict) -> list[str]:
@@ -258,7 +261,9 @@ def main() -> None:
             f"{args.new_tokens} new tokens, micro-batch {args.micro}; steps {args.warmup + 1}-{args.steps}; "
             f"TRL generation: {'vLLM colocate' if args.device == 'cuda' else 'HF transformers'}")
     speedup = results["trl"]["step"][0] / results["rlpost"]["step"][0]
-    print("\n" + head + "\n\n" + "\n".join(lines) + f"\n\nrlpost's step is {speedup:.2f}x faster than TRL's")
+    print("\n" + head + "\n\n" + "\n".join(lines) + f"\n\nrlpost's train phase: {results['rlpost']['train'][0]:.3f} s, "
+          f"of which {results['rlpost']['learner'][0]:.3f} s inside LearnerRank.train_step (medians)"
+          f"\nrlpost's step is {speedup:.2f}x faster than TRL's")
     if args.results:
         with open(args.results, "a", encoding="utf-8") as f:
             f.write(f"\n### {time.strftime('%Y-%m-%d')} — rlpost vs TRL GRPOTrainer, {head}\n\n"
