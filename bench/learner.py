@@ -32,6 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import machine, markdown_table  # noqa: E402
+
 
 def matmul_peak_tflops(device: str, reps: int = 10) -> float:
     """Measured dense matmul throughput (TFLOP/s): bf16 8192^3 on a GPU, fp32 1024^3 on the CPU; best rep."""
@@ -144,10 +146,9 @@ def main() -> None:
         print("RESULT " + json.dumps(run_stage(args)), flush=True)
         return
 
-    import torch
 
     peak = matmul_peak_tflops(args.device)
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    device = machine(args.device)
     print(f"{device}: measured matmul peak {peak:.1f} TFLOP/s", flush=True)
     results = []
     for stage in (int(s) for s in args.stages.split(",")):
@@ -173,9 +174,7 @@ def main() -> None:
     print(f"\n{device}; {Path(args.model).name}; measured matmul peak {peak:.1f} TFLOP/s; "
           f"{'gradient checkpointing, ' if args.gradient_checkpointing else ''}warm-up {args.warmup}, "
           f"{args.reps} timed steps\n")
-    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print(markdown_table(header, rows))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import markdown_table  # noqa: E402
 from bench.sync import build_qwen05b, copy_bandwidth_gbs  # noqa: E402
 
 
@@ -175,9 +176,7 @@ def main() -> None:
               "decode bound tok/s", "rlpost / vllm.LLM", "rlpost / bound"]
     print(f"\n{torch.cuda.get_device_name()}: copy_ {copy_gbs:.0f} GB/s; {args.prompt_tokens}-token prompts, "
           f"{args.new_tokens} new tokens, {'eager' if args.enforce_eager else 'CUDA graphs'}\n")
-    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print(markdown_table(header, rows))
 
 
 if __name__ == "__main__":

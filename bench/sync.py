@@ -35,6 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import machine, markdown_table  # noqa: E402
+
 
 def copy_bandwidth_gbs(nbytes: int = 2**30, reps: int = 20, device: str = "cuda") -> float:
     """`copy_` of one buffer into another on `device`, bytes copied per second (GB/s): GPU timed with CUDA events
@@ -210,7 +212,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import ray
-    import torch
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from rlpost.models import resolve_model_path
@@ -221,7 +222,7 @@ def main() -> None:
         ref_name, ref_gbs = "CPU copy_", copy_bandwidth_gbs(2**28, 10, "cpu")
     else:
         ref_name, ref_gbs = "copy_", copy_bandwidth_gbs()
-    device = f"CPU ({os.cpu_count()} cores)" if args.cluster == "cpu" else torch.cuda.get_device_name()
+    device = machine("cpu" if args.cluster == "cpu" else "cuda")
     print(f"{device}: {ref_name} {ref_gbs:.0f} GB/s", flush=True)
     if args.reference_only:
         return
@@ -235,9 +236,7 @@ def main() -> None:
     ray.shutdown()
     transport = {"split": "nccl", "cpu": "gloo"}.get(args.cluster, "ipc")
     print(f"\n{ref_name} on {device}: {ref_gbs:.0f} GB/s; sync transport {transport}\n")
-    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print(markdown_table(header, rows))
 
 
 if __name__ == "__main__":

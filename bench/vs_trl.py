@@ -28,7 +28,6 @@ optimizer step (train). Step = wall time between consecutive optimizer steps (CU
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -40,6 +39,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench.common import machine, markdown_table, versions  # noqa: E402
 
 PHASES = ("generate", "sync", "reward", "experience", "train", "step")
 RLPOST_KEYS = {"generate": "time/generate", "sync": "time/sync", "reward": "time/reward",
@@ -180,13 +181,13 @@ def summarise(steps: list[dict[str, float]], warmup: int) -> dict[str, tuple[flo
             for p in kept[0]}
 
 
-def table(ours: dict, peer: dict) -> list[str]:
-    lines = ["| phase | rlpost s median (min-max) | TRL s median (min-max) | TRL / rlpost |", "|---|---|---|---|"]
+def table(ours: dict, peer: dict) -> str:
+    rows = []
     for p in PHASES:
         (a, a0, a1), (b, b0, b1) = ours[p], peer[p]
-        ratio = f"{b / a:.2f}x" if a > 1e-4 else "-"
-        lines.append(f"| {p} | {a:.3f} ({a0:.3f}-{a1:.3f}) | {b:.3f} ({b0:.3f}-{b1:.3f}) | {ratio} |")
-    return lines
+        rows.append([p, f"{a:.3f} ({a0:.3f}-{a1:.3f})", f"{b:.3f} ({b0:.3f}-{b1:.3f})",
+                     f"{b / a:.2f}x" if a > 1e-4 else "-"])
+    return markdown_table(["phase", "rlpost s median (min-max)", "TRL s median (min-max)", "TRL / rlpost"], rows)
 
 
 def run_worker(side: str, argv: list[str], out: Path) -> list[dict[str, float]]:
@@ -195,25 +196,6 @@ def run_worker(side: str, argv: list[str], out: Path) -> list[dict[str, float]]:
     if proc.returncode != 0:
         raise SystemExit(f"vs_trl: the {side} side failed (exit {proc.returncode}); its log is above")
     return json.loads(out.read_text())
-
-
-def machine(device: str) -> str:
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    return f"CPU ({os.cpu_count()} cores)"
-
-
-def versions() -> str:
-    import importlib.metadata as md
-
-    names = ["torch", "transformers", "trl", "deepspeed", "ray", "vllm"]
-    found = []
-    for name in names:
-        with contextlib.suppress(md.PackageNotFoundError):
-            found.append(f"{name} {md.version(name)}")
-    return ", ".join(found)
 
 
 def main() -> None:
@@ -256,18 +238,18 @@ def main() -> None:
             results[side] = summarise(steps, args.warmup)
     if set(results) != {"rlpost", "trl"}:
         return
-    lines = table(results["rlpost"], results["trl"])
+    phase_table = table(results["rlpost"], results["trl"])
     head = (f"{machine(args.device)}; {Path(args.model).name}, {args.prompts} prompts x {args.group}, "
             f"{args.new_tokens} new tokens, micro-batch {args.micro}; steps {args.warmup + 1}-{args.steps}; "
             f"TRL generation: {'vLLM colocate' if args.device == 'cuda' else 'HF transformers'}")
     speedup = results["trl"]["step"][0] / results["rlpost"]["step"][0]
-    print("\n" + head + "\n\n" + "\n".join(lines) + f"\n\nrlpost's train phase: {results['rlpost']['train'][0]:.3f} s, "
+    print("\n" + head + "\n\n" + phase_table + f"\n\nrlpost's train phase: {results['rlpost']['train'][0]:.3f} s, "
           f"of which {results['rlpost']['learner'][0]:.3f} s inside LearnerRank.train_step (medians)"
           f"\nrlpost's step is {speedup:.2f}x faster than TRL's")
     if args.results:
         with open(args.results, "a", encoding="utf-8") as f:
             f.write(f"\n### {time.strftime('%Y-%m-%d')} — rlpost vs TRL GRPOTrainer, {head}\n\n"
-                    f"{versions()}; `python bench/vs_trl.py {' '.join(argv)}`\n\n" + "\n".join(lines)
+                    f"{versions()}; `python bench/vs_trl.py {' '.join(argv)}`\n\n" + phase_table
                     + f"\n\nrlpost's step is {speedup:.2f}x faster than TRL's.\n")
 
 if __name__ == "__main__":
