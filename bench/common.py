@@ -1,10 +1,12 @@
 """What the speed benchmarks share: the markdown table they print, and the machine and package versions a result
-is recorded with."""
+is recorded with, and the section a result is appended to a results file as."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
+from pathlib import Path
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -30,3 +32,13 @@ def versions(names: tuple[str, ...] = ("torch", "transformers", "trl", "deepspee
         with contextlib.suppress(md.PackageNotFoundError):
             found.append(f"{name} {md.version(name)}")
     return ", ".join(found)
+
+
+def append_section(path: Path, heading: str, details: str, command: str, table: str, tail: str = "") -> None:
+    """Append one run's section to a results file (created if missing): heading and date, what ran and where,
+    software versions, the exact command, the table. It goes at the end; bench/RESULTS.md keeps newest first by
+    hand."""
+    section = (f"### {time.strftime('%Y-%m-%d')} — {heading}\n\n{details}. Software: {versions()}.\n\n`{command}`\n\n"
+               f"{table}\n" + (f"\n{tail}\n" if tail else ""))
+    text = path.read_text() if path.exists() else ""
+    path.write_text((text.rstrip() + "\n\n" if text.strip() else "") + section)

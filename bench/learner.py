@@ -2,6 +2,7 @@
 
     python bench/learner.py --qwen05b /tmp/qwen2-0.5b-random --tokenizer $KIT_MODEL          # GPU, the 0.5B config
     python bench/learner.py --model TINY_DIR --device cpu --seqs 4 --micro 2 --seq-len 64    # CPU smoke run
+    ... --results bench/RESULTS.md    # also append a section (date, machine, versions, command, table) there
 
 What is timed is the product's own step: `LearnerRank.train_step` (the class a learner actor runs) on one
 mini-batch of `--seqs` sequences of exactly `--seq-len` tokens (a quarter prompt, the rest completion), micro-batches
@@ -14,7 +15,9 @@ cost (bucketed gradient reduction, parameter gathering) against stage 0 on the s
 MFU = 6 x parameters x trained tokens / step seconds / peak, the usual forward + backward matmul count (attention's
 own FLOPs left out, the tied embedding counted once as the LM head). The peak is measured in the same run: a bf16
 8192^3 matmul on the GPU (fp32 1024^3 on the CPU), CUDA events, best of several. Warm-up steps excluded; median
-(min-max) of `--reps` steps; the clock stops after `torch.cuda.synchronize()`.
+(min-max) of `--reps` steps; the clock stops after `torch.cuda.synchronize()`. Tokens are the non-pad tokens the
+step trained on (`learner/tokens`, prompt and completion: all of them go through forward and backward). Peak memory
+is `torch.cuda.max_memory_allocated` of the stage's process (GPU only).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import machine, markdown_table  # noqa: E402
+from bench.common import append_section, machine, markdown_table  # noqa: E402
 
 
 def matmul_peak_tflops(device: str, reps: int = 10) -> float:
@@ -57,6 +60,9 @@ def matmul_peak_tflops(device: str, reps: int = 10) -> float:
             a @ b
             seconds = time.perf_counter() - t
         best = min(best, seconds)
+    del a, b
+    if device == "cuda":
+        torch.cuda.empty_cache()  # the stages run in other processes on the same GPU: leave them its memory
     return 2 * n**3 / best / 1e12
 
 
@@ -90,10 +96,12 @@ def run_stage(args: argparse.Namespace) -> dict:
 
     cuda = args.device == "cuda"
     cfg = compose_config([
+        # split: the learner alone on its GPU (colocated ranks empty the CUDA cache after every step).
         f"cluster={'split' if cuda else 'debug_cpu'}", f"model.path={args.model}",
         f"model.dtype={'bfloat16' if cuda else 'float32'}", f"learner.zero_stage={args.stage}",
-        f"learner.micro_batch_size={args.micro}", f"trainer.prompts_per_step={args.seqs}", "algo.group_size=1",
-        "algo.kl_coef=0", "learner.num_ranks=1",
+        # One train_step = one optimizer step over --seqs sequences; no KL, so no reference model is loaded.
+        f"learner.micro_batch_size={args.micro}", f"trainer.prompts_per_step={args.seqs}", "algo=grpo",
+        "algo.group_size=1", "algo.num_minibatches=1", "algo.epochs=1", "algo.kl_coef=0", "learner.num_ranks=1",
         f"learner.gradient_checkpointing={str(args.gradient_checkpointing).lower()}"])
     rank = LearnerRank(OmegaConf.to_container(cfg, resolve=True), 0, 1, args.model, args.warmup + args.reps)
     with socket.socket() as s:
@@ -103,7 +111,8 @@ def run_stage(args: argparse.Namespace) -> dict:
     vocab = len(AutoTokenizer.from_pretrained(args.model))
     items = synthetic_items(args.seqs, args.seq_len, vocab)
     batch = MiniBatch(items, global_tokens=sum(len(it.completion_ids) for it in items), global_seqs=len(items))
-    params = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in rank.engine.module.parameters())
+    # ZeRO-3 leaves empty placeholders in the module; ds_numel is the full size. Tied weights are counted once.
+    params = sum(getattr(p, "ds_numel", p.numel()) for p in rank.engine.module.parameters() if p.requires_grad)
     seconds, tokens = [], 0
     for step in range(args.warmup + args.reps):
         if cuda:
@@ -115,7 +124,7 @@ def run_stage(args: argparse.Namespace) -> dict:
         if step >= args.warmup:
             seconds.append(time.perf_counter() - t)
         tokens = int(metrics["learner/tokens"])
-    peak_mem = torch.cuda.max_memory_allocated() / 1e9 if cuda else float("nan")
+    peak_mem = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
     return {"stage": args.stage, "params": params, "tokens": tokens, "seconds": seconds, "peak_mem_gb": peak_mem}
 
 
@@ -123,7 +132,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="", help="model folder (default: --qwen05b)")
     parser.add_argument("--qwen05b", default="", help="folder of a ~0.5B Qwen2 model (built there if missing)")
-    parser.add_argument("--tokenizer", default=os.environ.get("KIT_MODEL", ""), help="tokenizer for --qwen05b")
+    parser.add_argument("--tokenizer", default=os.environ.get("KIT_MODEL", ""),
+                        help="tokenizer for --qwen05b (default $KIT_MODEL, else the embedded SmolLM2)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--stages", default="0,2,3")
     parser.add_argument("--seqs", type=int, default=32, help="sequences per optimizer step")
@@ -131,7 +141,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="learner.gradient_checkpointing")
+    parser.add_argument("--results", default="", help="markdown file to append this run's section to")
     parser.add_argument("--stage", type=int, default=-1, help=argparse.SUPPRESS)  # worker mode
     args = parser.parse_args()
     if args.seqs % args.micro:
@@ -140,16 +151,16 @@ def main() -> None:
         if not args.qwen05b:
             parser.error("give --model or --qwen05b")
         from bench.sync import build_qwen05b
+        from rlpost.models import resolve_model_path
 
-        args.model = build_qwen05b(args.qwen05b, args.tokenizer)
+        args.model = build_qwen05b(args.qwen05b, resolve_model_path(args.tokenizer))
     if args.stage >= 0:
         print("RESULT " + json.dumps(run_stage(args)), flush=True)
         return
 
-
     peak = matmul_peak_tflops(args.device)
     device = machine(args.device)
-    print(f"{device}: measured matmul peak {peak:.1f} TFLOP/s", flush=True)
+    print(f"{device}: measured matmul peak {peak:.4g} TFLOP/s", flush=True)
     results = []
     for stage in (int(s) for s in args.stages.split(",")):
         cmd = [sys.executable, __file__, *sys.argv[1:], "--model", args.model, "--stage", str(stage)]
@@ -161,20 +172,27 @@ def main() -> None:
         results.append(json.loads(line.removeprefix("RESULT ")))
     header = ["ZeRO", "params M", "seqs x len", "micro", "tokens/step", "step s median (min-max)", "tokens/s",
               "TFLOP/s", "peak mem GB", "MFU", "tokens/s vs ZeRO-0"]
-    base = None
+    tokens_per_s = {r["stage"]: r["tokens"] / statistics.median(r["seconds"]) for r in results}
     rows = []
     for r in results:
         med = statistics.median(r["seconds"])
-        tps = r["tokens"] / med
-        base = base or tps
+        tps, tflops = r["tokens"] / med, 6 * r["params"] * r["tokens"] / med / 1e12
         rows.append([str(r["stage"]), f"{r['params'] / 1e6:.0f}", f"{args.seqs} x {args.seq_len}", str(args.micro),
                      str(r["tokens"]), f"{med:.3f} ({min(r['seconds']):.3f}-{max(r['seconds']):.3f})", f"{tps:,.0f}",
-                     f"{6 * r['params'] * tps / 1e12:.1f}", f"{r['peak_mem_gb']:.1f}",
-                     f"{mfu(r['params'], r['tokens'], med, peak):.3f}", f"{tps / base:.2f}"])
-    print(f"\n{device}; {Path(args.model).name}; measured matmul peak {peak:.1f} TFLOP/s; "
-          f"{'gradient checkpointing, ' if args.gradient_checkpointing else ''}warm-up {args.warmup}, "
-          f"{args.reps} timed steps\n")
-    print(markdown_table(header, rows))
+                     # significant digits below 1: the CPU's tiny model would print 0.0 and 0.000
+                     f"{tflops:.1f}" if tflops >= 1 else f"{tflops:.3g}",
+                     "-" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.1f}",
+                     f"{mfu(r['params'], r['tokens'], med, peak):.3g}",
+                     f"{tps / tokens_per_s[0]:.2f}" if 0 in tokens_per_s else "-"])
+    title = (f"{device}; {Path(args.model).name}; measured matmul peak {peak:.4g} TFLOP/s; "
+             f"{'gradient checkpointing, ' if args.gradient_checkpointing else ''}warm-up {args.warmup}, "
+             f"{args.reps} timed steps")
+    table = markdown_table(header, rows)
+    print(f"\n{title}\n\n{table}")
+    if args.results:
+        append_section(Path(args.results), "Learner: tokens/s and MFU of `LearnerRank.train_step`", title,
+                       " ".join(["python", "bench/learner.py", *sys.argv[1:]]), table)
+        print(f"\nsection appended to {args.results}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import machine, markdown_table, versions  # noqa: E402
+from bench.common import append_section, machine, markdown_table  # noqa: E402
 
 PHASES = ("generate", "sync", "reward", "experience", "train", "step")
 RLPOST_KEYS = {"generate": "time/generate", "sync": "time/sync", "reward": "time/reward",
@@ -247,10 +247,9 @@ def main() -> None:
           f"of which {results['rlpost']['learner'][0]:.3f} s inside LearnerRank.train_step (medians)"
           f"\nrlpost's step is {speedup:.2f}x faster than TRL's")
     if args.results:
-        with open(args.results, "a", encoding="utf-8") as f:
-            f.write(f"\n### {time.strftime('%Y-%m-%d')} — rlpost vs TRL GRPOTrainer, {head}\n\n"
-                    f"{versions()}; `python bench/vs_trl.py {' '.join(argv)}`\n\n" + phase_table
-                    + f"\n\nrlpost's step is {speedup:.2f}x faster than TRL's.\n")
+        append_section(Path(args.results), "rlpost vs TRL GRPOTrainer, one GRPO step", head,
+                       " ".join(["python", "bench/vs_trl.py", *argv]), phase_table,
+                       f"rlpost's step is {speedup:.2f}x faster than TRL's.")
 
 if __name__ == "__main__":
     main()

@@ -28,14 +28,29 @@ def test_synthetic_items_have_the_asked_length(tiny_model_dir: str) -> None:
     assert all(len(it.advantages) == len(it.completion_ids) == len(it.rollout_logprobs) for it in items)
 
 
-def test_learner_bench_on_cpu(tiny_model_dir: str) -> None:
+def test_learner_bench_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n")
     cmd = [sys.executable, str(ROOT / "bench" / "learner.py"), "--model", tiny_model_dir, "--device", "cpu",
-           "--stages", "0,3", "--seqs", "4", "--micro", "2", "--seq-len", "32", "--warmup", "1", "--reps", "2"]
+           "--stages", "0,3", "--seqs", "4", "--micro", "2", "--seq-len", "32", "--warmup", "1", "--reps", "2",
+           "--results", str(results)]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    rows = [line.strip("|").split("|") for line in out.stdout.splitlines() if line.startswith("| ")][1:]
-    assert [r[0].strip() for r in rows] == ["0", "3"]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[0] == "ZeRO" and header[-2:] == ["MFU", "tokens/s vs ZeRO-0"] and len(header) == 11
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    assert [r[0] for r in rows] == ["0", "3"] and all(len(r) == len(header) for r in rows)
     for cells in rows:
-        assert cells[4].strip() == "128"  # 4 sequences x 32 tokens
-        assert float(cells[6].replace(",", "")) > 0 and 0 < float(cells[9]) < 1
-    assert float(rows[0][10]) == 1.0
+        assert cells[2] == "4 x 32" and cells[3] == "2"
+        assert cells[4] == "128"  # 4 sequences x 32 tokens, none of them padding
+        median, lo, hi = (float(x) for x in cells[5].replace("(", " ").replace(")", " ").replace("-", " ").split())
+        assert min(median, lo, hi) > 0
+        for col in (1, 6, 7, 9, 10):  # params M, tokens/s, TFLOP/s, MFU, vs ZeRO-0: numbers, positive
+            assert float(cells[col].replace(",", "")) > 0, (header[col], cells[col])
+        assert cells[8] == "-"  # peak GPU memory: none on the CPU
+    assert rows[0][10] == "1.00"
+    text = results.read_text()
+    assert text.startswith("# Benchmark results\n\n### ") and "Learner: tokens/s and MFU" in text.splitlines()[2]
+    assert "CPU" in text and "torch " in text and "deepspeed " in text and "--stages 0,3" in text
+    assert lines[0] in text and lines[-1] in text
