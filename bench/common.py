@@ -42,3 +42,17 @@ def append_section(path: Path, heading: str, details: str, command: str, table: 
                f"{table}\n" + (f"\n{tail}\n" if tail else ""))
     text = path.read_text() if path.exists() else ""
     path.write_text((text.rstrip() + "\n\n" if text.strip() else "") + section)
+
+
+def append_table_row(path: Path, section: str, header: str, cells: list[str]) -> None:
+    """Add a row at the end of the table that starts with `header` (its title and separator lines; the file
+    holds other benchmarks' sections too). The first time, `section` (a heading and the protocol) and the
+    table's header are added at the end of the file."""
+    text = path.read_text() if path.exists() else ""
+    if header not in text:
+        text = (text.rstrip() + "\n\n" if text.strip() else "") + section.rstrip() + "\n\n" + header
+    end = text.index(header) + len(header)
+    while text.startswith("|", end):
+        end = text.index("\n", end) + 1
+    row = "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |\n"
+    path.write_text(text[:end] + row + text[end:])

@@ -34,11 +34,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from bench.common import append_table_row  # noqa: E402
 from rlpost.config import ConfigError, DataConfig, RewardConfig, RewardFunctionConfig  # noqa: E402
 from rlpost.data import build_prompts, load_rows  # noqa: E402
 from rlpost.rewards.manager import RewardManager  # noqa: E402
 from rlpost.rollout.engine import SamplingParams  # noqa: E402
 
+RESULT_PREFIX = "gsm8k pass@1 correct n:"
+RESULTS_SECTION = "## GSM8K (`bench/gsm8k.py`)\n\nProtocol: bench/gsm8k.py's docstring. One row per run.\n"
 RESULTS_HEADER = ("| date | machine | engine | model | n | max new tokens | pass@1 | seconds | command |\n"
                   "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |\n")
 
@@ -83,20 +86,6 @@ def machine() -> str:
     return f"CPU {platform.machine()} ({os.cpu_count()} cores)"
 
 
-def append_result(path: Path, cells: list[str]) -> None:
-    """Add a row at the end of the GSM8K table (the file holds other benchmarks' sections too); the section is
-    created at the end of the file the first time."""
-    text = path.read_text() if path.exists() else ""
-    if RESULTS_HEADER not in text:
-        section = "## GSM8K (`bench/gsm8k.py`)\n\nProtocol: bench/gsm8k.py's docstring. One row per run.\n\n"
-        text = (text.rstrip() + "\n\n" if text.strip() else "") + section + RESULTS_HEADER
-    end = text.index(RESULTS_HEADER) + len(RESULTS_HEADER)
-    while text.startswith("|", end):
-        end = text.index("\n", end) + 1
-    row = "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |\n"
-    path.write_text(text[:end] + row + text[end:])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="Hugging Face model folder")
@@ -107,17 +96,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per generate call (hf)")
     parser.add_argument("--enforce-eager", action="store_true", help="vllm: no CUDA graphs (faster start)")
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"), help="file to append a row to")
+    parser.add_argument("--label", default="", help="the model column: which model, and which run made it "
+                        "(default: the folder's name)")
     args = parser.parse_args(argv)
 
     import torch
-    from transformers import AutoTokenizer
 
-    from rlpost.models import resolve_model_path
+    from rlpost.models import load_tokenizer, resolve_model_path
 
     try:
         model = resolve_model_path(args.model)
         dtype = args.dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
-        tokenizer = AutoTokenizer.from_pretrained(model)
+        tokenizer = load_tokenizer(model, field="--model")
         prompts = load_problems(tokenizer, args.limit)
         engine = make_engine(args.engine, model, dtype, args.batch_size, args.enforce_eager)
     except ConfigError as err:
@@ -137,15 +127,17 @@ def main(argv: list[str] | None = None) -> int:
     tokens = sum(len(s.completion_ids) for s in samples)
     truncated = sum(s.finish_reason == "length" for s in samples)
 
-    name = Path(model).name
+    name = args.label or Path(model).name
     print(f"\n| model | engine | n | correct | pass@1 | truncated | gen tok/s | seconds |\n"
           f"| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
           f"| {name} | {args.engine} | {n} | {hits} | {hits / n:.4f} | {truncated} | {tokens / gen_seconds:.0f} | "
           f"{seconds:.0f} |")
     command = "python bench/gsm8k.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    append_result(Path(args.results), [time.strftime("%Y-%m-%d"), machine(), args.engine, name, str(n),
-                                       str(args.max_new_tokens), f"{hits / n:.4f}", f"{seconds:.0f}", command])
+    append_table_row(Path(args.results), RESULTS_SECTION, RESULTS_HEADER, [
+        time.strftime("%Y-%m-%d"), machine(), args.engine, name, str(n), str(args.max_new_tokens),
+        f"{hits / n:.4f}", f"{seconds:.0f}", command])
     print(f"row appended to {args.results}")
+    print(f"{RESULT_PREFIX} {hits / n:.4f} {hits} {n}")  # read by bench/learn_gsm8k.py
     return 0
 
 

@@ -189,19 +189,23 @@ class TrainerConfig:
     # checkpoint folder, or a run folder's newest; null = start fresh.
     resume: str | None = None
     export_hf: bool = True  # write the final policy as a plain Hugging Face folder to <run_dir>/hf_model
+    # A wall-clock budget for training (evaluations included, start-up not): the step that crosses it becomes
+    # the last one (final evaluation, checkpoint, export). 0 = no budget, `steps` decides.
+    max_minutes: float = 0.0
 
 
 @dataclass
 class EvalConfig:
     """Held-out evaluation through the training engines and reward stack: at the start, every `every` steps and
-    at the end. Greedy pass@1, and pass@k from `num_samples` samples per prompt (the unbiased estimator)."""
+    at the end. Greedy pass@1 every time; at the start and the end also pass@k (the unbiased estimator) and
+    maj@k from `num_samples` samples per prompt."""
 
     enabled: bool = True
     every: int = 0  # 0 = only at the start and the end
     data_path: str = "gsm8k:test"
     limit: int = 64  # the first N rows (0 = all)
-    num_samples: int = 4  # samples per prompt for pass@k (0 = greedy pass@1 only)
-    k: int = 4  # pass@k, k <= num_samples
+    num_samples: int = 4  # samples per prompt for pass@k and maj@k (0 = greedy pass@1 only)
+    k: int = 4  # pass@k and maj@k, k <= num_samples
     temperature: float = 1.0  # of the pass@k samples
     max_new_tokens: int = 0  # 0 = rollout.max_new_tokens
 

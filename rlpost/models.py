@@ -209,6 +209,67 @@ def resolve_model_path(path: str) -> str:
     return str(folder.resolve())
 
 
+def load_tokenizer(model_path: str, field: str = "model.path"):
+    """The model folder's tokenizer, checked for what training needs: a chat template, and an EOS token that
+    ends an assistant turn in that template (what the engines stop on). A folder that fails either would train
+    on prompts the model was never tuned for, or on completions that never stop, and the reward would be a
+    silent zero; so each problem is one line naming `field`, before any actor starts."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except Exception as err:  # transformers' own message blames sentencepiece/tiktoken for a missing file
+        raise ConfigError(f"{field}: {model_path} holds no loadable tokenizer ({type(err).__name__}); the folder "
+                          "needs tokenizer.json (or the tokenizer files of its model type) and "
+                          "tokenizer_config.json") from None
+    check_chat_format(tokenizer, stop_token_ids(model_path, tokenizer), field)
+    return tokenizer
+
+
+def stop_token_ids(model_path: str, tokenizer) -> set[int]:
+    """The ids generation stops at: the generation config's eos (an int or a list), else the tokenizer's.
+    The HF engine stops at exactly these; vLLM adds the tokenizer's eos to them."""
+    from transformers import GenerationConfig
+
+    eos = None
+    if Path(model_path, "generation_config.json").is_file():
+        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return set()
+    return set(eos) if isinstance(eos, list) else {eos}
+
+
+def require_chat_template(tokenizer, field: str = "model.path") -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or "the model"
+        raise ConfigError(f"{field}: the tokenizer of {name} has no chat template; use an instruct/chat model or "
+                          "add a chat_template.jinja to the model folder")
+
+
+TURN_PROBE = "rlpost-turn-probe"  # assistant content whose rendered turn shows what the template ends it with
+
+
+def check_chat_format(tokenizer, stop_ids: set[int], field: str = "model.path") -> None:
+    """Raise ConfigError unless the tokenizer has a chat template and one of `stop_ids` is among the tokens
+    the template writes right after an assistant message's content (e.g. Qwen's and SmolLM2's `<|im_end|>`)."""
+    require_chat_template(tokenizer, field)
+    name = getattr(tokenizer, "name_or_path", "") or "the model"
+    if not stop_ids:
+        raise ConfigError(f"{field}: {name} names no EOS token (tokenizer_config.json eos_token, "
+                          "generation_config.json eos_token_id), so generation would never stop; set one")
+    messages = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": TURN_PROBE}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    after = text[text.rindex(TURN_PROBE) + len(TURN_PROBE):]
+    turn_end = tokenizer(after, add_special_tokens=False)["input_ids"]
+    if not stop_ids & set(turn_end):
+        stops = tokenizer.convert_ids_to_tokens(sorted(stop_ids))
+        raise ConfigError(f"{field}: {name} stops generating at {stops}, but its chat template ends an assistant "
+                          f"turn with {after.strip()!r}; set eos_token in tokenizer_config.json and eos_token_id "
+                          "in generation_config.json to the turn-end token")
+
+
 def build_tiny_model(out_dir: str, seed: int = 0) -> str:
     """Write a randomly initialised tiny Llama (~3.2M params, float32) with the real SmolLM2 tokenizer.
 

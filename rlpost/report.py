@@ -21,13 +21,16 @@ PHASES = ["time/generate", "time/reward", "time/experience", "time/train", "time
 PACKAGES = ["rlpost", "torch", "ray", "deepspeed", "transformers", "vllm", "hydra-core", "math-verify"]
 # (file stem, title, [(metric, label)]); a plot is drawn when at least one of its metrics has values.
 PLOTS = [
-    ("reward", "Reward", [("reward/mean", "mean reward")]),
-    ("accuracy", "Training accuracy", [("accuracy", "accuracy")]),
+    ("reward", "Train reward", [("reward/mean", "mean reward"), ("accuracy", "accuracy")]),
+    ("eval", "Held-out evaluation", []),  # filled with every eval/pass@* and eval/maj@* metric found
     ("kl", "KL to reference", [("actor/kl", "KL")]),
     ("response_length", "Response length (tokens)", [("response/length_mean", "mean"),
                                                      ("response/length_max", "max")]),
-    ("eval", "Held-out evaluation", []),  # filled with every eval/pass@* metric found
+    ("entropy", "Policy entropy (nats/token)", [("actor/entropy", "entropy")]),
+    ("step_time", "Step time (s)", [("perf/step_seconds", "step"), ("time/generate", "generate"),
+                                    ("time/train", "train")]),
 ]
+WALL = "time/wall"  # seconds since training started (rlpost.trainer.Trainer.fit): the plots' second x axis
 
 
 def read_metrics(run_dir: str) -> list[dict[str, Any]]:
@@ -74,9 +77,15 @@ def time_breakdown(rows: list[dict[str, Any]]) -> list[tuple[str, float, float, 
     return [(phase, total, mean, total / grand) for phase, (total, mean) in totals.items()]
 
 
+def eval_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """Every eval/pass@* and eval/maj@* metric in the record: pass@ first, then by k."""
+    keys = {k for r in rows for k in r if k.startswith(("eval/pass@", "eval/maj@"))}
+    return sorted(keys, key=lambda k: (k.startswith("eval/maj@"), int(k.split("@")[1])))
+
+
 def eval_scores(rows: list[dict[str, Any]]) -> list[tuple[str, float, int, float, int]]:
-    """(metric, final value, its step, best value, its step) for every eval/pass@* metric."""
-    keys = sorted({k for r in rows for k in r if k.startswith("eval/pass@")}, key=lambda k: int(k.split("@")[1]))
+    """(metric, final value, its step, best value, its step) for every eval/pass@* and eval/maj@* metric."""
+    keys = eval_keys(rows)
     out = []
     for key in keys:
         steps, values = series(rows, key)
@@ -87,7 +96,8 @@ def eval_scores(rows: list[dict[str, Any]]) -> list[tuple[str, float, int, float
 
 
 def draw_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[tuple[str, str]]:
-    """One PNG per plot with data; returns (title, path relative to the run folder)."""
+    """One PNG per plot with data, against steps and (when the record has `time/wall`) against wall-clock
+    minutes side by side; returns (title, path relative to the run folder)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
@@ -95,26 +105,33 @@ def draw_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[tuple[str, str
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    eval_keys = [k for k, *_ in eval_scores(rows)]
+    minutes = {r["step"]: r[WALL] / 60 for r in rows if r.get(WALL) is not None}
     out_dir.mkdir(parents=True, exist_ok=True)
     drawn = []
     for stem, title, curves in PLOTS:
         if stem == "eval":
-            curves = [(k, k.removeprefix("eval/")) for k in eval_keys]
+            curves = [(k, k.removeprefix("eval/")) for k in eval_keys(rows)]
         data = [(label, *series(rows, key)) for key, label in curves]
         data = [d for d in data if d[1]]
         if not data:
             continue
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for label, steps, values in data:
-            ax.plot(steps, values, marker="o", markersize=3, label=label)
-        ax.set(title=title, xlabel="step")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
+        axes_x = [("step", lambda steps: steps)]
+        if minutes:
+            axes_x.append(("wall-clock minutes", lambda steps: [minutes.get(s) for s in steps]))
+        fig, axes = plt.subplots(1, len(axes_x), figsize=(5 * len(axes_x), 3.2), squeeze=False)
+        for ax, (xlabel, to_x) in zip(axes[0], axes_x, strict=True):
+            for label, steps, values in data:
+                pts = [(x, v) for x, v in zip(to_x(steps), values, strict=True) if x is not None]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=2, label=label)
+            ax.set(xlabel=xlabel)
+            if xlabel == "step":
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
         if len(data) > 1:
-            ax.legend()
+            axes[0][0].legend(fontsize="small")
+        fig.suptitle(title)
         fig.tight_layout()
-        fig.savefig(out_dir / f"{stem}.png", dpi=100)
+        fig.savefig(out_dir / f"{stem}.png", dpi=90)
         plt.close(fig)
         drawn.append((title, f"{out_dir.name}/{stem}.png"))
     return drawn
@@ -153,6 +170,10 @@ def write_report(run_dir: str, config_yaml: str, cluster_resources: dict[str, fl
         if step_seconds:
             lines += ["", f"Training steps took {sum(step_seconds):.1f} s in all, "
                           f"{sum(step_seconds) / len(step_seconds):.1f} s per step on average."]
+        _, wall = series(rows, WALL)
+        if wall:
+            lines += [f"Training took {wall[-1] / 60:.1f} minutes of wall-clock time (evaluations included, "
+                      "start-up not)."]
     else:
         lines.append("No timings logged.")
 

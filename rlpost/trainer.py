@@ -25,7 +25,6 @@ import numpy as np
 import ray
 import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoTokenizer
 
 from rlpost import checkpoint as ckpt
 from rlpost.algos import adaptive_kl_coef, overlong_penalty, repeat_to, select_pairs
@@ -38,6 +37,7 @@ from rlpost.eval import Evaluator
 from rlpost.experience import pg_items
 from rlpost.learner.actor import MiniBatch, TrainItem
 from rlpost.metrics import MetricsLogger
+from rlpost.models import load_tokenizer
 from rlpost.report import read_metrics
 from rlpost.rewards.manager import RewardResult, check_reward_functions
 from rlpost.rollout.engine import Sample, SamplingParams
@@ -80,7 +80,7 @@ class Trainer:
         """Everything that can fail on bad input (data, tokenizer, chat template, reward functions) happens
         before any actor."""
         self.cfg, self.model_path, self.run_dir = cfg, model_path, run_dir
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer = load_tokenizer(model_path)
         rows = load_rows(resolve_data_path(cfg.data.train_path))
         if cfg.data.limit:
             rows = rows[:cfg.data.limit]
@@ -313,25 +313,39 @@ class Trainer:
                 group.shutdown()
 
     def fit(self) -> list[dict[str, float]]:
-        """Train from `start_step + 1` to `trainer.steps`: evaluate at the start, every `eval.every` steps and at
-        the end; checkpoint every `trainer.save_every` steps and at the end; export the final policy."""
+        """Train from `start_step + 1` to `trainer.steps`, or until `trainer.max_minutes` of training have passed
+        (then the step that crossed the budget is the last): evaluate at the start, every `eval.every` steps and
+        at the last step; checkpoint every `trainer.save_every` steps and at the last; export the final policy.
+
+        `time/wall` is the seconds since the start of training (the step-0 evaluation included, start-up not),
+        continued across resumes, so the budget and the report's wall-clock axis cover the whole run."""
         cfg, last = self.cfg, self.cfg.trainer.steps
         logger = MetricsLogger(self.run_dir, last, cfg.logger.wandb.mode, cfg.logger.wandb.project,
                                OmegaConf.to_container(cfg, resolve=True), progress=cfg.logger.progress,
                                start_step=self.start_step)
-        history = [{k: v for k, v in row.items() if k != "step"}
-                   for row in self.resume_state.get("metrics", []) if row["step"] > 0]
+        past = self.resume_state.get("metrics", [])
+        history = [{k: v for k, v in row.items() if k != "step"} for row in past if row["step"] > 0]
+        budget = cfg.trainer.max_minutes * 60
+        t0 = time.perf_counter() - (past[-1].get("time/wall", 0.0) if past else 0.0)
         try:
             if self.start_step == 0 and self.evaluator is not None:
-                logger.log(0, self.evaluator.run(self.rollout, self.rewards, 0), advance=False)
+                metrics = self.evaluator.run(self.rollout, self.rewards, 0)
+                logger.log(0, metrics | {"time/wall": time.perf_counter() - t0}, advance=False)
             for step in range(self.start_step + 1, last + 1):
                 metrics = self.step(step)
-                if self.evaluator is not None and self.evaluator.due(step, last):
-                    metrics.update(self.evaluator.run(self.rollout, self.rewards, step))
+                final = step == last or 0 < budget <= time.perf_counter() - t0
+                if self.evaluator is not None and (final or self.evaluator.due(step, last)):
+                    metrics.update(self.evaluator.run(self.rollout, self.rewards, step, sampled_metrics=final))
+                metrics["time/wall"] = time.perf_counter() - t0
                 logger.log(step, metrics)
                 history.append(metrics)
-                if step == last or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0):
+                if final or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0):
                     self.save_checkpoint(step)
+                if final:
+                    if step < last:
+                        print(f"[rlpost] trainer.max_minutes={cfg.trainer.max_minutes:g} reached: step {step} "
+                              f"was the last of {last}", flush=True)
+                    break
         finally:
             logger.close()
         if cfg.trainer.export_hf:

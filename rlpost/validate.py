@@ -214,3 +214,7 @@ def validate_operations(cfg: DictConfig) -> None:
              f"eval.k={ec.k}: must be between 1 and eval.num_samples={ec.num_samples}")
     _require(ec.temperature > 0 or not ec.num_samples,
              f"eval.temperature={ec.temperature}: pass@k samples need a temperature > 0 (or eval.num_samples=0)")
+    _require(not ec.enabled or ec.every <= tc.steps,
+             f"eval.every={ec.every} is larger than trainer.steps={tc.steps}, so it would never fire; set "
+             f"eval.every <= {tc.steps} (0 = only at the start and the end)")
+    _require(tc.max_minutes >= 0, f"trainer.max_minutes={tc.max_minutes}: must be >= 0 (0 = no time budget)")

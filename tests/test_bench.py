@@ -38,7 +38,8 @@ def test_protocol_prompts_and_scoring(tiny_model_dir: str) -> None:
 
 def test_bench_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
-    bench.append_result(results, ["2026-01-01", "earlier machine", "vllm", "m", "1319", "512", "0.5", "60", "x"])
+    bench.append_table_row(results, bench.RESULTS_SECTION, bench.RESULTS_HEADER,
+                           ["2026-01-01", "earlier machine", "vllm", "m", "1319", "512", "0.5", "60", "x"])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(ROOT / "bench" / "gsm8k.py"), "--model", tiny_model_dir, "--engine", "hf",
            "--limit", "8", "--max-new-tokens", "16", "--results", str(results)]
@@ -77,7 +78,7 @@ def test_rows_go_to_the_end_of_the_gsm8k_table(tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\n## GSM8K (`bench/gsm8k.py`)\n\nProtocol.\n\n" + bench.RESULTS_HEADER
                        + "| 2026-01-01 | a |\n\n## Sync\n\n| x | y |\n")
-    bench.append_result(results, ["2026-02-02", "b"])
+    bench.append_table_row(results, bench.RESULTS_SECTION, bench.RESULTS_HEADER, ["2026-02-02", "b"])
     lines = results.read_text().splitlines()
     assert lines[lines.index("| 2026-01-01 | a |") + 1] == "| 2026-02-02 | b |"
     assert lines[-1] == "| x | y |"

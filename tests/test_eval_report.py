@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from rlpost.eval import Evaluator, pass_at_k
+from rlpost.eval import Evaluator, final_answer, majority_correct, pass_at_k
 from rlpost.report import time_breakdown, write_report
 
 
@@ -50,9 +50,10 @@ def _rows() -> list[dict]:
         rows.append({"step": step, "reward/mean": 0.1 * step, "accuracy": 0.05 * step, "actor/kl": 0.001 * step,
                      "response/length_mean": 100.0 + step, "response/length_max": 200.0,
                      "time/generate": 3.0, "time/reward": 1.0, "time/train": 5.0, "time/sync": 1.0,
-                     "perf/step_seconds": 10.0, "actor/pg_loss": None})
+                     "perf/step_seconds": 10.0, "actor/pg_loss": None, "actor/entropy": 1.0 / step,
+                     "time/wall": 2.0 + 10.5 * step})
     rows[2].update({"eval/pass@1": 0.25, "eval/pass@4": 0.50, "time/eval": 2.0})
-    rows[4].update({"eval/pass@1": 0.20, "eval/pass@4": 0.55, "time/eval": 2.0})
+    rows[4].update({"eval/pass@1": 0.20, "eval/pass@4": 0.55, "eval/maj@4": 0.30, "time/eval": 2.0})
     return rows
 
 
@@ -70,11 +71,31 @@ def test_report_card(tmp_path: Path) -> None:
     # final and best, with their steps
     assert "| eval/pass@1 | 0.2000 | 4 | 0.2500 | 2 |" in text
     assert "| eval/pass@4 | 0.5500 | 4 | 0.5500 | 4 |" in text
+    assert "| eval/maj@4 | 0.3000 | 4 | 0.3000 | 4 |" in text
+    assert "Training took 0.7 minutes of wall-clock time" in text  # time/wall at the last step: 44 s
     assert "| train | 20.0 | 5.00 | 43% |" in text
     assert "Training steps took 40.0 s in all, 10.0 s per step" in text
     assert "| Ray cluster | CPU=8, GPU=2 |" in text and "| torch |" in text
     assert "```yaml\nexperiment: test\n```" in text
-    for stem in ("reward", "accuracy", "kl", "response_length", "eval"):
+    for stem in ("reward", "eval", "kl", "response_length", "entropy", "step_time"):
         png = tmp_path / "plots" / f"{stem}.png"
         assert f"](plots/{stem}.png)" in text
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_final_answer_keys() -> None:
+    assert final_answer("so 9 * 2 = 18 dollars. #### 18") == "18"
+    assert final_answer("#### $1,000.\nDone") == "1000"
+    assert final_answer("The total is \\boxed{18.0} dollars") == "18"
+    assert final_answer("3 + 4 = 7, then 7 * 2.5 = 17.5.") == "17.5"
+    assert final_answer("I cannot solve this") is None
+    assert final_answer("#### eighteen") == "eighteen"
+
+
+def test_majority_vote_hand_computed() -> None:
+    # 18 twice (correct), 20 once: the majority is right although one sample is wrong.
+    assert majority_correct(["18", "20", "18"], [True, False, True]) is True
+    # A tie between 20 and 18 goes to the first seen (20, wrong); samples without an answer do not vote.
+    assert majority_correct(["20", None, "18", None], [False, False, True, False]) is False
+    assert majority_correct([None, None], [False, False]) is False
+    assert majority_correct([None, "18"], [False, True]) is True

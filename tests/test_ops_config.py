@@ -44,6 +44,8 @@ def test_preset_without_model_path_names_the_field() -> None:
     ("trainer.save_every=-1", "trainer.save_every=-1: must be >= 0"),
     ("eval.k=8", "eval.k=8: must be between 1 and eval.num_samples=2"),  # the debug preset samples 2
     ("eval.temperature=0", "eval.temperature=0.0: pass@k samples need a temperature > 0"),
+    ("eval.every=4", r"^eval.every=4 is larger than trainer.steps=3, so it would never fire; set eval.every <= 3"),
+    ("trainer.max_minutes=-1", "trainer.max_minutes=-1.0: must be >= 0"),
 ])
 def test_operations_validation(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -87,3 +89,24 @@ def test_resume_with_another_model_is_one_line(tiny_model_dir: str, tmp_path: Pa
     assert lines[0].startswith(f"rlpost: error: trainer.resume: checkpoint {saved} does not fit this config")
     assert f"model.path was '{tiny_model_dir}', now '{other_model}'" in lines[0]
     assert sorted((p.name, p.stat().st_size) for p in saved.rglob("*")) == before
+
+
+def test_eval_subset_larger_than_the_test_set_is_one_line(tiny_model_dir: str) -> None:
+    from rlpost.eval import Evaluator
+    from rlpost.models import load_tokenizer
+
+    cfg = make("experiment=gsm8k_grpo_debug", "eval.limit=1320")  # GSM8K test has 1,319 problems
+    with pytest.raises(ConfigError, match=r"^eval.limit=1320 is larger than eval.data_path='gsm8k:test', which has "
+                                          r"1319 rows; set eval.limit <= 1319"):
+        Evaluator(cfg, load_tokenizer(tiny_model_dir))
+
+
+@pytest.mark.parametrize("experiment", ["gsm8k_grpo_qwen05b", "gsm8k_ppo_qwen05b", "gsm8k_online_dpo_qwen05b"])
+def test_qwen05b_recipes_compose_and_divide(experiment: str) -> None:
+    """The one-H200 recipes: same sample budget per step (512 completions) and time budget; batch sizes divide.
+    (cluster=debug_cpu only stands in for the GPU, which this machine lacks.)"""
+    cfg = make(f"experiment={experiment}", "model.path=/models/x", "learner.num_ranks=1")
+    assert cfg.trainer.prompts_per_step * cfg.algo.group_size == 512
+    assert cfg.trainer.max_minutes == 20 and cfg.eval.max_new_tokens == 512 and cfg.eval.limit == 256
+    assert cfg.critic.enabled == (experiment == "gsm8k_ppo_qwen05b")
+    validate(cfg)

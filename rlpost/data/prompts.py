@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from rlpost.config import ConfigError
+from rlpost.models import require_chat_template
 
 GSM8K_DIR = Path(__file__).resolve().parent / "gsm8k"
 ALIASES = {
@@ -110,10 +111,7 @@ def build_prompts(rows: list[dict], tokenizer, prompt_key: str, instruction: str
     The rendered text is tokenized with `add_special_tokens=False` because the chat template already wrote
     BOS and every other special token; letting the tokenizer add its own would double them.
     """
-    if not getattr(tokenizer, "chat_template", None):
-        name = getattr(tokenizer, "name_or_path", "") or "the model"
-        raise ConfigError(f"model.path: the tokenizer of {name} has no chat template; use an instruct/chat "
-                          "model or add a chat_template.jinja to the model folder")
+    require_chat_template(tokenizer)
     if not rows:
         raise ConfigError("data.train_path: the dataset has no rows; point data.train_path at a non-empty dataset")
 
