@@ -4,6 +4,9 @@
 #   bash bench/gpu_verify.sh gsm8k DIR NAME          # GSM8K test pass@1 of model folder DIR (log: gsm8k_NAME.log)
 #   bash bench/gpu_verify.sh train NAME [overrides]  # 20-step GRPO of SmolLM2 on GSM8K (default cluster=single_gpu)
 #   bash bench/gpu_verify.sh sync [bench/sync.py args]  # weight-sync benchmark: SmolLM2-135M and a random 0.5B Qwen2
+#   bash bench/gpu_verify.sh learn NAME [bench/learn_gsm8k.py args]  # GSM8K before, training, after, report card
+#       (MODEL: the model to train, e.g. the model pack's /tmp/models/qwen2.5-coder-0.5b-instruct; the card and
+#       the rows go to OUT/runs/NAME and OUT/RESULTS.md)
 # MODEL: a SmolLM2-135M-Instruct folder (default $KIT_MODEL); OUT: where logs and results go (default
 # ./gpu-verify). A training run's folder is /tmp/rlpost-gpu-NAME (its hf_model is the "after" model).
 # Two GPUs: CUDA_VISIBLE_DEVICES=0 / =1 on two of these at once, or `train split cluster=split`.
@@ -31,8 +34,12 @@ case "$mode" in
       logger.progress=false eval.limit=128 "$@" 2>&1 | tee "$OUT/train_$name.log"
     mkdir -p "$OUT/$name"
     cp -r "$run"/metrics.jsonl "$run"/report.md "$run"/*.png "$run"/plots "$OUT/$name"/ 2>/dev/null || true ;;
+  learn)
+    name=$1; shift
+    python3 -m bench.learn_gsm8k "$name" --model "$MODEL" --results "$OUT/RESULTS.md" --runs "$OUT/runs" "$@" \
+      2>&1 | tee "$OUT/learn_$name.log" ;;
   sync)
     python3 bench/sync.py --model "$MODEL" --qwen05b /tmp/qwen2-0.5b-random "$@" 2>&1 | tee -a "$OUT/sync.log" ;;
   *)
-    echo "usage: bash bench/gpu_verify.sh tests|gsm8k|train|sync ..." >&2; exit 2 ;;
+    echo "usage: bash bench/gpu_verify.sh tests|gsm8k|train|learn|sync ..." >&2; exit 2 ;;
 esac
