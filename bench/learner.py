@@ -75,7 +75,7 @@ def synthetic_items(num: int, seq_len: int, vocab: int, seed: int = 0) -> list:
     """`num` training items of exactly `seq_len` tokens: a quarter prompt, the rest completion."""
     import numpy as np
 
-    from rlpost.learner.actor import TrainItem
+    from rlpost.experience import TrainItem
 
     rng = np.random.default_rng(seed)
     prompt, completion = seq_len // 4, seq_len - seq_len // 4
@@ -91,7 +91,8 @@ def run_stage(args: argparse.Namespace) -> dict:
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
 
-    from rlpost.learner.actor import LearnerRank, MiniBatch
+    from rlpost.experience import MiniBatch
+    from rlpost.learner.actor import LearnerRank
     from rlpost.train import compose_config
 
     cuda = args.device == "cuda"

@@ -35,8 +35,7 @@ from rlpost.cluster.ray_cluster import init_ray
 from rlpost.config import ConfigError, needs_old_logprobs, needs_reference
 from rlpost.data import Prompt, PromptLoader, build_prompts, load_rows, resolve_data_path
 from rlpost.eval import Evaluator
-from rlpost.experience import pg_items
-from rlpost.learner.actor import MiniBatch, TrainItem
+from rlpost.experience import MiniBatch, TrainItem, pg_items
 from rlpost.metrics import MetricsLogger
 from rlpost.report import read_metrics
 from rlpost.rewards.manager import RewardResult, check_reward_functions

@@ -9,8 +9,8 @@ import pytest
 import ray
 import torch
 
+from rlpost import logprobs as lp
 from rlpost.config import ConfigError, RunError
-from rlpost.learner import logprobs as lp
 from rlpost.rollout.vllm_worker import info_from_wire, plan_from_wire, plan_to_wire
 from rlpost.sync.buckets import Bucket, TensorSpec
 from rlpost.sync.transport import SyncGroupInfo

@@ -9,7 +9,8 @@ from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 from rlpost.cluster.ray_cluster import actor_env, create_placement_group, in_bundle, require_gpus
 from rlpost.config import ConfigError, RewardConfig, RewardModelConfig, RunError
-from rlpost.learner.actor import LearnerRank, MiniBatch
+from rlpost.experience import MiniBatch
+from rlpost.learner.actor import LearnerRank
 from rlpost.learner.critic import CriticRank
 from rlpost.rewards.loader import function_specs, reward_label, unique_labels
 from rlpost.rewards.manager import RewardManager, RewardResult

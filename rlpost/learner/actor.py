@@ -22,7 +22,6 @@ import os
 import socket
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 
@@ -36,9 +35,10 @@ from rlpost.algos import (
 )
 from rlpost.config import RunError, needs_reference, samples_per_rank, train_sequences_per_step
 from rlpost.digest import weights_digest
+from rlpost.experience import MiniBatch, TrainItem
 from rlpost.learner.checkpointing import CheckpointMixin
 from rlpost.learner.ds_config import build_ds_config, build_ref_ds_config, lr_multiplier
-from rlpost.learner.logprobs import (
+from rlpost.logprobs import (
     PackedBatch,
     forward_logits,
     pack,
@@ -50,30 +50,6 @@ from rlpost.learner.logprobs import (
 from rlpost.sync.buckets import Bucket, TensorSpec, plan_buckets
 from rlpost.sync.transport import SyncGroupInfo, WeightTransport, create_transport
 from rlpost.sync.weights import send_weights
-
-
-@dataclass
-class TrainItem:
-    """One sampled completion as the learners need it; the per-token lists have one entry per completion token."""
-
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    rollout_logprobs: list[float]
-    advantages: list[float] = field(default_factory=list)  # pg objective
-    old_logprobs: list[float] | None = None  # the sampling policy's (None: the first update's own, detached)
-    ref_logprobs: list[float] | None = None
-    values: list[float] | None = None  # the critic's, at experience time (ppo)
-    returns: list[float] | None = None  # the critic's targets (ppo)
-    in_loss: bool = True  # False: trained on by no loss and counted in no normaliser (algo.mask_truncated)
-
-
-@dataclass
-class MiniBatch:
-    """This rank's share of one mini-batch, plus the mini-batch's global counts (for loss normalisation)."""
-
-    items: list[TrainItem]
-    global_tokens: int
-    global_seqs: int
 
 
 @contextmanager
@@ -217,7 +193,7 @@ class LearnerRank(CheckpointMixin):
         algo = self.cfg["algo"]
         self.kl_coef = kl_coef
         self.engine.train()
-        means, grad_norms, tokens, t0 = _WeightedMeans(), [], 0, time.perf_counter()
+        means, grad_norms, tokens, t0 = WeightedMeans(), [], 0, time.perf_counter()
         for epoch in range(algo["epochs"]):
             for m, mb in enumerate(minibatches):
                 for k, micro in enumerate(self._micro_batches(mb.items)):
@@ -249,12 +225,12 @@ class LearnerRank(CheckpointMixin):
         norm = self.accum * self.world_size
         return max(mb.global_tokens, 1) / norm, max(mb.global_seqs, 1) / norm
 
-    def _micro_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: _WeightedMeans,
+    def _micro_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: WeightedMeans,
                     first_pass: bool) -> torch.Tensor:
         objective = self._dpo_loss if self.cfg["algo"]["objective"] == "dpo" else self._pg_loss
         return objective(micro, batch, mb, means, first_pass)
 
-    def _pg_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: _WeightedMeans,
+    def _pg_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: WeightedMeans,
                  first_pass: bool) -> torch.Tensor:
         """Policy loss (+ KL to the reference) of one micro-batch, normalised for the whole mini-batch."""
         algo = self.cfg["algo"]
@@ -285,7 +261,7 @@ class LearnerRank(CheckpointMixin):
             self._check_rollout_logprobs(micro, batch, logprobs, means, first_pass)
         return loss
 
-    def _dpo_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: _WeightedMeans,
+    def _dpo_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: WeightedMeans,
                   first_pass: bool) -> torch.Tensor:
         """DPO loss of the micro-batch's pairs (items 2k and 2k+1 are pair k's chosen and rejected), normalised
         by the mini-batch's number of pairs."""
@@ -309,7 +285,7 @@ class LearnerRank(CheckpointMixin):
         return loss
 
     def _check_rollout_logprobs(self, micro: list[TrainItem], batch: PackedBatch, logprobs: torch.Tensor,
-                                means: _WeightedMeans, first_pass: bool) -> None:
+                                means: WeightedMeans, first_pass: bool) -> None:
         """On the first update the policy still equals the one that sampled: engine and learner must agree."""
         if first_pass:
             mask = batch.completion_mask
@@ -374,7 +350,7 @@ def _completion_entropy(logits: torch.Tensor, mask: torch.Tensor, temperature: f
     return token_entropy(logits[keep], temperature).mean() if keep.any() else torch.zeros(())
 
 
-class _WeightedMeans:
+class WeightedMeans:
     """Token-weighted running means of scalar metrics across micro-batches."""
 
     def __init__(self) -> None:
