@@ -168,7 +168,9 @@ class RewardConfig:
     # keyword arguments are the user's own keys.
     functions: list[Any] = field(default_factory=lambda: [{"path": "rewards/gsm8k.py", "name": "score"}])
     models: list[RewardModelConfig] = field(default_factory=list)
-    accuracy: str = "gsm8k"  # the component whose mean is logged as `accuracy`
+    # The component that decides correctness (> 0) for `accuracy` and `eval/pass@k`. Left at this default with
+    # no `gsm8k` component configured, the total reward decides; any other name must be a component's label.
+    accuracy: str = "gsm8k"
     num_workers: int = 2  # verifier processes per reward actor
     num_actors: int = 1
     item_timeout_s: float = 10.0  # one sample's verification; on timeout it scores `error_score`

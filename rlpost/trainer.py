@@ -32,13 +32,13 @@ from rlpost.algos import adaptive_kl_coef, overlong_penalty, repeat_to, select_p
 from rlpost.algos.dynamic_sampling import informative_groups, refill_size
 from rlpost.cluster.groups import CriticGroup, LearnerGroup, Placement, RewardGroup, RolloutGroup, WeightSync
 from rlpost.cluster.ray_cluster import init_ray
-from rlpost.config import ConfigError, needs_old_logprobs, needs_reference
+from rlpost.config import needs_old_logprobs, needs_reference
 from rlpost.data import Prompt, PromptLoader, build_prompts, load_rows, resolve_data_path
 from rlpost.eval import Evaluator
 from rlpost.experience import MiniBatch, TrainItem, pg_items
 from rlpost.metrics import MetricsLogger
 from rlpost.report import read_metrics
-from rlpost.rewards.manager import RewardResult, check_reward_functions
+from rlpost.rewards.manager import RewardResult, accuracy_component, check_reward_functions, component_labels
 from rlpost.rollout.engine import Sample, SamplingParams
 from rlpost.sync.transport import choose_transport
 
@@ -96,6 +96,7 @@ class Trainer:
         first = self.loader.next_batch(cfg.trainer.prompts_per_step)
         self.loader.load_state_dict(state)
         check_reward_functions(OmegaConf.to_object(cfg.reward), [p.text for p in first], [p.columns for p in first])
+        self.accuracy = accuracy_component(cfg.reward, component_labels(cfg.reward))  # None: the total reward
         self.evaluator = Evaluator(cfg, self.tokenizer) if cfg.eval.enabled else None
         self.checkpoints = ckpt.CheckpointManager(run_dir, cfg.trainer.keep_checkpoints)
         self.fingerprint = ckpt.fingerprint(cfg, model_path)
@@ -129,10 +130,6 @@ class Trainer:
         if self.critic is not None:
             self.checkpoint_groups["critic"] = self.critic
         self.cluster_resources = ray.cluster_resources()
-        if self.evaluator is not None and cfg.reward.accuracy not in self.rewards.labels:
-            raise ConfigError(f"reward.accuracy={cfg.reward.accuracy!r} is not one of the reward components "
-                              f"{self.rewards.labels}; evaluation scores with it: set reward.accuracy or "
-                              "eval.enabled=false")
 
     def sampling_params(self, step: int, round_: int = 0) -> SamplingParams:
         rc = self.cfg.rollout
@@ -292,9 +289,8 @@ class Trainer:
         for label, values in rewards.components.items():
             metrics[f"reward/{label}"] = sum(values) / len(values)
         metrics.update({f"reward/{key}": mean for key, mean in rewards.extra_means().items()})
-        if self.cfg.reward.accuracy in rewards.components:
-            values = rewards.components[self.cfg.reward.accuracy]
-            metrics["accuracy"] = sum(v > 0 for v in values) / len(values)
+        correct = rewards.correct(self.accuracy)
+        metrics["accuracy"] = sum(correct) / len(correct)
         return metrics
 
     def _record_failures(self, step: int, rewards: RewardResult) -> None:

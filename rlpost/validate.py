@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from rlpost.algos import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, PAIR_SELECTORS, POLICY_LOSSES
 from rlpost.config import ConfigError, samples_per_rank, train_sequences_per_step
 from rlpost.rewards.loader import load_reward_fn
+from rlpost.rewards.manager import accuracy_component, component_labels
 from rlpost.rewards.reward_model import check_reward_model
 from rlpost.sync.transport import TRANSPORTS
 
@@ -72,6 +73,7 @@ def validate(cfg: DictConfig) -> None:
         load_reward_fn(spec, i)  # raises ConfigError naming reward.functions[i]
     for i, spec in enumerate(rw.models):
         check_reward_model(spec, i, cfg.cluster.device)
+    accuracy_component(rw, component_labels(rw))  # raises on a reward.accuracy that names no component
 
 
 def _validate_placement(cfg: DictConfig) -> None:

@@ -13,6 +13,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from rlpost.config import ConfigError
 from rlpost.learner.ds_config import build_ds_config, lr_multiplier
+from rlpost.rewards.manager import RewardResult, accuracy_component, component_labels
 from rlpost.train import compose_config
 from rlpost.validate import validate
 
@@ -76,6 +77,7 @@ def test_wrong_type_rejected() -> None:
     (["algo.policy_loss=ppo2"], "algo.policy_loss"),
     (["algo.lam=1.5"], "algo.lam"),
     (["algo.overlong_buffer=1.5"], "algo.overlong_buffer"),
+    (["reward.accuracy=nope"], "reward.accuracy"),  # names no component: refused before any actor
 ])
 def test_validate_names_the_field(overrides: list[str], field: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -91,6 +93,22 @@ def test_every_algorithm_preset_composes_and_validates(algo: str) -> None:
     assert cfg.algo.name == algo
     assert cfg.critic.enabled == (algo == "ppo")
     assert cfg.algo.objective == ("dpo" if algo == "online_dpo" else "pg")
+
+
+def test_accuracy_is_the_named_component_else_the_total() -> None:
+    """The shipped check decides correctness when it is configured; a user's reward used alone scores by its
+    total (> 0 is correct) with `reward.accuracy` left at its default; a name given explicitly must exist."""
+    cfg = make()
+    assert accuracy_component(cfg.reward, component_labels(cfg.reward)) == "gsm8k"
+    own = "reward.functions=[{path: tests/rewards_for_tests.py, name: text_length}]"
+    alone = make(own)
+    validate(alone)
+    assert component_labels(alone.reward) == ["rewards_for_tests"]
+    assert accuracy_component(alone.reward, component_labels(alone.reward)) is None
+    named = make(own, "reward.accuracy=rewards_for_tests")
+    assert accuracy_component(named.reward, component_labels(named.reward)) == "rewards_for_tests"
+    result = RewardResult(total=[0.5, 0.0, -1.0], components={"a": [0.0, 1.0, 1.0]}, errors=0, timeouts=0)
+    assert result.correct("a") == [False, True, True] and result.correct(None) == [True, False, False]
 
 
 def test_cli_bad_input_is_one_line_before_any_actor(tmp_path) -> None:
