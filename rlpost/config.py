@@ -1,10 +1,10 @@
 """Structured configs: the schema of every `rlpost-train` option, registered in Hydra's ConfigStore.
 
 The dataclasses are the single source of truth for names, types and defaults; YAML files under `configs/` only
-pick presets. Because the schema is structured, Hydra itself rejects unknown keys and wrong types with its own
-message. What types cannot express (paths that must exist, batch sizes that must divide) is checked by
-`rlpost.validate.validate()`, which runs in the driver before any Ray actor starts and raises `ConfigError`
-naming the field.
+pick presets. Because the schema is structured, Hydra itself rejects wrong types, and unknown keys unless they
+come with `+` (Hydra's suggestion for them). Those, and what types cannot express (paths that must exist, batch
+sizes that must divide), are checked by `rlpost.validate.validate()`, which runs in the driver before any Ray
+actor starts and raises `ConfigError` naming the field.
 
 This module is importable by every actor (Hydra's docs warn that `__main__` is not), so it holds no logic that
 needs Ray, DeepSpeed or a GPU.

@@ -78,6 +78,11 @@ def test_wrong_type_rejected() -> None:
     (["algo.lam=1.5"], "algo.lam"),
     (["algo.overlong_buffer=1.5"], "algo.overlong_buffer"),
     (["reward.accuracy=nope"], "reward.accuracy"),  # names no component: refused before any actor
+    # keys the schema does not know, added with Hydra's `+` (which it suggests for them)
+    (["+data.path=/tmp/x.jsonl"], "data.path: not an option of rlpost-train (did you mean data.train_path?)"),
+    (["+algo.kl_coeff=0.1"], "algo.kl_coeff"),
+    (["+seed=1"], "seed"),
+    (["reward.models=[{path: /tmp/rm}]", "+reward.models.0.norm=true"], "reward.models[0].norm"),
 ])
 def test_validate_names_the_field(overrides: list[str], field: str) -> None:
     with pytest.raises(ConfigError) as err:
