@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parent.parent / "rlpost"
 ALLOWED = {"cluster/groups.py"}
 
@@ -59,3 +61,12 @@ def test_the_rule_sees_every_import_form(tmp_path):
     (root / "learner" / "actor.py").write_text("from rlpost.learner.logprobs import pack\n")
     (root / "cluster" / "groups.py").write_text("from rlpost.learner.actor import LearnerRank\n")
     assert learner_importers(root) == [f"rollout/m{i}.py" for i in range(len(forms))]
+
+
+def test_pyproject_license_is_an_spdx_expression():
+    """A `license = {text = ...}` table makes every build print setuptools' deprecation warning (PEP 639)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    assert isinstance(project["project"]["license"], str)
+    assert "setuptools>=77" in project["build-system"]["requires"][0]  # the first to read the expression
