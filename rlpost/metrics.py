@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tqdm import tqdm
@@ -19,6 +22,16 @@ PROGRESS_FIELDS = [("reward/mean", "reward", "{:.3f}"), ("accuracy", "acc", "{:.
 # The phases a printed line adds after the fields above.
 PHASE_FIELDS = [("time/generate", "gen"), ("time/reward", "rew"), ("time/experience", "exp"), ("time/train", "train"),
                 ("time/sync", "sync")]
+
+
+@contextmanager
+def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the seconds the block takes to `timings[phase]` (a phase may be timed in several pieces)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - t0
 
 
 class MetricsLogger:

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from rlpost.metrics import MetricsLogger
+from rlpost.metrics import MetricsLogger, timed
 
 
 def test_plain_lines_and_jsonl_rows(tmp_path: Path, capsys) -> None:
@@ -26,3 +26,19 @@ def test_plain_lines_and_jsonl_rows(tmp_path: Path, capsys) -> None:
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[0] == {"step": 0, "eval/pass@1": 0.25}
     assert rows[1]["step"] == 3 and rows[1]["sync/seconds"] is None and rows[1]["time/sync"] == 0.16
+
+
+def test_timed_adds_each_piece_of_a_phase(monkeypatch) -> None:
+    clock = iter([10.0, 10.5, 20.0, 21.25, 30.0, 30.5])
+    monkeypatch.setattr("rlpost.metrics.time.perf_counter", lambda: next(clock))
+    timings = {"time/sync": 0.0}
+    with timed(timings, "time/sync"):
+        pass
+    with timed(timings, "time/train"):
+        pass
+    try:
+        with timed(timings, "time/sync"):  # a phase that raises still counts the time it took
+            raise RuntimeError
+    except RuntimeError:
+        pass
+    assert timings == {"time/sync": 1.0, "time/train": 1.25}
