@@ -217,7 +217,7 @@ class WandbConfig:
 @dataclass
 class LoggerConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    progress: bool = True  # live tqdm line
+    progress: bool = True  # a live progress bar on a terminal (a redirected log gets only the step lines)
 
 
 @dataclass

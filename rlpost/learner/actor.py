@@ -18,10 +18,13 @@ mini-batch's token-mean, however it is split across micro-batches and ranks.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
+import sys
 import time
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 
 import torch
 
@@ -64,6 +67,17 @@ def fp32_buffers_kept(model: torch.nn.Module):
         owner, _, key = name.rpartition(".")
         module = model.get_submodule(owner) if owner else model
         module._buffers[key] = value.to(module._buffers[key].device)
+
+
+@contextmanager
+def lines_dropped(marker: str) -> Iterator[None]:
+    """Print what the block prints to stdout, except the lines containing `marker`."""
+    buffer = io.StringIO()
+    try:
+        with redirect_stdout(buffer):
+            yield
+    finally:
+        sys.stdout.write("".join(line for line in buffer.getvalue().splitlines(keepends=True) if marker not in line))
 
 
 def _free_port() -> int:
@@ -111,7 +125,8 @@ class LearnerRank(CheckpointMixin):
         device = self.cfg["cluster"]["device"]
         if device == "cuda":
             torch.cuda.set_device(0)  # Ray shows each rank exactly its own GPU(s) through CUDA_VISIBLE_DEVICES
-        deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl")
+        with lines_dropped("built successfully"):  # DeepSpeed announces its prebuilt CPU comm op on every start
+            deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl")
         self.device = torch.device("cpu") if device == "cpu" else torch.device("cuda", torch.cuda.current_device())
         self.colocated = bool(self.cfg["cluster"].get("colocate", False))
         try:
