@@ -35,6 +35,7 @@ def test_protocol_prompts_and_scoring(tiny_model_dir: str) -> None:
         assert bench.score(manager, prompts, completions) == [True, True, False]
 
 
+@pytest.mark.slow
 def test_bench_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
     bench.append_result(results, ["2026-01-01", "earlier machine", "vllm", "m", "1319", "512", "0.5", "60", "x"])
@@ -57,6 +58,7 @@ def test_bench_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     assert cells[8].startswith("python bench/gsm8k.py --model")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the vLLM engine may well be there")
 def test_vllm_engine_missing_is_one_line(tiny_model_dir: str, tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "bench.gsm8k", "--model", tiny_model_dir, "--engine",

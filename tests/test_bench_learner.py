@@ -26,6 +26,7 @@ def test_synthetic_items_have_the_asked_length(tiny_model_dir: str) -> None:
     assert all(len(it.advantages) == len(it.completion_ids) == len(it.rollout_logprobs) for it in items)
 
 
+@pytest.mark.slow
 def test_learner_bench_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n")

@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # Ray, a DeepSpeed rank and the benchmark script
 
 
 def test_sync_bench_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:

@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.vs_trl import verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_vs_trl_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
     cmd = [sys.executable, "-m", "bench.vs_trl", "--model", tiny_model_dir, "--device", "cpu",

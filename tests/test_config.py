@@ -8,18 +8,14 @@ import subprocess
 import sys
 
 import pytest
+from helpers import make
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from rlpost.config import ConfigError
 from rlpost.learner.ds_config import build_ds_config, lr_multiplier
 from rlpost.rewards.manager import RewardResult, accuracy_component, component_labels
-from rlpost.train import compose_config
 from rlpost.validate import validate
-
-
-def make(*overrides: str):
-    return compose_config(["experiment=gsm8k_grpo_debug", *overrides])
 
 
 def test_debug_experiment_composes_and_validates() -> None:
@@ -116,6 +112,7 @@ def test_accuracy_is_the_named_component_else_the_total() -> None:
     assert result.correct("a") == [False, True, True] and result.correct(None) == [True, False, False]
 
 
+@pytest.mark.slow
 def test_cli_bad_input_is_one_line_before_any_actor(tmp_path) -> None:
     """The console entry point turns a ConfigError into one stderr line and exit code 2 (no Ray started)."""
     proc = subprocess.run([sys.executable, "-m", "rlpost.train", "experiment=gsm8k_grpo_debug",
@@ -126,6 +123,7 @@ def test_cli_bad_input_is_one_line_before_any_actor(tmp_path) -> None:
     assert lines[-1].startswith("rlpost: error: algo.group_size=1"), proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_missing_data_path(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "rlpost.train", "experiment=gsm8k_grpo_debug",
                            f"data.train_path={tmp_path}/nope.jsonl", f"trainer.run_dir={tmp_path}/run"],

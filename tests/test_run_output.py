@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from rlpost.learner.actor import lines_dropped
 from rlpost.train import Tee, remove_if_unused
 
@@ -48,6 +50,7 @@ def cli(*overrides: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_a_config_error_leaves_no_run_folder(tmp_path: Path) -> None:
     proc = cli("+data.path=/tmp/x.jsonl", f"trainer.run_dir={tmp_path}/run")
     assert proc.returncode == 2, proc.stderr
@@ -55,6 +58,7 @@ def test_a_config_error_leaves_no_run_folder(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_train_log_holds_the_driver_output(tmp_path: Path, tiny_model_dir: str) -> None:
     """A start that fails once the run has begun (no Ray cluster at the given address): the folder stays, and
     train.log has what the console had, the driver's lines and the error."""
