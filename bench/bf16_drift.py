@@ -2,7 +2,7 @@
 learning rate: the setting of every bf16 run of the learner (DeepSpeed bf16 keeps fp32 masters and trains and
 samples with their bf16 copy).
 
-    python bench/bf16_drift.py --lr 2e-6 --steps 10      # embedded SmolLM2-135M, CPU, ~1 min a step on 2 cores
+    python -m bench.bf16_drift --lr 2e-6 --steps 10      # embedded SmolLM2-135M, CPU, ~1 min a step on 2 cores
 
 Each step: a policy-gradient-shaped loss (random +-1 advantage per sequence on random-token sequences), AdamW on
 the fp32 masters, the bf16 copy re-cast from them. Columns: bf16 values that differ from the start, the largest
@@ -14,14 +14,12 @@ fp32 in both (as `fp32_buffers_kept` does in the learner). Measured on 2026-11-2
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from rlpost.models import default_model_path  # noqa: E402
+from bench.common import add_results_argument, append_section, command_line, markdown_table
+from rlpost.models import default_model_path
 
 
 def token_logprobs(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -39,6 +37,7 @@ def main() -> None:
     parser.add_argument("--model", default="", help="model folder (default: the embedded SmolLM2-135M)")
     parser.add_argument("--lr", type=float, default=2e-6)
     parser.add_argument("--steps", type=int, default=10)
+    add_results_argument(parser)
     args = parser.parse_args()
     from transformers import AutoModelForCausalLM
 
@@ -56,9 +55,11 @@ def main() -> None:
     with torch.no_grad():  # each copy against its own start: the learner's reference is in the training dtype
         ref32, ref16 = token_logprobs(start32, held_ids), token_logprobs(work, held_ids)
     total = sum(p.numel() for p in start16)
-    print(f"model {Path(path).name}, {total / 1e6:.0f}M parameters, lr {args.lr:g}\n")
-    print("| step | bf16 values changed | share | max master drift | KL bf16 copy | KL fp32 masters | bf16 / fp32 |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    title = f"model {Path(path).name}, {total / 1e6:.0f}M parameters, lr {args.lr:g}"
+    header = ["step", "bf16 values changed", "share", "max master drift", "KL bf16 copy", "KL fp32 masters",
+              "bf16 / fp32"]
+    print(f"{title}\n\n{markdown_table(header, [])}")
+    rows = []
     for step in range(args.steps + 1):
         with torch.no_grad():
             changed = sum(int((p != q).sum()) for p, q in zip(work.parameters(), start16, strict=True))
@@ -66,8 +67,9 @@ def main() -> None:
                                                                    strict=True))
             kl16, kl32 = k3(ref16, token_logprobs(work, held_ids)), k3(ref32, token_logprobs(master, held_ids))
         ratio = f"{kl16 / kl32:.1f}" if kl32 > 0 else "-"
-        print(f"| {step} | {changed} | {changed / total:.2%} | {drift:.2e} | {kl16:.2e} | {kl32:.2e} | {ratio} |",
-              flush=True)
+        rows.append([str(step), str(changed), f"{changed / total:.2%}", f"{drift:.2e}", f"{kl16:.2e}", f"{kl32:.2e}",
+                     ratio])
+        print("| " + " | ".join(rows[-1]) + " |", flush=True)  # row by row: a step takes a minute on 2 cores
         if step == args.steps:
             break
         work.zero_grad()
@@ -79,6 +81,9 @@ def main() -> None:
         with torch.no_grad():
             for p, m in zip(work.parameters(), master.parameters(), strict=True):
                 p.copy_(m.to(torch.bfloat16))
+    if args.results:
+        append_section(Path(args.results), "bf16 drift under AdamW with fp32 masters", title,
+                       command_line("bench.bf16_drift"), markdown_table(header, rows))
 
 
 if __name__ == "__main__":

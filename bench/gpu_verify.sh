@@ -24,7 +24,7 @@ case "$mode" in
     [ $# -gt 0 ] || set -- tests/test_gpu.py
     python3 -m pytest -q -m gpu -s --durations=0 "$@" 2>&1 | tee -a "$OUT/gpu_tests.log" ;;
   gsm8k)
-    python3 bench/gsm8k.py --model "$1" --engine vllm --enforce-eager --results "$OUT/RESULTS.md" \
+    python3 -m bench.gsm8k --model "$1" --engine vllm --enforce-eager --results "$OUT/RESULTS.md" \
       2>&1 | tee "$OUT/gsm8k_$2.log" ;;
   train)
     name=$1; shift
@@ -39,7 +39,7 @@ case "$mode" in
     python3 -m bench.learn_gsm8k "$name" --model "$MODEL" --results "$OUT/RESULTS.md" --runs "$OUT/runs" "$@" \
       2>&1 | tee "$OUT/learn_$name.log" ;;
   sync)
-    python3 bench/sync.py --model "$MODEL" --qwen05b /tmp/qwen2-0.5b-random "$@" 2>&1 | tee -a "$OUT/sync.log" ;;
+    python3 -m bench.sync --model "$MODEL" --qwen05b /tmp/qwen2-0.5b-random "$@" 2>&1 | tee -a "$OUT/sync.log" ;;
   *)
     echo "usage: bash bench/gpu_verify.sh tests|gsm8k|train|learn|sync ..." >&2; exit 2 ;;
 esac

@@ -1,7 +1,7 @@
 """GSM8K test-set accuracy (pass@1, greedy) of a Hugging Face model folder, through an rlpost rollout engine.
 
-    python bench/gsm8k.py --model /models/SmolLM2-135M-Instruct --engine vllm
-    python bench/gsm8k.py --model runs/<run>/hf_model --engine hf --limit 100      # CPU works too, slowly
+    python -m bench.gsm8k --model /models/SmolLM2-135M-Instruct --engine vllm
+    python -m bench.gsm8k --model runs/<run>/hf_model --engine hf --limit 100      # CPU works too, slowly
 
 Protocol (fixed, so rows of bench/RESULTS.md compare):
 - Problems: the GSM8K test split shipped with rlpost (`gsm8k:test`, 1,319 problems, in file order); with
@@ -25,20 +25,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+from bench.common import append_row, machine
+from rlpost.config import ConfigError, DataConfig, RewardConfig, RewardFunctionConfig
+from rlpost.data import build_prompts, load_rows
+from rlpost.rewards.manager import RewardManager
+from rlpost.rollout.engine import SamplingParams
 
-from bench.common import append_table_row  # noqa: E402
-from rlpost.config import ConfigError, DataConfig, RewardConfig, RewardFunctionConfig  # noqa: E402
-from rlpost.data import build_prompts, load_rows  # noqa: E402
-from rlpost.rewards.manager import RewardManager  # noqa: E402
-from rlpost.rollout.engine import SamplingParams  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 RESULT_PREFIX = "gsm8k pass@1 correct n:"
 RESULTS_SECTION = "## GSM8K (`bench/gsm8k.py`)\n\nProtocol: bench/gsm8k.py's docstring. One row per run.\n"
@@ -76,14 +74,6 @@ def make_engine(kind: str, model: str, dtype: str, batch_size: int, enforce_eage
     from rlpost.rollout.hf_engine import HFEngine
 
     return HFEngine(model, dtype, batch_size, "cuda" if torch.cuda.is_available() else "cpu")
-
-
-def machine() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
-    return f"CPU {platform.machine()} ({os.cpu_count()} cores)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
           f"| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
           f"| {name} | {args.engine} | {n} | {hits} | {hits / n:.4f} | {truncated} | {tokens / gen_seconds:.0f} | "
           f"{seconds:.0f} |")
-    command = "python bench/gsm8k.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    append_table_row(Path(args.results), RESULTS_SECTION, RESULTS_HEADER, [
-        time.strftime("%Y-%m-%d"), machine(), args.engine, name, str(n), str(args.max_new_tokens),
+    command = "python -m bench.gsm8k " + shlex.join(argv if argv is not None else sys.argv[1:])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    append_row(Path(args.results), RESULTS_HEADER, RESULTS_SECTION, [
+        time.strftime("%Y-%m-%d"), machine(device), args.engine, name, str(n), str(args.max_new_tokens),
         f"{hits / n:.4f}", f"{seconds:.0f}", command])
     print(f"row appended to {args.results}")
     print(f"{RESULT_PREFIX} {hits / n:.4f} {hits} {n}")  # read by bench/learn_gsm8k.py

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from bench.common import append_table_row
+from bench.common import append_row, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT_LINE = re.compile(r"^gsm8k pass@1 correct n: ([0-9.]+) (\d+) (\d+)$", re.M)  # bench/gsm8k.py's last line
@@ -167,15 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     for png in (run / "plots").glob("*.png"):
         shutil.copy(png, card / "plots" / png.name)
 
-    from bench.gsm8k import machine
-
     peak = f"{memory.peak_gb:.1f}" if memory.peak_gb is not None else "n/a"
     command = "python -m bench.learn_gsm8k " + shlex.join(argv)
-    cells = [time.strftime("%Y-%m-%d"), machine(), args.name, algo.name, label,
+    device = "cuda" if memory.peak_gb is not None else "cpu"
+    cells = [time.strftime("%Y-%m-%d"), machine(device), args.name, algo.name, label,
              f"{before[0]:.4f} ({before[1]}/{before[2]}) -> {after[0]:.4f} ({after[1]}/{after[2]})",
              f"{done['train_minutes']:.1f}", f"{job_minutes:.1f}", str(done["steps"]), str(done["samples"]), peak,
              command]
-    append_table_row(Path(results), RUNS_SECTION, RUNS_HEADER, cells)
+    append_row(Path(results), RUNS_HEADER, RUNS_SECTION, cells)
     print(f"[learn_gsm8k] {args.name}: GSM8K {before[0]:.4f} -> {after[0]:.4f} after {done['steps']} steps "
           f"({done['train_minutes']:.1f} min of training, {done['samples']} samples, peak GPU memory {peak} GB); "
           f"report card in {card}", flush=True)

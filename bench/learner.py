@@ -1,7 +1,7 @@
 """Learner benchmark: tokens/s and MFU of rlpost's training step under DeepSpeed ZeRO 0, 2 and 3, on one device.
 
-    python bench/learner.py --qwen05b /tmp/qwen2-0.5b-random --tokenizer $KIT_MODEL          # GPU, the 0.5B config
-    python bench/learner.py --model TINY_DIR --device cpu --seqs 4 --micro 2 --seq-len 64    # CPU smoke run
+    python -m bench.learner --qwen05b /tmp/qwen2-0.5b-random --tokenizer $KIT_MODEL          # GPU, the 0.5B config
+    python -m bench.learner --model TINY_DIR --device cpu --seqs 4 --micro 2 --seq-len 64    # CPU smoke run
     ... --results bench/RESULTS.md    # also append a section (date, machine, versions, command, table) there
 
 What is timed is the product's own step: `LearnerRank.train_step` (the class a learner actor runs) on one
@@ -25,17 +25,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.common import (
+    add_results_argument,
+    append_section,
+    build_qwen05b,
+    command_line,
+    free_port,
+    machine,
+    markdown_table,
+    median_range,
+)
 
-from bench.common import append_section, machine, markdown_table  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def matmul_peak_tflops(device: str, reps: int = 10) -> float:
@@ -75,7 +82,7 @@ def synthetic_items(num: int, seq_len: int, vocab: int, seed: int = 0) -> list:
     """`num` training items of exactly `seq_len` tokens: a quarter prompt, the rest completion."""
     import numpy as np
 
-    from rlpost.learner.actor import TrainItem
+    from rlpost.experience import TrainItem
 
     rng = np.random.default_rng(seed)
     prompt, completion = seq_len // 4, seq_len - seq_len // 4
@@ -91,7 +98,8 @@ def run_stage(args: argparse.Namespace) -> dict:
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
 
-    from rlpost.learner.actor import LearnerRank, MiniBatch
+    from rlpost.experience import MiniBatch
+    from rlpost.learner.actor import LearnerRank
     from rlpost.train import compose_config
 
     cuda = args.device == "cuda"
@@ -104,10 +112,7 @@ def run_stage(args: argparse.Namespace) -> dict:
         "algo.group_size=1", "algo.num_minibatches=1", "algo.epochs=1", "algo.kl_coef=0", "learner.num_ranks=1",
         f"learner.gradient_checkpointing={str(args.gradient_checkpointing).lower()}"])
     rank = LearnerRank(OmegaConf.to_container(cfg, resolve=True), 0, 1, args.model, args.warmup + args.reps)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    rank.setup("127.0.0.1", port)
+    rank.setup("127.0.0.1", free_port())
     vocab = len(AutoTokenizer.from_pretrained(args.model))
     items = synthetic_items(args.seqs, args.seq_len, vocab)
     batch = MiniBatch(items, global_tokens=sum(len(it.completion_ids) for it in items), global_seqs=len(items))
@@ -142,7 +147,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--gradient-checkpointing", action="store_true", help="learner.gradient_checkpointing")
-    parser.add_argument("--results", default="", help="markdown file to append this run's section to")
+    add_results_argument(parser)
     parser.add_argument("--stage", type=int, default=-1, help=argparse.SUPPRESS)  # worker mode
     args = parser.parse_args()
     if args.seqs % args.micro:
@@ -150,7 +155,6 @@ def main() -> None:
     if not args.model:
         if not args.qwen05b:
             parser.error("give --model or --qwen05b")
-        from bench.sync import build_qwen05b
         from rlpost.models import resolve_model_path
 
         args.model = build_qwen05b(args.qwen05b, resolve_model_path(args.tokenizer))
@@ -163,7 +167,7 @@ def main() -> None:
     print(f"{device}: measured matmul peak {peak:.4g} TFLOP/s", flush=True)
     results = []
     for stage in (int(s) for s in args.stages.split(",")):
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--model", args.model, "--stage", str(stage)]
+        cmd = [sys.executable, "-m", "bench.learner", *sys.argv[1:], "--model", args.model, "--stage", str(stage)]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
@@ -178,7 +182,7 @@ def main() -> None:
         med = statistics.median(r["seconds"])
         tps, tflops = r["tokens"] / med, 6 * r["params"] * r["tokens"] / med / 1e12
         rows.append([str(r["stage"]), f"{r['params'] / 1e6:.0f}", f"{args.seqs} x {args.seq_len}", str(args.micro),
-                     str(r["tokens"]), f"{med:.3f} ({min(r['seconds']):.3f}-{max(r['seconds']):.3f})", f"{tps:,.0f}",
+                     str(r["tokens"]), median_range(r["seconds"]), f"{tps:,.0f}",
                      # significant digits below 1: the CPU's tiny model would print 0.0 and 0.000
                      f"{tflops:.1f}" if tflops >= 1 else f"{tflops:.3g}",
                      "-" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.1f}",
@@ -191,8 +195,7 @@ def main() -> None:
     print(f"\n{title}\n\n{table}")
     if args.results:
         append_section(Path(args.results), "Learner: tokens/s and MFU of `LearnerRank.train_step`", title,
-                       " ".join(["python", "bench/learner.py", *sys.argv[1:]]), table)
-        print(f"\nsection appended to {args.results}")
+                       command_line("bench.learner"), table)
 
 
 if __name__ == "__main__":

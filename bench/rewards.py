@@ -1,6 +1,6 @@
 """Reward throughput: the math-verify verifier (rewards/gsm8k.py) and a reward-model scorer, on GSM8K answers.
 
-    PYTHONPATH=. python bench/rewards.py [--items 400] [--workers 1 2] [--repeat 5] [--rm-items 64]
+    python -m bench.rewards [--items 400] [--workers 1 2] [--repeat 5] [--rm-items 64] [--results bench/RESULTS.md]
 
 Verifier: the completions are GSM8K training solutions scored against their own gold answers. Every third one
 has its '####' line replaced by "So the answer is N." (math-verify must then extract the answer from the whole
@@ -27,11 +27,13 @@ import platform
 import tempfile
 import time
 from decimal import Decimal
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # as in the reward actors: one compute thread per process
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # transformers imports DeepSpeed, which would probe for GPUs
 
+from bench.common import add_results_argument, append_section, command_line, markdown_table  # noqa: E402
 from rlpost.config import RewardConfig, RewardFunctionConfig  # noqa: E402
 from rlpost.data.prompts import GSM8K_DIR  # noqa: E402
 from rlpost.rewards import RewardManager, load_reward_fn  # noqa: E402
@@ -152,26 +154,30 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--rm-items", type=int, default=64)
     parser.add_argument("--rm-batch-tokens", type=int, default=8192)
+    add_results_argument(parser)
     args = parser.parse_args()
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or platform.system()}); "
-          f"load average {os.getloadavg()[0]:.2f}")
+    where = (f"{platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or platform.system()}); "
+             f"load average {os.getloadavg()[0]:.2f}")
+    print(f"machine: {where}")
     rows = bench_verifier(args.items, args.workers, args.repeat)
     base = args.items / rows[0][1]
-    print(f"\nmath-verify on {args.items} GSM8K answers (rewards/gsm8k.py), best of {args.repeat}\n")
-    print("| mode | seconds | CPU ms/item | items/s | vs in-process |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for mode, seconds, cpu in rows:
-        print(f"| {mode} | {seconds:.2f} | {1000 * cpu / args.items:.2f} | {args.items / seconds:.0f} "
-              f"| {args.items / seconds / base:.2f}x |")
-    print(f"\npool round trip alone (no-op plug-in, 1 worker): {bench_pool_overhead(args.items, args.repeat):.0f} "
-          "calls/s")
-
+    title = f"math-verify on {args.items} GSM8K answers (rewards/gsm8k.py), best of {args.repeat}"
+    table = markdown_table(["mode", "seconds", "CPU ms/item", "items/s", "vs in-process"],
+                           [[mode, f"{seconds:.2f}", f"{1000 * cpu / args.items:.2f}", f"{args.items / seconds:.0f}",
+                             f"{args.items / seconds / base:.2f}x"] for mode, seconds, cpu in rows])
+    print(f"\n{title}\n\n{table}")
+    notes = [f"pool round trip alone (no-op plug-in, 1 worker): {bench_pool_overhead(args.items, args.repeat):.0f} "
+             "calls/s"]
     if args.rm_items:
         seconds, tokens = bench_reward_model(args.rm_items, args.rm_batch_tokens)
-        print(f"\nreward-model scorer (tiny random Llama RM, CPU, 1 thread, batch_tokens={args.rm_batch_tokens}): "
-              f"{args.rm_items} sequences ({tokens} tokens) in {seconds:.2f} s = {args.rm_items / seconds:.0f} "
-              f"sequences/s, {tokens / seconds:.0f} tokens/s")
+        notes.append(f"reward-model scorer (tiny random Llama RM, CPU, 1 thread, batch_tokens={args.rm_batch_tokens}): "
+                     f"{args.rm_items} sequences ({tokens} tokens) in {seconds:.2f} s = {args.rm_items / seconds:.0f} "
+                     f"sequences/s, {tokens / seconds:.0f} tokens/s")
+    print("".join(f"\n{note}\n" for note in notes), end="")
+    if args.results:
+        append_section(Path(args.results), "Rewards: math-verify verifier and reward-model scorer", f"{title}; {where}",
+                       command_line("bench.rewards"), table, "\n\n".join(notes))
 
 
 if __name__ == "__main__":

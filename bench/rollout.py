@@ -1,7 +1,7 @@
 """Rollout benchmark: generation throughput of rlpost's vLLM engine actor against plain `vllm.LLM` in this process,
 and against the decode memory-bandwidth bound, at several batch sizes, on one GPU.
 
-    python bench/rollout.py --model $KIT_MODEL --qwen05b /tmp/qwen2-0.5b-random
+    python -m bench.rollout --model $KIT_MODEL --qwen05b /tmp/qwen2-0.5b-random
 
 Ours is the product's engine exactly as a `cluster=single_gpu` run builds it (`RolloutGroup`: a Ray actor holding a
 `VLLMEngine`, sleep mode on, prefix caching on, processed logprobs), called the way the trainer calls it:
@@ -28,15 +28,18 @@ import argparse
 import gc
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.common import markdown_table  # noqa: E402
-from bench.sync import build_qwen05b, copy_bandwidth_gbs  # noqa: E402
+from bench.common import (
+    add_results_argument,
+    append_section,
+    build_qwen05b,
+    command_line,
+    copy_bandwidth_gbs,
+    markdown_table,
+    median_range,
+)
 
 
 def weight_bytes(model_dir: str, bytes_per_param: int = 2) -> int:
@@ -136,8 +139,7 @@ def bench_model(model_dir: str, args: argparse.Namespace, copy_gbs: float) -> li
             bound = decode_bound_tokens_per_s(batch, nbytes, copy_gbs)
             med_ours, med_peer = statistics.median(ours_tps), statistics.median(peer_tps)
             rows.append([Path(model_dir).name, f"{nbytes / 1e9:.3f}", str(batch),
-                         f"{med_ours:,.0f} ({min(ours_tps):,.0f}-{max(ours_tps):,.0f})",
-                         f"{med_peer:,.0f} ({min(peer_tps):,.0f}-{max(peer_tps):,.0f})", f"{bound:,.0f}",
+                         median_range(ours_tps, ",.0f"), median_range(peer_tps, ",.0f"), f"{bound:,.0f}",
                          f"{med_ours / med_peer:.3f}", f"{med_ours / bound:.3f}"])
             print(" | ".join(rows[-1]), flush=True)
     finally:
@@ -156,6 +158,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.3, help="each engine's share")
     parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (default: graphs, as served)")
+    add_results_argument(parser)
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # this process holds CUDA before vLLM starts
@@ -174,9 +177,13 @@ def main() -> None:
     ray.shutdown()
     header = ["model", "weights GB", "batch", "rlpost actor tok/s median (min-max)", "vllm.LLM tok/s median (min-max)",
               "decode bound tok/s", "rlpost / vllm.LLM", "rlpost / bound"]
-    print(f"\n{torch.cuda.get_device_name()}: copy_ {copy_gbs:.0f} GB/s; {args.prompt_tokens}-token prompts, "
-          f"{args.new_tokens} new tokens, {'eager' if args.enforce_eager else 'CUDA graphs'}\n")
-    print(markdown_table(header, rows))
+    title = (f"{torch.cuda.get_device_name()}: copy_ {copy_gbs:.0f} GB/s; {args.prompt_tokens}-token prompts, "
+             f"{args.new_tokens} new tokens, {'eager' if args.enforce_eager else 'CUDA graphs'}")
+    table = markdown_table(header, rows)
+    print(f"\n{title}\n\n{table}")
+    if args.results:
+        append_section(Path(args.results), "Rollout: tokens/s of the vLLM engine actor", title,
+                       command_line("bench.rollout"), table)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Weight-sync benchmark: the sync path of a real run (DeepSpeed learner actor -> engine actor, through
 `WeightSync`), against physical references measured in the same run.
 
-    python bench/sync.py --model /path/to/SmolLM2-135M-Instruct --qwen05b /tmp/qwen2-0.5b-random
-    python bench/sync.py --cluster split --model ...     # 2 GPUs: learner on one, vLLM on the other, NCCL
-    python bench/sync.py --cluster cpu                   # CPU: HF engine, gloo; the embedded SmolLM2 by default
+    python -m bench.sync --model /path/to/SmolLM2-135M-Instruct --qwen05b /tmp/qwen2-0.5b-random
+    python -m bench.sync --cluster split --model ...     # 2 GPUs: learner on one, vLLM on the other, NCCL
+    python -m bench.sync --cluster cpu                   # CPU: HF engine, gloo; the embedded SmolLM2 by default
 
 `--cluster single_gpu` (default): colocated, CUDA IPC; reference = the device-to-device `copy_` bandwidth.
 `--cluster split`: NCCL broadcast between the learner's GPU and the engine's; reference = a plain NCCL broadcast
@@ -28,41 +28,20 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.common import machine, markdown_table  # noqa: E402
-
-
-def copy_bandwidth_gbs(nbytes: int = 2**30, reps: int = 20, device: str = "cuda") -> float:
-    """`copy_` of one buffer into another on `device`, bytes copied per second (GB/s): GPU timed with CUDA events
-    over `reps` copies, CPU the median of `reps` timed copies."""
-    import torch
-
-    src = torch.ones(nbytes, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    if device == "cpu":
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            dst.copy_(src)
-            times.append(time.perf_counter() - t)
-        return nbytes / statistics.median(times) / 1e9
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        dst.copy_(src)
-    end.record()
-    torch.cuda.synchronize()
-    seconds = start.elapsed_time(end) / 1e3 / reps
-    del src, dst
-    torch.cuda.empty_cache()
-    return nbytes / seconds / 1e9
+from bench.common import (
+    add_results_argument,
+    append_section,
+    build_qwen05b,
+    command_line,
+    copy_bandwidth_gbs,
+    free_port,
+    machine,
+    markdown_table,
+    median_range,
+)
 
 
 def two_copy_floor_s(model_dir: str, bucket_mb: int, reps: int = 10) -> float:
@@ -124,13 +103,9 @@ def _nccl_broadcast_worker(rank: int, port: int, nbytes: int, reps: int, result)
 
 def nccl_broadcast_gbs(nbytes: int = 2**30, reps: int = 20) -> float:
     """GPU 0 -> GPU 1 bandwidth of a plain NCCL broadcast (GB/s), in two fresh processes."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = mp.get_context("spawn")
     result = ctx.Queue()
     procs = [ctx.Process(target=_nccl_broadcast_worker, args=(r, port, nbytes, reps, result)) for r in range(2)]
@@ -140,24 +115,6 @@ def nccl_broadcast_gbs(nbytes: int = 2**30, reps: int = 20) -> float:
     for p in procs:
         p.join()
     return gbs
-
-
-def build_qwen05b(folder: str, tokenizer_from: str) -> str:
-    """Qwen2.5-0.5B's shape (494M parameters, tied embeddings), random weights, SmolLM2's tokenizer (vLLM only
-    needs one that loads; the vocabulary being smaller than the embedding is fine)."""
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    if (Path(folder) / "config.json").exists():
-        return folder
-    config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096,
-                         tie_word_embeddings=True, torch_dtype="bfloat16")
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(folder)
-    return folder
 
 
 def bench_model(model_dir: str, cluster: str, bucket_sizes: list[int], reps: int, ref_gbs: float
@@ -191,8 +148,7 @@ def bench_model(model_dir: str, cluster: str, bucket_sizes: list[int], reps: int
             med = statistics.median(transfer)
             floor = "-" if cluster != "single_gpu" else f"{two_copy_floor_s(model_dir, mb):.4f}"
             rows.append([Path(model_dir).name, f"{gb:.3f}", str(mb), str(sync.num_buckets),
-                         f"{med:.4f} ({min(transfer):.4f}-{max(transfer):.4f})", f"{gb / med:.1f}",
-                         f"{statistics.median(cycle):.3f} ({min(cycle):.3f}-{max(cycle):.3f})", floor,
+                         median_range(transfer, ".4f"), f"{gb / med:.1f}", median_range(cycle), floor,
                          f"{gb / med / ref_gbs:.2f}"])
             print(" | ".join(rows[-1]), flush=True)
     finally:
@@ -209,6 +165,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--cluster", default="single_gpu", choices=["single_gpu", "split", "cpu"])
     parser.add_argument("--reference-only", action="store_true", help="measure the reference bandwidth, then stop")
+    add_results_argument(parser)
     args = parser.parse_args()
 
     import ray
@@ -235,8 +192,12 @@ def main() -> None:
         rows += bench_model(model, args.cluster, [int(x) for x in args.buckets.split(",")], args.reps, ref_gbs)
     ray.shutdown()
     transport = {"split": "nccl", "cpu": "gloo"}.get(args.cluster, "ipc")
-    print(f"\n{ref_name} on {device}: {ref_gbs:.0f} GB/s; sync transport {transport}\n")
-    print(markdown_table(header, rows))
+    title = f"{ref_name} on {device}: {ref_gbs:.0f} GB/s; sync transport {transport}"
+    table = markdown_table(header, rows)
+    print(f"\n{title}\n\n{table}")
+    if args.results:
+        append_section(Path(args.results), "Weight sync: seconds and GB/s per bucket size", title,
+                       command_line("bench.sync"), table)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """One GRPO step of rlpost next to one of TRL's `GRPOTrainer`: same model, prompts, group size, max new tokens,
 micro-batch, optimizer and loss, on the same machine, in one run of this script.
 
-    python bench/vs_trl.py --model $KIT_MODEL --device cuda            # SmolLM2 recipe sizes; TRL on vLLM colocate
-    python bench/vs_trl.py --model TINY_DIR --device cpu --prompts 4 --group 4 --new-tokens 32 --micro 4
+    python -m bench.vs_trl --model $KIT_MODEL --device cuda            # SmolLM2 recipe sizes; TRL on vLLM colocate
+    python -m bench.vs_trl --model TINY_DIR --device cpu --prompts 4 --group 4 --new-tokens 32 --micro 4
 
 Each side runs in a fresh process (`--worker rlpost|trl`), one after the other, for `--steps` optimizer steps; the
 first `--warmup` steps (start-up, CUDA graphs, allocator growth) are excluded and the rest summarised as median
@@ -37,10 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.common import add_results_argument, append_section, command_line, machine, markdown_table, median_range
 
-from bench.common import append_section, machine, markdown_table  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 PHASES = ("generate", "sync", "reward", "experience", "train", "step")
 RLPOST_KEYS = {"generate": "time/generate", "sync": "time/sync", "reward": "time/reward",
@@ -85,15 +84,13 @@ def gsm8k_rows(model: str, n: int) -> list[dict]:
 def gsm8k_reward():
     """`rewards/gsm8k.py`'s score in TRL's reward signature: conversational prompts give completions as message
     lists, rlpost's reward functions take text."""
-    import importlib.util
+    from rlpost.rewards.loader import load_reward_fn
 
-    spec = importlib.util.spec_from_file_location("rewards_gsm8k", REPO / "rewards" / "gsm8k.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    score = load_reward_fn({"path": "rewards/gsm8k.py"}, 0)  # loaded as rlpost loads it
 
     def gsm8k(prompts: list, completions: list, answer: list[str], **_) -> list[float]:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return module.score(prompts, texts, answer)
+        return score(prompts, texts, answer)
 
     return gsm8k
 
@@ -172,26 +169,31 @@ def run_trl(args: argparse.Namespace, run_dir: str) -> list[dict[str, float]]:
 
 
 # ---- driver ---------------------------------------------------------------------------------------------------
-def summarise(steps: list[dict[str, float]], warmup: int) -> dict[str, tuple[float, float, float]]:
-    """Per phase: (median, min, max) over the steps after the warm-up."""
+def summarise(steps: list[dict[str, float]], warmup: int) -> dict[str, list[float]]:
+    """Per phase: its seconds in each step after the warm-up."""
     kept = steps[warmup:]
     if not kept:
         raise ValueError(f"--steps must exceed --warmup ({warmup}); only {len(steps)} steps ran")
-    return {p: (statistics.median(s[p] for s in kept), min(s[p] for s in kept), max(s[p] for s in kept))
-            for p in kept[0]}
+    return {p: [s[p] for s in kept] for p in kept[0]}
 
 
-def table(ours: dict, peer: dict) -> str:
+def table(ours: dict[str, list[float]], peer: dict[str, list[float]]) -> str:
     rows = []
     for p in PHASES:
-        (a, a0, a1), (b, b0, b1) = ours[p], peer[p]
-        rows.append([p, f"{a:.3f} ({a0:.3f}-{a1:.3f})", f"{b:.3f} ({b0:.3f}-{b1:.3f})",
-                     f"{b / a:.2f}x" if a > 1e-4 else "-"])
+        a, b = statistics.median(ours[p]), statistics.median(peer[p])
+        rows.append([p, median_range(ours[p]), median_range(peer[p]), f"{b / a:.2f}x" if a > 1e-4 else "-"])
     return markdown_table(["phase", "rlpost s median (min-max)", "TRL s median (min-max)", "TRL / rlpost"], rows)
 
 
+def verdict(ours_s: float, peer_s: float) -> str:
+    """How rlpost's median step compares with TRL's, in whichever direction it goes."""
+    if ours_s <= peer_s:
+        return f"rlpost's step is {peer_s / ours_s:.2f}x faster than TRL's"
+    return f"rlpost's step is {ours_s / peer_s:.2f}x slower than TRL's"
+
+
 def run_worker(side: str, argv: list[str], out: Path) -> list[dict[str, float]]:
-    cmd = [sys.executable, __file__, "--worker", side, "--out", str(out), *argv]
+    cmd = [sys.executable, "-m", "bench.vs_trl", "--worker", side, "--out", str(out), *argv]
     proc = subprocess.run(cmd, cwd=REPO)
     if proc.returncode != 0:
         raise SystemExit(f"vs_trl: the {side} side failed (exit {proc.returncode}); its log is above")
@@ -212,7 +214,7 @@ def main() -> None:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.35, help="both sides' vLLM share")
     parser.add_argument("--rlpost-override", action="append", default=[], help="extra rlpost override (repeatable)")
     parser.add_argument("--sides", default="rlpost,trl")
-    parser.add_argument("--results", default="", help="append the table to this markdown file")
+    add_results_argument(parser)
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -242,14 +244,13 @@ def main() -> None:
     head = (f"{machine(args.device)}; {Path(args.model).name}, {args.prompts} prompts x {args.group}, "
             f"{args.new_tokens} new tokens, micro-batch {args.micro}; steps {args.warmup + 1}-{args.steps}; "
             f"TRL generation: {'vLLM colocate' if args.device == 'cuda' else 'HF transformers'}")
-    speedup = results["trl"]["step"][0] / results["rlpost"]["step"][0]
-    print("\n" + head + "\n\n" + phase_table + f"\n\nrlpost's train phase: {results['rlpost']['train'][0]:.3f} s, "
-          f"of which {results['rlpost']['learner'][0]:.3f} s inside LearnerRank.train_step (medians)"
-          f"\nrlpost's step is {speedup:.2f}x faster than TRL's")
+    ours, peer = results["rlpost"], results["trl"]
+    summary = verdict(statistics.median(ours["step"]), statistics.median(peer["step"]))
+    print("\n" + head + "\n\n" + phase_table + f"\n\nrlpost's train phase: {statistics.median(ours['train']):.3f} s, "
+          f"of which {statistics.median(ours['learner']):.3f} s inside LearnerRank.train_step (medians)\n{summary}")
     if args.results:
         append_section(Path(args.results), "rlpost vs TRL GRPOTrainer, one GRPO step", head,
-                       " ".join(["python", "bench/vs_trl.py", *argv]), phase_table,
-                       f"rlpost's step is {speedup:.2f}x faster than TRL's.")
+                       command_line("bench.vs_trl"), phase_table, summary + ".")
 
 if __name__ == "__main__":
     main()

@@ -1,10 +1,10 @@
 """Structured configs: the schema of every `rlpost-train` option, registered in Hydra's ConfigStore.
 
 The dataclasses are the single source of truth for names, types and defaults; YAML files under `configs/` only
-pick presets. Because the schema is structured, Hydra itself rejects unknown keys and wrong types with its own
-message. What types cannot express (paths that must exist, batch sizes that must divide) is checked by
-`rlpost.validate.validate()`, which runs in the driver before any Ray actor starts and raises `ConfigError`
-naming the field.
+pick presets. Because the schema is structured, Hydra itself rejects wrong types, and unknown keys unless they
+come with `+` (Hydra's suggestion for them). Those, and what types cannot express (paths that must exist, batch
+sizes that must divide), are checked by `rlpost.validate.validate()`, which runs in the driver before any Ray
+actor starts and raises `ConfigError` naming the field.
 
 This module is importable by every actor (Hydra's docs warn that `__main__` is not), so it holds no logic that
 needs Ray, DeepSpeed or a GPU.
@@ -168,7 +168,9 @@ class RewardConfig:
     # keyword arguments are the user's own keys.
     functions: list[Any] = field(default_factory=lambda: [{"path": "rewards/gsm8k.py", "name": "score"}])
     models: list[RewardModelConfig] = field(default_factory=list)
-    accuracy: str = "gsm8k"  # the component whose mean is logged as `accuracy`
+    # The component that decides correctness (> 0) for `accuracy` and `eval/pass@k`. Left at this default with
+    # no `gsm8k` component configured, the total reward decides; any other name must be a component's label.
+    accuracy: str = "gsm8k"
     num_workers: int = 2  # verifier processes per reward actor
     num_actors: int = 1
     item_timeout_s: float = 10.0  # one sample's verification; on timeout it scores `error_score`
@@ -219,7 +221,7 @@ class WandbConfig:
 @dataclass
 class LoggerConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    progress: bool = True  # live tqdm line
+    progress: bool = True  # a live progress bar on a terminal (a redirected log gets only the step lines)
 
 
 @dataclass

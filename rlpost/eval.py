@@ -4,7 +4,7 @@ Protocol (what `eval/pass@1` and `eval/pass@k` mean):
 - Prompts: `eval.data_path` (default GSM8K test), its first `eval.limit` rows, rendered exactly like the
   training prompts (same chat template, `data.instruction`, `data.system_prompt`, `data.max_prompt_tokens`).
 - `eval/pass@1`: one greedy completion per prompt (temperature 0); the fraction whose accuracy component
-  (`reward.accuracy`, e.g. math-verify's gsm8k check) is > 0.
+  (`reward.accuracy`, e.g. math-verify's gsm8k check), or the total reward without one, is > 0.
 - `eval/pass@k`: `eval.num_samples` = n completions per prompt at `eval.temperature` (with the rollout's top-p/k),
   c of them correct; the per-prompt unbiased estimator `pass_at_k(n, c, k)` averaged over prompts. The metric
   is named with its k, e.g. `eval/pass@4`.
@@ -28,6 +28,7 @@ import numpy as np
 
 from rlpost.config import ConfigError
 from rlpost.data import build_prompts, load_rows
+from rlpost.rewards.manager import accuracy_component
 from rlpost.rollout.engine import SamplingParams
 
 EVAL_SEED_OFFSET = 10**9  # keeps evaluation seeds apart from the training steps' (trainer.seed * 100_003 + step)
@@ -108,7 +109,7 @@ class Evaluator:
 
     def run(self, rollout: Any, rewards: Any, step: int, sampled_metrics: bool = True) -> dict[str, float]:
         """Greedy pass@1, and with `sampled_metrics` (the run's first and last evaluation) pass@k and maj@k."""
-        ec, rc, accuracy = self.cfg.eval, self.cfg.rollout, self.cfg.reward.accuracy
+        ec, rc = self.cfg.eval, self.cfg.rollout
         t0 = time.perf_counter()
         max_new = ec.max_new_tokens or rc.max_new_tokens
         seed = EVAL_SEED_OFFSET + self.cfg.trainer.seed * 100_003 + step
@@ -125,7 +126,7 @@ class Evaluator:
         texts = self.tokenizer.batch_decode([s.completion_ids for s in samples], skip_special_tokens=True)
         result = rewards.score([self.prompts[i].text for i in owners], texts,
                                [self.prompts[i].columns for i in owners], [self.prompts[i].messages for i in owners])
-        correct = [v > 0 for v in result.components[accuracy]]
+        correct = result.correct(accuracy_component(self.cfg.reward, rewards.labels))
         metrics = {"eval/pass@1": sum(correct[:len(ids)]) / len(ids),
                    "eval/response_length": sum(len(s.completion_ids) for s in greedy) / len(greedy)}
         if n:

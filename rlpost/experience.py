@@ -7,14 +7,38 @@ Per-token numbers travel between actors as ragged lists (one entry per completio
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from rlpost.algos import ADVANTAGES, KL_ESTIMATORS, masked_sum, token_level_rewards
-from rlpost.learner.actor import TrainItem
 from rlpost.rollout.engine import Sample
+
+
+@dataclass
+class TrainItem:
+    """One sampled completion as the learners need it; the per-token lists have one entry per completion token."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    rollout_logprobs: list[float]
+    advantages: list[float] = field(default_factory=list)  # pg objective
+    old_logprobs: list[float] | None = None  # the sampling policy's (None: the first update's own, detached)
+    ref_logprobs: list[float] | None = None
+    values: list[float] | None = None  # the critic's, at experience time (ppo)
+    returns: list[float] | None = None  # the critic's targets (ppo)
+    in_loss: bool = True  # False: trained on by no loss and counted in no normaliser (algo.mask_truncated)
+
+
+@dataclass
+class MiniBatch:
+    """This rank's share of one mini-batch, plus the mini-batch's global counts (for loss normalisation)."""
+
+    items: list[TrainItem]
+    global_tokens: int
+    global_seqs: int
 
 
 def padded(rows: list[list[float]]) -> tuple[Tensor, Tensor]:

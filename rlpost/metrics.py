@@ -1,12 +1,16 @@
-"""Step metrics: a live progress line (or, with `logger.progress=false`, one printed line per step: what a
-`ray job submit` log or a redirected file can hold), one JSON object per step in `<run_dir>/metrics.jsonl`, and
-wandb (offline unless `logger.wandb.mode=online`; `disabled` turns it off)."""
+"""Step metrics: one printed line per step (on a terminal with `logger.progress=true`, above a live progress
+bar), one JSON object per step in `<run_dir>/metrics.jsonl`, and wandb (offline unless `logger.wandb.mode=online`;
+`disabled` turns it off)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tqdm import tqdm
@@ -21,13 +25,24 @@ PHASE_FIELDS = [("time/generate", "gen"), ("time/reward", "rew"), ("time/experie
                 ("time/sync", "sync")]
 
 
+@contextmanager
+def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the seconds the block takes to `timings[phase]` (a phase may be timed in several pieces)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - t0
+
+
 class MetricsLogger:
     def __init__(self, run_dir: str, total_steps: int, wandb_mode: str, wandb_project: str,
                  config: dict[str, Any], progress: bool = True, start_step: int = 0) -> None:
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self.total_steps = total_steps
-        self.bar = tqdm(total=total_steps, initial=start_step, desc="rlpost", disable=not progress,
-                        dynamic_ncols=True)
+        # A live bar only on a terminal: redirected (a file, a job log) its redraws are noise.
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="rlpost", dynamic_ncols=True,
+                        disable=not (progress and sys.stderr.isatty()))
         self.wandb = None
         if wandb_mode != "disabled":
             import wandb
@@ -44,10 +59,12 @@ class MetricsLogger:
             self.wandb.log(metrics, step=step)
         summary = " ".join(lbl + "=" + fmt.format(metrics[k]) for k, lbl, fmt in PROGRESS_FIELDS if k in metrics)
         self.bar.set_postfix_str(summary)
-        if self.bar.disable:  # no live bar (logger.progress=false): a line per step instead
-            phases = " ".join(f"{lbl}={metrics[k]:.2f}s" for k, lbl in PHASE_FIELDS if k in metrics)
-            print(f"[rlpost] step {step}/{self.total_steps} {summary}" + (f" | {phases}" if phases else ""),
-                  flush=True)
+        phases = " ".join(f"{lbl}={metrics[k]:.2f}s" for k, lbl in PHASE_FIELDS if k in metrics)
+        line = f"[rlpost] step {step}/{self.total_steps} {summary}" + (f" | {phases}" if phases else "")
+        if self.bar.disable:
+            print(line, flush=True)
+        else:
+            self.bar.write(line)  # above the live bar; the run's train.log gets it too
         if advance:
             self.bar.update(1)
 

@@ -7,11 +7,15 @@ Bad input ends the run with one line on stderr naming the field (exit code 2), b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TextIO
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -85,16 +89,67 @@ def user_error(err: BaseException) -> str | None:
     return found[-1].strip() if found else None
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class Tee:
+    """A console stream that also appends what it writes to the run's log file: without colour codes, and without
+    progress-bar redraws (text with a carriage return), which only make sense on a terminal."""
+
+    def __init__(self, console: TextIO, log: TextIO) -> None:
+        self.console, self.log = console, log
+
+    def write(self, text: str) -> int:
+        self.console.write(text)
+        if "\r" not in text:
+            self.log.write(ANSI_ESCAPE.sub("", text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.console.flush()
+        self.log.flush()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, ...: the console's
+        return getattr(self.console, name)
+
+
+@contextlib.contextmanager
+def driver_log(path: str) -> Iterator[None]:
+    """Everything the driver prints (its own lines, the actors' lines Ray forwards, errors) also goes to `path`."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a", buffering=1) as log:
+        out, err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = Tee(out, log), Tee(err, log)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = out, err
+
+
+def remove_if_unused(run_dir: str) -> None:
+    """A start that failed before writing anything leaves only Hydra's `.hydra/` and the log: remove the folder,
+    so `runs/` holds runs."""
+    if os.path.isdir(run_dir) and set(os.listdir(run_dir)) <= {".hydra", "train.log"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
+    run_dir = os.path.abspath(cfg.trainer.run_dir)  # Hydra's run dir: it made the folder and .hydra/ in it
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in a redirected log
     try:
-        run(cfg)
-    except Exception as err:
-        message = user_error(err)
-        if message is None:
-            raise
-        print(f"rlpost: error: {message}", file=sys.stderr, flush=True)
-        raise SystemExit(2 if isinstance(err, ConfigError) else 1) from None
+        with driver_log(os.path.join(run_dir, "train.log")):
+            try:
+                run(cfg)
+            except Exception as err:
+                message = user_error(err)
+                if message is None:
+                    raise
+                print(f"rlpost: error: {message}", file=sys.stderr, flush=True)
+                raise SystemExit(2 if isinstance(err, ConfigError) else 1) from None
+    finally:
+        remove_if_unused(run_dir)
 
 
 def main() -> None:

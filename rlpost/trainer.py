@@ -31,15 +31,14 @@ from rlpost.algos import adaptive_kl_coef, overlong_penalty, repeat_to, select_p
 from rlpost.algos.dynamic_sampling import informative_groups, refill_size
 from rlpost.cluster.groups import CriticGroup, LearnerGroup, Placement, RewardGroup, RolloutGroup, WeightSync
 from rlpost.cluster.ray_cluster import init_ray
-from rlpost.config import ConfigError, needs_old_logprobs, needs_reference
+from rlpost.config import needs_old_logprobs, needs_reference
 from rlpost.data import Prompt, PromptLoader, build_prompts, load_rows, resolve_data_path
 from rlpost.eval import Evaluator
-from rlpost.experience import pg_items
-from rlpost.learner.actor import MiniBatch, TrainItem
-from rlpost.metrics import MetricsLogger
+from rlpost.experience import MiniBatch, TrainItem, pg_items
+from rlpost.metrics import MetricsLogger, timed
 from rlpost.models import load_tokenizer
 from rlpost.report import read_metrics
-from rlpost.rewards.manager import RewardResult, check_reward_functions
+from rlpost.rewards.manager import RewardResult, accuracy_component, check_reward_functions, component_labels
 from rlpost.rollout.engine import Sample, SamplingParams
 from rlpost.sync.transport import choose_transport
 
@@ -88,15 +87,17 @@ class Trainer:
                                          cfg.data.system_prompt, cfg.data.max_prompt_tokens)
         self.loader = PromptLoader(prompts, shuffle=cfg.data.shuffle, seed=cfg.data.seed)
         self.dropped_prompts = dropped
-        self.kl_coef = float(cfg.algo.kl_coef)  # adapted after every step when algo.kl_target > 0
+        # The live KL coefficient: algo.kl_coef at the start, adapted after every step when algo.kl_target > 0,
+        # saved in checkpoints; each step reads it once and passes it down.
+        self.kl_coef = float(cfg.algo.kl_coef)
         self.pair_rng = np.random.default_rng([cfg.trainer.seed, 1])
-        self.make_experience = {"pg": self.pg_experience, "dpo": self.dpo_experience}[cfg.algo.objective]
         self.critic: CriticGroup | None = None
         # A dry call of every reward function on the first batch (without consuming it from the loader).
         state = self.loader.state_dict()
         first = self.loader.next_batch(cfg.trainer.prompts_per_step)
         self.loader.load_state_dict(state)
         check_reward_functions(OmegaConf.to_object(cfg.reward), [p.text for p in first], [p.columns for p in first])
+        self.accuracy = accuracy_component(cfg.reward, component_labels(cfg.reward))  # None: the total reward
         self.evaluator = Evaluator(cfg, self.tokenizer) if cfg.eval.enabled else None
         self.checkpoints = ckpt.CheckpointManager(run_dir, cfg.trainer.keep_checkpoints)
         self.fingerprint = ckpt.fingerprint(cfg, model_path)
@@ -130,10 +131,6 @@ class Trainer:
         if self.critic is not None:
             self.checkpoint_groups["critic"] = self.critic
         self.cluster_resources = ray.cluster_resources()
-        if self.evaluator is not None and cfg.reward.accuracy not in self.rewards.labels:
-            raise ConfigError(f"reward.accuracy={cfg.reward.accuracy!r} is not one of the reward components "
-                              f"{self.rewards.labels}; evaluation scores with it: set reward.accuracy or "
-                              "eval.enabled=false")
 
     def sampling_params(self, step: int, round_: int = 0) -> SamplingParams:
         rc = self.cfg.rollout
@@ -142,33 +139,28 @@ class Trainer:
                               max_new_tokens=rc.max_new_tokens, seed=seed)
 
     def step(self, step: int) -> dict[str, float]:
-        timings = {"time/generate": 0.0, "time/reward": 0.0}
-        t_step = time.perf_counter()
+        cfg, t_step = self.cfg, time.perf_counter()
+        kl_coef = self.kl_coef  # this step's coefficient, passed down; the controller updates it after the step
+        timings = dict.fromkeys(("time/generate", "time/reward", "time/experience", "time/train", "time/sync"), 0.0)
         rollout = self.collect(step, timings)
-        t = time.perf_counter()
-        self.rollout.sleep()  # colocated: the learner gets the GPU memory until the next sync
-        handover = time.perf_counter() - t
-
-        t = time.perf_counter()
-        kl_coef = self.kl_coef
-        items, experience = self.make_experience(rollout)
-        timings["time/experience"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        train = self.train(items, step)
-        timings["time/train"] = time.perf_counter() - t
-
+        # The sync phase as the step pays it: the engines' sleep here, then (colocated) both wake-ups and the
+        # transfer below; sync/seconds is the transfer alone, as the sending learner timed it.
+        with timed(timings, "time/sync"):
+            self.rollout.sleep()  # colocated: the learner gets the GPU memory until the next sync
+        with timed(timings, "time/experience"):
+            if cfg.algo.objective == "dpo":
+                items, experience = self.dpo_experience(rollout)
+            else:
+                items, experience = self.pg_experience(rollout, kl_coef)
+        with timed(timings, "time/train"):
+            train = self.train(items, step, kl_coef)
         # Also when the policy did not move (critic warm-up, no DPO pair): a colocated engine that slept at
         # level 2 dropped its weights and must be handed them again.
-        t = time.perf_counter()
-        sync = self.sync.sync()
-        # The phase as the step pays it: the engines' sleep and both wake-ups (colocated) and the transfer;
-        # sync/seconds is the transfer alone, as the sending learner timed it.
-        timings["time/sync"] = handover + time.perf_counter() - t
+        with timed(timings, "time/sync"):
+            sync = self.sync.sync()
         if "kl/sequence" in experience:
-            algo = self.cfg.algo
-            self.kl_coef = adaptive_kl_coef(kl_coef, experience["kl/sequence"], algo.kl_target, algo.kl_horizon,
-                                            len(rollout.samples))
+            self.kl_coef = adaptive_kl_coef(kl_coef, experience["kl/sequence"], cfg.algo.kl_target,
+                                            cfg.algo.kl_horizon, len(rollout.samples))
         perf = {"perf/rollout_tokens_per_s": rollout.metrics["response/tokens"] / max(timings["time/generate"], 1e-9),
                 "perf/step_seconds": time.perf_counter() - t_step, "data/epoch": float(self.loader.epoch),
                 "kl/coef": kl_coef}
@@ -215,17 +207,14 @@ class Trainer:
     def sample_round(self, prompts: list[Prompt], step: int, round_: int, timings: dict[str, float]
                      ) -> tuple[list[Sample], RewardResult]:
         group = self.cfg.algo.group_size
-        t = time.perf_counter()
-        samples = self.rollout.generate([p.ids for p in prompts for _ in range(group)],
-                                        self.sampling_params(step, round_))
-        timings["time/generate"] += time.perf_counter() - t
-
-        t = time.perf_counter()
-        texts = self.tokenizer.batch_decode([s.completion_ids for s in samples], skip_special_tokens=True)
-        rewards = self.rewards.score([p.text for p in prompts for _ in range(group)], texts,
-                                     [p.columns for p in prompts for _ in range(group)],
-                                     [p.messages for p in prompts for _ in range(group)])
-        timings["time/reward"] += time.perf_counter() - t
+        with timed(timings, "time/generate"):
+            samples = self.rollout.generate([p.ids for p in prompts for _ in range(group)],
+                                            self.sampling_params(step, round_))
+        with timed(timings, "time/reward"):
+            texts = self.tokenizer.batch_decode([s.completion_ids for s in samples], skip_special_tokens=True)
+            rewards = self.rewards.score([p.text for p in prompts for _ in range(group)], texts,
+                                         [p.columns for p in prompts for _ in range(group)],
+                                         [p.messages for p in prompts for _ in range(group)])
         self._record_failures(step, rewards)
         rewards.check_failures(self.cfg.reward.max_failure_frac, os.path.join(self.run_dir, "reward_failures.jsonl"))
         return samples, rewards
@@ -238,16 +227,17 @@ class Trainer:
         return overlong_penalty(lengths, max_len, buffer, algo.overlong_penalty)
 
     # ---- experience ---------------------------------------------------------------------------------------
-    def pg_experience(self, rollout: Rollout) -> tuple[list[TrainItem], dict[str, float]]:
+    def pg_experience(self, rollout: Rollout, kl_coef: float) -> tuple[list[TrainItem], dict[str, float]]:
         """Reference and sampling-policy logprobs (when the config needs them) and the critic's values, then
-        token rewards and advantages (`rlpost.experience.pg_items`)."""
+        token rewards (with `algo.kl_mode=reward`, minus `kl_coef` x the KL) and advantages
+        (`rlpost.experience.pg_items`)."""
         algo = self.cfg.algo
         prompts = [s.prompt_ids for s in rollout.samples]
         completions = [s.completion_ids for s in rollout.samples]
         old = needs_old_logprobs(algo)
         logprobs = self.learners.experience(prompts, completions, old) if old or needs_reference(algo) else {}
         values = self.critic.experience(prompts, completions)["values"] if self.critic is not None else None
-        return pg_items(rollout.samples, rollout.scores, algo, self.kl_coef, logprobs.get("ref_logprobs"),
+        return pg_items(rollout.samples, rollout.scores, algo, kl_coef, logprobs.get("ref_logprobs"),
                         logprobs.get("old_logprobs"), values)
 
     def dpo_experience(self, rollout: Rollout) -> tuple[list[TrainItem], dict[str, float]]:
@@ -265,9 +255,9 @@ class Trainer:
                 for s, r in zip(seqs, ref["ref_logprobs"], strict=True)], metrics
 
     # ---- training -----------------------------------------------------------------------------------------
-    def train(self, items: list[TrainItem], step: int) -> dict[str, float]:
-        """The critic's update, then the policy's (after the critic's warm-up steps). Items are shuffled in whole
-        training examples (a completion, or a DPO pair)."""
+    def train(self, items: list[TrainItem], step: int, kl_coef: float) -> dict[str, float]:
+        """The critic's update, then the policy's (after the critic's warm-up steps; `kl_coef` weighs its KL loss
+        term). Items are shuffled in whole training examples (a completion, or a DPO pair)."""
         cfg = self.cfg
         if not items:  # dpo, and no prompt gave a pair: nothing to learn from this step
             return {}
@@ -279,7 +269,7 @@ class Trainer:
             if step <= cfg.critic.warmup_steps:
                 return metrics
         metrics |= self.learners.train_step(deal_minibatches(items, cfg.algo.num_minibatches, cfg.learner.num_ranks),
-                                            self.kl_coef)
+                                            kl_coef)
         return metrics
 
     def sample_metrics(self, samples: list[Sample], rewards: RewardResult, scores: torch.Tensor
@@ -293,9 +283,8 @@ class Trainer:
         for label, values in rewards.components.items():
             metrics[f"reward/{label}"] = sum(values) / len(values)
         metrics.update({f"reward/{key}": mean for key, mean in rewards.extra_means().items()})
-        if self.cfg.reward.accuracy in rewards.components:
-            values = rewards.components[self.cfg.reward.accuracy]
-            metrics["accuracy"] = sum(v > 0 for v in values) / len(values)
+        correct = rewards.correct(self.accuracy)
+        metrics["accuracy"] = sum(correct) / len(correct)
         return metrics
 
     def _record_failures(self, step: int, rewards: RewardResult) -> None:

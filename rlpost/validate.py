@@ -3,13 +3,18 @@ the config field and the fix (`ConfigError`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
+import typing
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rlpost.algos import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, PAIR_SELECTORS, POLICY_LOSSES
-from rlpost.config import ConfigError, samples_per_rank, train_sequences_per_step
+from rlpost.config import ConfigError, RLPostConfig, samples_per_rank, train_sequences_per_step
 from rlpost.rewards.loader import load_reward_fn
+from rlpost.rewards.manager import accuracy_component, component_labels
 from rlpost.rewards.reward_model import check_reward_model
 from rlpost.sync.transport import TRANSPORTS
 
@@ -24,6 +29,7 @@ def _require(ok: bool, message: str) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
+    _validate_keys(cfg)
     algo, lc, rc, tc = cfg.algo, cfg.learner, cfg.rollout, cfg.trainer
     _require(algo.objective in OBJECTIVES,
              f"algo.objective={algo.objective!r}: choose one of {', '.join(OBJECTIVES)} (or pick a preset, algo=...)")
@@ -72,6 +78,36 @@ def validate(cfg: DictConfig) -> None:
         load_reward_fn(spec, i)  # raises ConfigError naming reward.functions[i]
     for i, spec in enumerate(rw.models):
         check_reward_model(spec, i, cfg.cluster.device)
+    accuracy_component(rw, component_labels(rw))  # raises on a reward.accuracy that names no component
+
+
+def unknown_keys(node: dict[str, Any], schema: type = RLPostConfig, prefix: str = "") -> dict[str, list[str]]:
+    """The dotted keys of `node` (a plain config tree) that `schema` does not define, each with the options it
+    does define there. Hydra refuses such a key without `+`, but `+key=value` adds it, and nothing would read it."""
+    fields = typing.get_type_hints(schema)
+    found: dict[str, list[str]] = {}
+    for key, value in node.items():
+        path, kind = f"{prefix}{key}", fields.get(key)
+        if kind is None:
+            found[path] = list(fields)
+        elif dataclasses.is_dataclass(kind) and isinstance(value, dict):
+            found |= unknown_keys(value, kind, path + ".")
+        elif typing.get_origin(kind) is list and dataclasses.is_dataclass(typing.get_args(kind)[0]):
+            for i, entry in enumerate(value if isinstance(value, list) else []):
+                if isinstance(entry, dict):
+                    found |= unknown_keys(entry, typing.get_args(kind)[0], f"{path}[{i}].")
+    return found
+
+
+def _validate_keys(cfg: DictConfig) -> None:
+    unknown = unknown_keys(OmegaConf.to_container(cfg, resolve=False))
+    if unknown:
+        key, options = next(iter(unknown.items()))
+        parent, _, name = key.rpartition(".")
+        close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+        hint = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
+        raise ConfigError(f"{key}: not an option of rlpost-train{hint}; a leading + adds no options, every option "
+                          "and its default is in rlpost/config.py")
 
 
 def _validate_placement(cfg: DictConfig) -> None:

@@ -1,4 +1,5 @@
-"""Shared test set-up: process environment, the `gpu` marker, the local Ray cluster and the tiny model fixture."""
+"""Shared test set-up: process environment, the `gpu` and `slow` markers, the local Ray cluster and the tiny model
+fixture. Helpers that tests import are in `helpers.py`."""
 
 import os
 
@@ -16,14 +17,16 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects: the slow marks added here count
 def pytest_collection_modifyitems(config, items):
+    """Integration and GPU tests are slow tests too (`-m "not slow"` leaves them out); GPU tests skip without one."""
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_gpu = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
-        if "gpu" in item.keywords:
+        if "integration" in item.keywords or "gpu" in item.keywords:
+            item.add_marker(pytest.mark.slow)
+        if "gpu" in item.keywords and skip_gpu is not None:
             item.add_marker(skip_gpu)
 
 

@@ -3,21 +3,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 from transformers import AutoTokenizer
 
+from bench import gsm8k as bench
 from rlpost.config import RewardConfig, RewardFunctionConfig
 from rlpost.rewards.manager import RewardManager
 
 ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("bench_gsm8k", ROOT / "bench" / "gsm8k.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
 
 
 def test_protocol_prompts_and_scoring(tiny_model_dir: str) -> None:
@@ -36,14 +35,15 @@ def test_protocol_prompts_and_scoring(tiny_model_dir: str) -> None:
         assert bench.score(manager, prompts, completions) == [True, True, False]
 
 
+@pytest.mark.slow
 def test_bench_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
-    bench.append_table_row(results, bench.RESULTS_SECTION, bench.RESULTS_HEADER,
+    bench.append_row(results, bench.RESULTS_HEADER, bench.RESULTS_SECTION,
                            ["2026-01-01", "earlier machine", "vllm", "m", "1319", "512", "0.5", "60", "x"])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(ROOT / "bench" / "gsm8k.py"), "--model", tiny_model_dir, "--engine", "hf",
+    cmd = [sys.executable, "-m", "bench.gsm8k", "--model", tiny_model_dir, "--engine", "hf",
            "--limit", "8", "--max-new-tokens", "16", "--results", str(results)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     table = out.stdout.splitlines()
     row = next(line for line in table if line.startswith(f"| {Path(tiny_model_dir).name} |"))
@@ -56,17 +56,15 @@ def test_bench_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     assert len(rows) == 2  # appended, not overwritten
     cells = [c.strip() for c in rows[-1].strip("|").split("|")]
     assert cells[2:6] == ["hf", Path(tiny_model_dir).name, "8", "16"] and cells[6] == f"{float(cells[6]):.4f}"
-    assert cells[8].startswith("python bench/gsm8k.py --model")
+    assert cells[8].startswith("python -m bench.gsm8k --model")
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the vLLM engine may well be there")
 def test_vllm_engine_missing_is_one_line(tiny_model_dir: str, tmp_path: Path) -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        return  # on a GPU machine the vLLM engine may well be there
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gsm8k.py"), "--model", tiny_model_dir, "--engine",
+    out = subprocess.run([sys.executable, "-m", "bench.gsm8k", "--model", tiny_model_dir, "--engine",
                           "vllm", "--limit", "1", "--results", str(tmp_path / "r.md")],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 2
     assert out.stderr.strip().startswith("bench/gsm8k.py: error: --engine vllm: vLLM is not installed")
     assert len(out.stderr.strip().splitlines()) == 1
@@ -78,7 +76,7 @@ def test_rows_go_to_the_end_of_the_gsm8k_table(tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\n## GSM8K (`bench/gsm8k.py`)\n\nProtocol.\n\n" + bench.RESULTS_HEADER
                        + "| 2026-01-01 | a |\n\n## Sync\n\n| x | y |\n")
-    bench.append_table_row(results, bench.RESULTS_SECTION, bench.RESULTS_HEADER, ["2026-02-02", "b"])
+    bench.append_row(results, bench.RESULTS_HEADER, bench.RESULTS_SECTION, ["2026-02-02", "b"])
     lines = results.read_text().splitlines()
     assert lines[lines.index("| 2026-01-01 | a |") + 1] == "| 2026-02-02 | b |"
     assert lines[-1] == "| x | y |"

@@ -3,7 +3,6 @@ in its own process) printing a parseable table."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from bench import learner as bench
+
 ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("bench_learner", ROOT / "bench" / "learner.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
 
 
 def test_mfu_by_hand() -> None:
@@ -28,13 +26,15 @@ def test_synthetic_items_have_the_asked_length(tiny_model_dir: str) -> None:
     assert all(len(it.advantages) == len(it.completion_ids) == len(it.rollout_logprobs) for it in items)
 
 
+@pytest.mark.slow
 def test_learner_bench_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n")
-    cmd = [sys.executable, str(ROOT / "bench" / "learner.py"), "--model", tiny_model_dir, "--device", "cpu",
+    cmd = [sys.executable, "-m", "bench.learner", "--model", tiny_model_dir, "--device", "cpu",
            "--stages", "0,3", "--seqs", "4", "--micro", "2", "--seq-len", "32", "--warmup", "1", "--reps", "2",
            "--results", str(results)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+                         cwd=ROOT)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
@@ -52,5 +52,6 @@ def test_learner_bench_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     assert rows[0][10] == "1.00"
     text = results.read_text()
     assert text.startswith("# Benchmark results\n\n### ") and "Learner: tokens/s and MFU" in text.splitlines()[2]
-    assert "CPU" in text and "torch " in text and "deepspeed " in text and "--stages 0,3" in text
+    assert "CPU" in text and "torch " in text and "deepspeed " in text
+    assert "`python -m bench.learner --model" in text and "--stages 0,3" in text
     assert lines[0] in text and lines[-1] in text

@@ -3,16 +3,10 @@ bytes of the tiny model, the prompts' shape and determinism."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 from transformers import AutoModelForCausalLM
 
-ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("bench_rollout", ROOT / "bench" / "rollout.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+from bench import rollout as bench
 
 
 def test_decode_bound_by_hand() -> None:

@@ -8,17 +8,14 @@ import subprocess
 import sys
 
 import pytest
+from helpers import make
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from rlpost.config import ConfigError
 from rlpost.learner.ds_config import build_ds_config, lr_multiplier
-from rlpost.train import compose_config
+from rlpost.rewards.manager import RewardResult, accuracy_component, component_labels
 from rlpost.validate import validate
-
-
-def make(*overrides: str):
-    return compose_config(["experiment=gsm8k_grpo_debug", *overrides])
 
 
 def test_debug_experiment_composes_and_validates() -> None:
@@ -76,6 +73,12 @@ def test_wrong_type_rejected() -> None:
     (["algo.policy_loss=ppo2"], "algo.policy_loss"),
     (["algo.lam=1.5"], "algo.lam"),
     (["algo.overlong_buffer=1.5"], "algo.overlong_buffer"),
+    (["reward.accuracy=nope"], "reward.accuracy"),  # names no component: refused before any actor
+    # keys the schema does not know, added with Hydra's `+` (which it suggests for them)
+    (["+data.path=/tmp/x.jsonl"], "data.path: not an option of rlpost-train (did you mean data.train_path?)"),
+    (["+algo.kl_coeff=0.1"], "algo.kl_coeff"),
+    (["+seed=1"], "seed"),
+    (["reward.models=[{path: /tmp/rm}]", "+reward.models.0.norm=true"], "reward.models[0].norm"),
 ])
 def test_validate_names_the_field(overrides: list[str], field: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -93,6 +96,23 @@ def test_every_algorithm_preset_composes_and_validates(algo: str) -> None:
     assert cfg.algo.objective == ("dpo" if algo == "online_dpo" else "pg")
 
 
+def test_accuracy_is_the_named_component_else_the_total() -> None:
+    """The shipped check decides correctness when it is configured; a user's reward used alone scores by its
+    total (> 0 is correct) with `reward.accuracy` left at its default; a name given explicitly must exist."""
+    cfg = make()
+    assert accuracy_component(cfg.reward, component_labels(cfg.reward)) == "gsm8k"
+    own = "reward.functions=[{path: tests/rewards_for_tests.py, name: text_length}]"
+    alone = make(own)
+    validate(alone)
+    assert component_labels(alone.reward) == ["rewards_for_tests"]
+    assert accuracy_component(alone.reward, component_labels(alone.reward)) is None
+    named = make(own, "reward.accuracy=rewards_for_tests")
+    assert accuracy_component(named.reward, component_labels(named.reward)) == "rewards_for_tests"
+    result = RewardResult(total=[0.5, 0.0, -1.0], components={"a": [0.0, 1.0, 1.0]}, errors=0, timeouts=0)
+    assert result.correct("a") == [False, True, True] and result.correct(None) == [True, False, False]
+
+
+@pytest.mark.slow
 def test_cli_bad_input_is_one_line_before_any_actor(tmp_path) -> None:
     """The console entry point turns a ConfigError into one stderr line and exit code 2 (no Ray started)."""
     proc = subprocess.run([sys.executable, "-m", "rlpost.train", "experiment=gsm8k_grpo_debug",
@@ -103,6 +123,7 @@ def test_cli_bad_input_is_one_line_before_any_actor(tmp_path) -> None:
     assert lines[-1].startswith("rlpost: error: algo.group_size=1"), proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_missing_data_path(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "rlpost.train", "experiment=gsm8k_grpo_debug",
                            f"data.train_path={tmp_path}/nope.jsonl", f"trainer.run_dir={tmp_path}/run"],

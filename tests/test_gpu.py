@@ -47,7 +47,7 @@ def hf_reference_diffs(model_dir: str, prompts: list[list[int]], samples) -> str
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlpost.learner.logprobs import sequence_logprobs
+    from rlpost.logprobs import sequence_logprobs
 
     out = []
     for dtype in (torch.bfloat16, torch.float32):

@@ -8,13 +8,14 @@ import importlib.util
 import pytest
 import ray
 import torch
+from helpers import make
 
+from rlpost import logprobs as lp
 from rlpost.config import ConfigError, RunError
-from rlpost.learner import logprobs as lp
 from rlpost.rollout.vllm_worker import info_from_wire, plan_from_wire, plan_to_wire
 from rlpost.sync.buckets import Bucket, TensorSpec
 from rlpost.sync.transport import SyncGroupInfo
-from rlpost.train import compose_config, user_error
+from rlpost.train import user_error
 from rlpost.validate import validate
 
 HAS_CUDA = torch.cuda.is_available()
@@ -64,9 +65,6 @@ def test_worker_extension_wire_format_round_trips() -> None:
 
     assert info_from_wire(asdict(info)) == info
 
-
-def make(*overrides: str):
-    return compose_config(["experiment=gsm8k_grpo_debug", *overrides])
 
 
 def test_gpu_cluster_presets_compose() -> None:

@@ -131,6 +131,7 @@ def test_build_once_rebuilds_incomplete_and_cleans_up_failures(tmp_path):
 # the embedded default model (converts the real 135M model: ~25 s on 2 CPU cores)
 
 
+@pytest.mark.slow
 def test_default_model_converts_once_and_answers(tmp_path, capsys):
     path = models.resolve_model_path("")
     assert path == str(tmp_path / "cache" / "models" / models.DEFAULT_MODEL_NAME)

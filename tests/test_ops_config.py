@@ -9,17 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import make
 
 from rlpost.checkpoint import CheckpointManager
 from rlpost.config import ConfigError
-from rlpost.train import compose_config
 from rlpost.validate import validate
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def make(*overrides: str):
-    return compose_config(list(overrides))
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 4, 8])
@@ -61,6 +57,7 @@ def test_relative_run_dir_refused_inside_a_ray_job(monkeypatch) -> None:
     validate(make("experiment=gsm8k_grpo_debug", "trainer.run_dir=/abs/x"))
 
 
+@pytest.mark.slow
 def test_resume_with_another_model_is_one_line(tiny_model_dir: str, tmp_path: Path) -> None:
     """Through the real CLI: the checkpoint says which model it was trained from; a run naming another one stops
     with exit code 2 and one line on stderr, before Ray starts, and the checkpoint is left as it was."""

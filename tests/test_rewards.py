@@ -9,6 +9,7 @@ import time
 
 import pytest
 import ray
+import torch
 
 from rlpost.config import ConfigError, RewardConfig, RewardFunctionConfig
 from rlpost.rewards import ProcessPool, RewardManager, RewardResult, load_reward_fn, reward_label
@@ -360,6 +361,21 @@ def test_trainer_checks_rewards_before_any_actor(fns_file, tiny_model_dir, tmp_p
                                           r"alone returned 2 values for 1 completion; it must return"):
         Trainer(cfg, tiny_model_dir, str(tmp_path))
     assert not ray.is_initialized()
+
+
+def test_own_reward_alone_gives_accuracy_from_its_total(fns_file, tiny_model_dir, tmp_path):
+    """README's "Your own reward" with only the user's function: the driver starts (no gsm8k component needed)
+    and logs `accuracy` as the share of completions whose total reward is > 0."""
+    from rlpost.rollout.engine import Sample
+    from rlpost.trainer import Trainer
+
+    cfg = compose_config(["experiment=gsm8k_grpo_debug", "data.limit=16", f"trainer.run_dir={tmp_path}",
+                          f"reward.functions=[{{path: {fns_file}, name: const}}]"])
+    trainer = Trainer(cfg, tiny_model_dir, str(tmp_path))
+    samples = [Sample([1], [2, 3], [0.0, 0.0], "stop") for _ in range(4)]
+    result = RewardResult(total=[1.0, 0.0, 0.5, -1.0], components={"testfns": [1.0, 0.0, 0.5, -1.0]}, errors=0,
+                          timeouts=0)
+    assert trainer.sample_metrics(samples, result, torch.tensor(result.total))["accuracy"] == 0.5
 
 
 def test_validate_reward_fields(tmp_path):

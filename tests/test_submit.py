@@ -12,13 +12,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from rlpost.cluster.ray_cluster import actor_env, init_ray
 from rlpost.config import ConfigError
@@ -26,12 +26,6 @@ from rlpost.submit import SubmitError, build_job, main
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_job_gets_an_absolute_run_dir_and_the_shipped_package(tmp_path: Path) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 
 import pytest
 import torch
+from helpers import free_port
 
 from rlpost.sync.buckets import Bucket, TensorSpec, flatten, plan_buckets, unflatten
 from rlpost.sync.transport import SyncGroupInfo, broadcast_layout, choose_transport, create_transport
@@ -58,12 +58,6 @@ def test_flatten_rejects_wrong_shape() -> None:
         flatten([torch.zeros(3, 2)], Bucket((spec("w", 2, 3),)))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("num_engines, tp", [(2, 1), (2, 2)])
 def test_gloo_transport_sends_every_bucket_to_every_receiver(num_engines: int, tp: int) -> None:
     """One sender and every engine worker of the broadcast layout (2 engines x TP 1, and 2 engines x TP 2 as in
@@ -75,7 +69,7 @@ def test_gloo_transport_sends_every_bucket_to_every_receiver(num_engines: int, t
     weights = {"embed": torch.randn(50, 8), "norm": torch.randn(8), "head": torch.randn(8, 50)}
     plan = plan_buckets([TensorSpec(n, tuple(t.shape), t.dtype) for n, t in weights.items()], 1700)
     assert len(plan) >= 2  # the test must exercise several buckets
-    info = SyncGroupInfo("gloo", "127.0.0.1", _free_port(), world_size=world_size, timeout_s=30)
+    info = SyncGroupInfo("gloo", "127.0.0.1", free_port(), world_size=world_size, timeout_s=30)
     received: dict[int, list[dict[str, torch.Tensor]]] = {r: [{}, {}] for r in ranks}
     errors: list[BaseException] = []
 
@@ -129,7 +123,7 @@ def test_missing_receiver_times_out_instead_of_hanging() -> None:
     """A group member that never shows up (a dead engine) makes set-up raise after sync.timeout_s."""
     import time
 
-    info = SyncGroupInfo("gloo", "127.0.0.1", _free_port(), world_size=2, timeout_s=2)
+    info = SyncGroupInfo("gloo", "127.0.0.1", free_port(), world_size=2, timeout_s=2)
     t0 = time.perf_counter()
     with pytest.raises(Exception, match="(?i)timed out|timeout"):
         create_transport(info, 0)
@@ -150,7 +144,7 @@ def test_ipc_slot_handshake_over_several_syncs() -> None:
     plan = plan_buckets([TensorSpec(n, tuple(t.shape), t.dtype) for n, t in weights.items()], 160)
     assert len(plan) == 5
     slots = [torch.empty(max(b.nbytes for b in plan), dtype=torch.uint8) for _ in range(SLOTS)]
-    port, timeout = _free_port(), timedelta(seconds=20)
+    port, timeout = free_port(), timedelta(seconds=20)
     received: dict[int, list[dict[str, torch.Tensor]]] = {0: [], 1: []}
     errors: list[BaseException] = []
 

@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from rlpost.config import AlgoConfig
-from rlpost.experience import padded, pg_items, ragged
-from rlpost.learner.actor import TrainItem
-from rlpost.learner.logprobs import pack, unpack
+from rlpost.experience import TrainItem, padded, pg_items, ragged
+from rlpost.logprobs import pack, unpack
 from rlpost.rollout.engine import Sample
 from rlpost.trainer import deal_minibatches, shuffled
 

@@ -9,11 +9,11 @@ from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 from rlpost.cluster.ray_cluster import actor_env, create_placement_group, in_bundle, require_gpus
 from rlpost.config import ConfigError, RewardConfig, RewardModelConfig, RunError
-from rlpost.learner.actor import LearnerRank, MiniBatch
+from rlpost.experience import MiniBatch
+from rlpost.learner.actor import LearnerRank
 from rlpost.learner.critic import CriticRank
-from rlpost.rewards.loader import function_specs, reward_label, unique_labels
-from rlpost.rewards.manager import RewardManager, RewardResult
-from rlpost.rewards.reward_model import RewardModelScorer, RunningMeanStd, model_label
+from rlpost.rewards.manager import RewardManager, RewardResult, component_labels
+from rlpost.rewards.reward_model import RewardModelScorer, RunningMeanStd
 from rlpost.rollout.engine import Sample, SamplingParams
 from rlpost.rollout.hf_engine import HFEngine
 from rlpost.sync.transport import SyncGroupInfo, broadcast_layout
@@ -251,8 +251,7 @@ class RewardGroup(ActorGroup):
                                           runtime_env={"env_vars": actor_env(device)}).remote(reward_cfg)
                             for i in range(n)]
         num_fns = len(reward_cfg.functions)
-        self.labels = unique_labels([reward_label(f) for f in function_specs(reward_cfg.functions)]
-                                    + [model_label(m) for m in reward_cfg.models])
+        self.labels = component_labels(reward_cfg)
         for labels in ray.get([w.labels.remote() for w in self.workers]):  # also: every worker is up
             assert labels == self.labels[:num_fns], (labels, self.labels)
         self.models = []

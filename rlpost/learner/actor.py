@@ -18,11 +18,13 @@ mini-batch's token-mean, however it is split across micro-batches and ranks.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
+import sys
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 
 import torch
 
@@ -36,9 +38,10 @@ from rlpost.algos import (
 )
 from rlpost.config import RunError, needs_reference, samples_per_rank, train_sequences_per_step
 from rlpost.digest import weights_digest
+from rlpost.experience import MiniBatch, TrainItem
 from rlpost.learner.checkpointing import CheckpointMixin
 from rlpost.learner.ds_config import build_ds_config, build_ref_ds_config, lr_multiplier
-from rlpost.learner.logprobs import (
+from rlpost.logprobs import (
     PackedBatch,
     forward_logits,
     pack,
@@ -50,30 +53,6 @@ from rlpost.learner.logprobs import (
 from rlpost.sync.buckets import Bucket, TensorSpec, plan_buckets
 from rlpost.sync.transport import SyncGroupInfo, WeightTransport, create_transport
 from rlpost.sync.weights import send_weights
-
-
-@dataclass
-class TrainItem:
-    """One sampled completion as the learners need it; the per-token lists have one entry per completion token."""
-
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    rollout_logprobs: list[float]
-    advantages: list[float] = field(default_factory=list)  # pg objective
-    old_logprobs: list[float] | None = None  # the sampling policy's (None: the first update's own, detached)
-    ref_logprobs: list[float] | None = None
-    values: list[float] | None = None  # the critic's, at experience time (ppo)
-    returns: list[float] | None = None  # the critic's targets (ppo)
-    in_loss: bool = True  # False: trained on by no loss and counted in no normaliser (algo.mask_truncated)
-
-
-@dataclass
-class MiniBatch:
-    """This rank's share of one mini-batch, plus the mini-batch's global counts (for loss normalisation)."""
-
-    items: list[TrainItem]
-    global_tokens: int
-    global_seqs: int
 
 
 @contextmanager
@@ -88,6 +67,17 @@ def fp32_buffers_kept(model: torch.nn.Module):
         owner, _, key = name.rpartition(".")
         module = model.get_submodule(owner) if owner else model
         module._buffers[key] = value.to(module._buffers[key].device)
+
+
+@contextmanager
+def lines_dropped(marker: str) -> Iterator[None]:
+    """Print what the block prints to stdout, except the lines containing `marker`."""
+    buffer = io.StringIO()
+    try:
+        with redirect_stdout(buffer):
+            yield
+    finally:
+        sys.stdout.write("".join(line for line in buffer.getvalue().splitlines(keepends=True) if marker not in line))
 
 
 def _free_port() -> int:
@@ -135,7 +125,8 @@ class LearnerRank(CheckpointMixin):
         device = self.cfg["cluster"]["device"]
         if device == "cuda":
             torch.cuda.set_device(0)  # Ray shows each rank exactly its own GPU(s) through CUDA_VISIBLE_DEVICES
-        deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl")
+        with lines_dropped("built successfully"):  # DeepSpeed announces its prebuilt CPU comm op on every start
+            deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl")
         self.device = torch.device("cpu") if device == "cpu" else torch.device("cuda", torch.cuda.current_device())
         self.colocated = bool(self.cfg["cluster"].get("colocate", False))
         try:
@@ -217,7 +208,7 @@ class LearnerRank(CheckpointMixin):
         algo = self.cfg["algo"]
         self.kl_coef = kl_coef
         self.engine.train()
-        means, grad_norms, tokens, t0 = _WeightedMeans(), [], 0, time.perf_counter()
+        means, grad_norms, tokens, t0 = WeightedMeans(), [], 0, time.perf_counter()
         for epoch in range(algo["epochs"]):
             for m, mb in enumerate(minibatches):
                 for k, micro in enumerate(self._micro_batches(mb.items)):
@@ -249,12 +240,12 @@ class LearnerRank(CheckpointMixin):
         norm = self.accum * self.world_size
         return max(mb.global_tokens, 1) / norm, max(mb.global_seqs, 1) / norm
 
-    def _micro_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: _WeightedMeans,
+    def _micro_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: WeightedMeans,
                     first_pass: bool) -> torch.Tensor:
         objective = self._dpo_loss if self.cfg["algo"]["objective"] == "dpo" else self._pg_loss
         return objective(micro, batch, mb, means, first_pass)
 
-    def _pg_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: _WeightedMeans,
+    def _pg_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: WeightedMeans,
                  first_pass: bool) -> torch.Tensor:
         """Policy loss (+ KL to the reference) of one micro-batch, normalised for the whole mini-batch."""
         algo = self.cfg["algo"]
@@ -285,7 +276,7 @@ class LearnerRank(CheckpointMixin):
             self._check_rollout_logprobs(micro, batch, logprobs, means, first_pass)
         return loss
 
-    def _dpo_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: _WeightedMeans,
+    def _dpo_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: WeightedMeans,
                   first_pass: bool) -> torch.Tensor:
         """DPO loss of the micro-batch's pairs (items 2k and 2k+1 are pair k's chosen and rejected), normalised
         by the mini-batch's number of pairs."""
@@ -309,7 +300,7 @@ class LearnerRank(CheckpointMixin):
         return loss
 
     def _check_rollout_logprobs(self, micro: list[TrainItem], batch: PackedBatch, logprobs: torch.Tensor,
-                                means: _WeightedMeans, first_pass: bool) -> None:
+                                means: WeightedMeans, first_pass: bool) -> None:
         """On the first update the policy still equals the one that sampled: engine and learner must agree."""
         if first_pass:
             mask = batch.completion_mask
@@ -374,7 +365,7 @@ def _completion_entropy(logits: torch.Tensor, mask: torch.Tensor, temperature: f
     return token_entropy(logits[keep], temperature).mean() if keep.any() else torch.zeros(())
 
 
-class _WeightedMeans:
+class WeightedMeans:
     """Token-weighted running means of scalar metrics across micro-batches."""
 
     def __init__(self) -> None:

@@ -8,7 +8,7 @@ of ours to keep in step with them (veRL's critic makes the same choice). The cos
 `*ForTokenClassification` class (Llama, Qwen2, Mistral, Gemma, Phi, ... have one). The head's dropout is set to
 0, because values must be a function of the state alone (Hugging Face defaults it to 0.1).
 
-Values are aligned like logprobs (`rlpost.learner.logprobs`): entry t of the [B, L-1] output comes from the
+Values are aligned like logprobs (`rlpost.logprobs`): entry t of the [B, L-1] output comes from the
 position that predicts completion token t, i.e. it is the value of the state before that token is sampled, which
 is what GAE's V(s_t) is.
 
@@ -21,8 +21,9 @@ from __future__ import annotations
 import torch
 
 from rlpost.algos import clipped_value_loss, masked_mean, token_mean
-from rlpost.learner.actor import LearnerRank, MiniBatch, TrainItem, _WeightedMeans
-from rlpost.learner.logprobs import PackedBatch, per_completion_token, repack
+from rlpost.experience import MiniBatch, TrainItem
+from rlpost.learner.actor import LearnerRank, WeightedMeans
+from rlpost.logprobs import PackedBatch, per_completion_token, repack
 
 
 class CriticRank(LearnerRank):
@@ -53,7 +54,7 @@ class CriticRank(LearnerRank):
         return {"values": per_completion_token(self._values, prompts, completions, self.pad_id, self.device,
                                                batch_size=self.micro)}
 
-    def _micro_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: _WeightedMeans,
+    def _micro_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: WeightedMeans,
                     first_pass: bool) -> torch.Tensor:
         """Clipped value loss against the GAE returns, a token mean over the mini-batch (a regression has no
         reason to weigh sequences other than by their tokens)."""

@@ -28,7 +28,9 @@ from typing import Any
 from rlpost.config import ConfigError, RewardConfig
 from rlpost.rewards.loader import function_specs, load_reward_fn, reward_label, unique_labels
 from rlpost.rewards.pool import CallResult, ProcessPool
+from rlpost.rewards.reward_model import model_label
 
+DEFAULT_ACCURACY = RewardConfig.accuracy  # the shipped math check's label, `rewards/gsm8k.py`
 MAX_FAILURES = 5  # failing samples kept per score() call
 # What the start-up dry call passes as every completion: no policy has generated anything yet.
 DRY_RUN_COMPLETION = "Let me think step by step. 6 * 7 = 42.\n#### 42"
@@ -70,6 +72,12 @@ class RewardResult:
         for metric, per_item in (extras or {}).items():
             self.extras[f"{label}/{metric}"] = list(per_item)
 
+    def correct(self, component: str | None) -> list[bool]:
+        """Which items count as correct: those whose `component` is > 0, or whose total is when it is None
+        (`accuracy_component` says which)."""
+        values = self.total if component is None else self.components[component]
+        return [v > 0 for v in values]
+
     def extra_means(self) -> dict[str, float]:
         """Mean of each extra metric over the items that reported it (NaN when none did)."""
         means = {}
@@ -89,6 +97,24 @@ class RewardResult:
                     f"reward: {failed} of {n} items failed in reward function '{label}', more than "
                     f"reward.max_failure_frac={max_frac:g}" + (f" (first error: {first})" if first else "")
                     + f"{where}; fix the function, or raise reward.max_failure_frac if such failures are expected")
+
+
+def component_labels(cfg: Any) -> list[str]:
+    """The reward components' labels, functions first, then models: the keys of `RewardResult.components`."""
+    return unique_labels([reward_label(spec) for spec in function_specs(cfg.functions)]
+                         + [model_label(spec) for spec in cfg.models])
+
+
+def accuracy_component(cfg: Any, labels: list[str]) -> str | None:
+    """The component that decides correctness (the `accuracy` metric, `eval/pass@k`): `reward.accuracy` when it is
+    one of `labels`; None, meaning the total reward, when it is left at its default and no such component is
+    configured (a user's own reward used alone). Any other name is a mistake: ConfigError."""
+    if cfg.accuracy in labels:
+        return cfg.accuracy
+    if cfg.accuracy == DEFAULT_ACCURACY:
+        return None
+    raise ConfigError(f"reward.accuracy={cfg.accuracy!r} is not one of the reward components {labels}; name one "
+                      "of them, or drop the override to count a completion correct when its total reward is > 0")
 
 
 def _as_number(x: Any, what: str) -> float:

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlpost.digest import weights_digest
-from rlpost.learner.logprobs import sequence_logprobs
+from rlpost.logprobs import sequence_logprobs
 from rlpost.rollout.engine import RolloutEngine, Sample, SamplingParams
 from rlpost.sync.buckets import Bucket
 from rlpost.sync.direct import DirectCopy
