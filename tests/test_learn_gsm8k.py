@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.learn_gsm8k import RUNS_HEADER, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +23,7 @@ def test_summarize_counts_steps_samples_and_minutes() -> None:
     assert summarize(rows, group_size=8) == {"steps": 2, "samples": 1152, "train_minutes": 125.0 / 60}
 
 
+@pytest.mark.slow
 def test_learn_gsm8k_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     results, runs, run = tmp_path / "RESULTS.md", tmp_path / "runs", tmp_path / "run"
     cmd = [sys.executable, "-m", "bench.learn_gsm8k", "cpu", "--model", tiny_model_dir, "--engine", "hf",
