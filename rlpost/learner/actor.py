@@ -32,7 +32,9 @@ from rlpost.algos import (
     KL_ESTIMATORS,
     LOSS_AGGREGATIONS,
     POLICY_LOSSES,
+    decoupled_ppo_loss,
     dpo_loss,
+    importance_ratio_stats,
     masked_mean,
     sequence_logprob,
 )
@@ -258,8 +260,12 @@ class LearnerRank(CheckpointMixin):
         adv = repack([it.advantages for it in micro], completion)
         old = (logprobs.detach() if micro[0].old_logprobs is None
                else repack([it.old_logprobs for it in micro], completion))
-        per_token, clip_frac = POLICY_LOSSES.get(algo["policy_loss"])(
-            logprobs, old, adv, mask, algo["clip_low"], algo["clip_high"], algo["clip_c"])
+        if algo["off_policy_correction"] == "none":
+            per_token, clip_frac = POLICY_LOSSES.get(algo["policy_loss"])(
+                logprobs, old, adv, mask, algo["clip_low"], algo["clip_high"], algo["clip_c"])
+        else:
+            behaviour = repack([it.rollout_logprobs for it in micro], completion)
+            per_token, clip_frac = _decoupled_loss(logprobs, old, behaviour, adv, mask, algo, means)
         num_tokens, num_seqs = self._normalisers(mb)
         loss = aggregate(per_token, mask, num_tokens, num_seqs)
 
@@ -358,6 +364,21 @@ class LearnerRank(CheckpointMixin):
             return weights_digest(zip(self._params, tensors, strict=True))
 
 
+def _decoupled_loss(logprobs: torch.Tensor, proximal: torch.Tensor, behaviour: torch.Tensor, adv: torch.Tensor,
+                    mask: torch.Tensor, algo: dict, means: WeightedMeans) -> tuple[torch.Tensor, torch.Tensor]:
+    """AReaL's decoupled PPO loss (`algo.off_policy_correction`): the learner's old logprobs are the proximal
+    policy, the rollout engine's sampled-token logprobs the behaviour policy. Logs the importance ratio."""
+    cap = algo["tis_cap"]
+    per_token, clip_frac = decoupled_ppo_loss(logprobs, proximal, behaviour, adv, mask, algo["clip_low"],
+                                              algo["clip_high"], algo["clip_c"], cap, algo["off_policy_correction"],
+                                              algo["policy_loss"])
+    stats, n = importance_ratio_stats(proximal, behaviour, mask, cap), float(mask.sum())
+    means.add("off_policy/ratio_mean", stats["ratio_mean"], n)
+    means.add("off_policy/capped_frac", stats["capped_frac"], n)
+    means.add_max("off_policy/ratio_max", stats["ratio_max"])  # 0 for an all-masked micro-batch: ratios are > 0
+    return per_token, clip_frac
+
+
 def _completion_entropy(logits: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
     """Mean entropy of the sampling distribution over the masked-in positions, computed on those rows only (a
     vocabulary-wide softmax over every position of the padded batch costs more than the forward pass itself)."""
@@ -371,10 +392,15 @@ class WeightedMeans:
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
         self.weights: dict[str, float] = {}
+        self.maxima: dict[str, float] = {}
 
     def add(self, key: str, value: torch.Tensor | float, weight: float) -> None:
         self.sums[key] = self.sums.get(key, 0.0) + float(value) * weight
         self.weights[key] = self.weights.get(key, 0.0) + weight
 
+    def add_max(self, key: str, value: torch.Tensor | float) -> None:
+        """A running maximum instead of a mean (the key should end in `_max`: ranks then merge it by max)."""
+        self.maxima[key] = max(self.maxima.get(key, float("-inf")), float(value))
+
     def result(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.weights[k] for k in self.sums if self.weights[k] > 0}
+        return {k: self.sums[k] / self.weights[k] for k in self.sums if self.weights[k] > 0} | self.maxima
