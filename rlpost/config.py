@@ -122,6 +122,10 @@ class LearnerConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     micro_batch_size: int = 4  # sequences per forward/backward on one rank
+    # > 0: micro-batches are packed (no padding tokens: rlpost.packing) and cut at this many prompt + completion
+    # tokens per rank (a longer sequence alone), for training and the experience forwards alike (policy,
+    # reference, critic). 0 = micro_batch_size sequences, padded.
+    max_tokens_per_micro: int = 0
     gradient_checkpointing: bool = False
 
 

@@ -57,6 +57,8 @@ def validate(cfg: DictConfig) -> None:
     validate_operations(cfg)
     _require(lc.zero_stage in (0, 1, 2, 3), f"learner.zero_stage={lc.zero_stage}: choose 0, 1, 2 or 3")
     _require(lc.lr > 0, f"learner.lr={lc.lr}: must be > 0")
+    _require(lc.max_tokens_per_micro >= 0,
+             f"learner.max_tokens_per_micro={lc.max_tokens_per_micro}: must be >= 0 (0 = micro_batch_size sequences)")
     _require(lc.lr_schedule in ("constant", "cosine"),
              f"learner.lr_schedule={lc.lr_schedule!r}: choose constant or cosine")
     _require(cfg.model.dtype in DTYPES, f"model.dtype={cfg.model.dtype!r}: choose one of {', '.join(DTYPES)}")

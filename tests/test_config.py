@@ -74,6 +74,7 @@ def test_wrong_type_rejected() -> None:
     (["algo.off_policy_correction=is"], "algo.off_policy_correction"),
     (["algo.off_policy_correction=tis", "algo.tis_cap=0"], "algo.tis_cap"),
     (["algo.tis_cap=-1"], "algo.tis_cap"),
+    (["learner.max_tokens_per_micro=-1"], "learner.max_tokens_per_micro"),
     (["algo=online_dpo", "algo.off_policy_correction=mis"], "algo.off_policy_correction"),
     (["algo.lam=1.5"], "algo.lam"),
     (["algo.overlong_buffer=1.5"], "algo.overlong_buffer"),
