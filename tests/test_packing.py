@@ -105,3 +105,18 @@ def test_packed_attention_does_not_cross_sequences(model):
         lp_alone = token_logprobs(alone.forward_logits(model), alone.targets)
         lp_behind = token_logprobs(behind.forward_logits(model), behind.targets)
     close(lp_behind[len(COMPLETIONS[0]):], lp_alone, atol=1e-5)
+
+
+def test_learner_token_budget_micro_batches_keep_dpo_pairs():
+    from rlpost.experience import TrainItem
+    from rlpost.learner.actor import LearnerRank
+
+    rank = LearnerRank.__new__(LearnerRank)  # only the micro-batch cutting: no model, no DeepSpeed
+    rank.packed, rank.world_size, rank.device = True, 1, torch.device("cpu")
+    items = [TrainItem([1] * 3, [2] * n, [0.0] * n) for n in (2, 3, 2, 2, 4, 1)]  # 5, 6, 5, 5, 7, 4 tokens
+    rank.cfg = {"learner": {"max_tokens_per_micro": 12}, "algo": {"objective": "pg"}}
+    assert [len(m) for m in rank._micro_batches(items)] == [2, 2, 2]  # 5+6 | 5+5 | 7+4
+    rank.cfg["algo"]["objective"] = "dpo"  # pairs of 11, 10, 11 tokens: one pair per micro-batch, never split
+    assert [len(m) for m in rank._micro_batches(items)] == [2, 2, 2]
+    rank.cfg["learner"]["max_tokens_per_micro"] = 21  # 11 + 10 | 11
+    assert [len(m) for m in rank._micro_batches(items)] == [4, 2]

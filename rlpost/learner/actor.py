@@ -14,6 +14,10 @@ Loss normalisation: the driver passes, per mini-batch, the global token and sequ
 each micro-batch loss by the accumulation steps and averages gradients over ranks, so we hand the aggregation
 `count / (accum_steps * world_size)` as normaliser: the resulting gradient is exactly that of the whole
 mini-batch's token-mean, however it is split across micro-batches and ranks.
+
+Micro-batches hold `learner.micro_batch_size` sequences, right-padded, or, with `learner.max_tokens_per_micro`,
+as many as fit that token budget packed into one row without padding (`rlpost.packing`). Both kinds of batch give
+per-token values in the same padded [B, T] layout, so the losses below do not know which one they got.
 """
 
 from __future__ import annotations
