@@ -6,7 +6,8 @@ layout as packed sequences: `masking_utils.find_packed_sequence_indices` finds t
 ids do not step by 1, and the sdpa/eager paths build a block-diagonal causal mask from them (attention never
 crosses sequences); flash-attention-2 turns the same position ids into varlen cu_seqlens. Llama, Qwen2 and the
 other models built on `create_causal_mask` all support it. RoPE rotates by the position ids, so every sequence
-sees the positions it would see alone.
+sees the positions it would see alone. The cost on sdpa/eager: the mask is a dense [N, N] boolean per forward
+(64 MiB at N = 8192), which bounds a sensible budget there; flash-attention has no such mask.
 
 The LM head runs only on the K positions that predict a completion token (`logits_to_keep` as an index tensor),
 so the logits are [K, V]. Everything downstream (losses, masks, per-token lists from the experience phase) keeps

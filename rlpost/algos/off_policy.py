@@ -16,7 +16,7 @@ came from. The corrections here reweight each token by rho = pi_prox / pi_behav 
 
 The weight is a constant (detached): it scales each token's policy-gradient term, it is not optimised.
 
-`decoupled_ppo_loss` puts it together as AReaL's decoupled PPO objective (Fu et al., arXiv 2505.24298, eq. 5):
+`decoupled_ppo_loss` puts it together as AReaL's decoupled PPO objective (Fu et al., arXiv 2505.24298):
 the behaviour policy only enters through this weight, the proximal policy is the centre of the clip:
     -rho * min(r A, clip(r, 1 - eps_low, 1 + eps_high) A),  r = pi_theta / pi_prox.
 AReaL's own default caps rho by masking (our `mis`); `tis` is the truncated alternative.
