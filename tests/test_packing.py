@@ -120,3 +120,19 @@ def test_learner_token_budget_micro_batches_keep_dpo_pairs():
     assert [len(m) for m in rank._micro_batches(items)] == [2, 2, 2]
     rank.cfg["learner"]["max_tokens_per_micro"] = 21  # 11 + 10 | 11
     assert [len(m) for m in rank._micro_batches(items)] == [4, 2]
+
+
+def test_critic_values_packed_equal_padded(tiny_model_dir):
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    from rlpost.learner.critic import CriticRank
+
+    config = AutoConfig.from_pretrained(tiny_model_dir, num_labels=1, classifier_dropout=0.0)
+    critic = CriticRank.__new__(CriticRank)  # only `_values`: the value head on a plain model, no DeepSpeed
+    critic.engine = AutoModelForTokenClassification.from_pretrained(tiny_model_dir, config=config,
+                                                                    dtype=torch.float32)
+    with torch.no_grad():
+        padded = pack(PROMPTS, COMPLETIONS, 0)
+        packed = pack_sequences(PROMPTS, COMPLETIONS)
+        want = critic._values(padded) * padded.completion_mask
+        close(critic._values(packed), want, atol=1e-5)
