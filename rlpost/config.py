@@ -71,6 +71,12 @@ class AlgoConfig:
     kl_target: float = 0.0  # adaptive coefficient: target per-sequence KL (nats); 0 = kl_coef stays fixed
     kl_horizon: int = 10000  # adaptive coefficient: samples over which it corrects its error
     loss_agg: str = "token_mean"
+    # Correction for the gap between the rollout engine's sampled-token logprobs (the behaviour policy) and the
+    # learner's old logprobs (the proximal policy), rlpost.algos.off_policy: none | tis (weights truncated at
+    # tis_cap) | mis (tokens whose ratio exceeds tis_cap dropped from the loss). tis and mis make the policy loss
+    # AReaL's decoupled PPO (the clip around the learner's old logprobs) and the learner always computes those.
+    off_policy_correction: str = "none"
+    tis_cap: float = 2.0  # the cap on exp(old - behaviour) of tis and mis
     # Optimizer steps per rollout batch: each step's samples are split into this many mini-batches
     # (1 = strictly on-policy, as in nanochat; >1 makes the importance ratio and clipping matter).
     num_minibatches: int = 1
@@ -116,6 +122,10 @@ class LearnerConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     micro_batch_size: int = 4  # sequences per forward/backward on one rank
+    # > 0: micro-batches are packed (no padding tokens: rlpost.packing) and cut at this many prompt + completion
+    # tokens per rank (a longer sequence alone), for training and the experience forwards alike (policy,
+    # reference, critic). 0 = micro_batch_size sequences, padded.
+    max_tokens_per_micro: int = 0
     gradient_checkpointing: bool = False
 
 
@@ -273,12 +283,14 @@ def needs_reference(algo: Any) -> bool:
 def needs_old_logprobs(algo: Any) -> bool:
     """Whether the experience phase must compute the sampling policy's logprobs on the learner: when the policy
     moves between its updates of one batch (the ratio's denominator), or when the KL of the samples is needed
-    (as a reward penalty, or to steer an adaptive coefficient). Otherwise the learner's detached logprobs of the
+    (as a reward penalty, or to steer an adaptive coefficient), or when an off-policy correction compares them with
+    the rollout engine's. Otherwise the learner's detached logprobs of the
     first update are the same numbers, one forward pass cheaper."""
     if algo["objective"] != "pg":
         return False
     kl_of_samples = algo["kl_coef"] > 0 and (algo["kl_mode"] == "reward" or algo["kl_target"] > 0)
-    return algo["num_minibatches"] * algo["epochs"] > 1 or kl_of_samples
+    corrected = algo["off_policy_correction"] != "none"  # the decoupled loss's proximal policy
+    return algo["num_minibatches"] * algo["epochs"] > 1 or kl_of_samples or corrected
 
 
 def register_configs() -> None:

@@ -27,6 +27,23 @@ class PackedBatch:
     def targets(self) -> torch.Tensor:
         return self.input_ids[:, self.start + 1:]
 
+    @property
+    def num_tokens(self) -> int:
+        """Real (not padding) tokens."""
+        return int(self.attention_mask.sum())
+
+    def forward_logits(self, model: torch.nn.Module) -> torch.Tensor:
+        """[B, T, V] logits aligned with the completion mask (see `forward_logits`)."""
+        return forward_logits(model, self)
+
+    def rows(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-token values in the [B, T] loss layout: already there (`rlpost.packing.PackedSequences` scatters)."""
+        return values
+
+    def select(self, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T] bool: which logits of `forward_logits` are set in a [B, T] mask."""
+        return mask.bool()
+
     def to(self, device: torch.device | str) -> PackedBatch:
         return PackedBatch(self.input_ids.to(device), self.attention_mask.to(device),
                            self.completion_mask.to(device), self.start)

@@ -11,7 +11,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlpost.algos import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, PAIR_SELECTORS, POLICY_LOSSES
+from rlpost.algos import (
+    ADVANTAGES,
+    KL_ESTIMATORS,
+    LOSS_AGGREGATIONS,
+    OFF_POLICY_CORRECTIONS,
+    PAIR_SELECTORS,
+    POLICY_LOSSES,
+)
 from rlpost.config import ConfigError, RLPostConfig, samples_per_rank, train_sequences_per_step
 from rlpost.rewards.loader import load_reward_fn
 from rlpost.rewards.manager import accuracy_component, component_labels
@@ -50,6 +57,8 @@ def validate(cfg: DictConfig) -> None:
     validate_operations(cfg)
     _require(lc.zero_stage in (0, 1, 2, 3), f"learner.zero_stage={lc.zero_stage}: choose 0, 1, 2 or 3")
     _require(lc.lr > 0, f"learner.lr={lc.lr}: must be > 0")
+    _require(lc.max_tokens_per_micro >= 0,
+             f"learner.max_tokens_per_micro={lc.max_tokens_per_micro}: must be >= 0 (0 = micro_batch_size sequences)")
     _require(lc.lr_schedule in ("constant", "cosine"),
              f"learner.lr_schedule={lc.lr_schedule!r}: choose constant or cosine")
     _require(cfg.model.dtype in DTYPES, f"model.dtype={cfg.model.dtype!r}: choose one of {', '.join(DTYPES)}")
@@ -155,6 +164,8 @@ def _validate_pg(cfg: DictConfig) -> None:
     LOSS_AGGREGATIONS.get(algo.loss_agg)
     POLICY_LOSSES.get(algo.policy_loss)
     KL_ESTIMATORS.get(algo.kl_estimator)
+    OFF_POLICY_CORRECTIONS.get(algo.off_policy_correction)
+    _require(algo.tis_cap > 0, f"algo.tis_cap={algo.tis_cap}: the importance-weight cap must be > 0 (e.g. 2)")
     _require(algo.group_size >= 2 or not traits.get("group_baseline"),
              f"algo.group_size={algo.group_size}: algo.advantage={algo.advantage} needs at least 2 completions per "
              "prompt to form its group baseline; set algo.group_size>=2")
@@ -194,6 +205,8 @@ def _validate_dpo(cfg: DictConfig) -> None:
     _require(algo.group_size >= 2, f"algo.group_size={algo.group_size}: online DPO (algo.objective=dpo) needs at "
              "least 2 completions per prompt to form a pair; set algo.group_size>=2")
     PAIR_SELECTORS.get(algo.pairs)
+    _require(algo.off_policy_correction == "none", f"algo.off_policy_correction={algo.off_policy_correction} "
+             "corrects the policy-gradient loss, not DPO's; set algo.off_policy_correction=none")
     _require(algo.dpo_beta > 0, f"algo.dpo_beta={algo.dpo_beta}: must be > 0")
     _require(algo.kl_coef == 0, f"algo.kl_coef={algo.kl_coef} has no effect with algo.objective=dpo (its KL "
              "strength is algo.dpo_beta); set algo.kl_coef=0")

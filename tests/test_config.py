@@ -71,6 +71,11 @@ def test_wrong_type_rejected() -> None:
     (["algo.kl_coef=0", "algo.kl_target=6"], "algo.kl_target"),
     (["algo.clip_c=0.5"], "algo.clip_c"),
     (["algo.policy_loss=ppo2"], "algo.policy_loss"),
+    (["algo.off_policy_correction=is"], "algo.off_policy_correction"),
+    (["algo.off_policy_correction=tis", "algo.tis_cap=0"], "algo.tis_cap"),
+    (["algo.tis_cap=-1"], "algo.tis_cap"),
+    (["learner.max_tokens_per_micro=-1"], "learner.max_tokens_per_micro"),
+    (["algo=online_dpo", "algo.off_policy_correction=mis"], "algo.off_policy_correction"),
     (["algo.lam=1.5"], "algo.lam"),
     (["algo.overlong_buffer=1.5"], "algo.overlong_buffer"),
     (["reward.accuracy=nope"], "reward.accuracy"),  # names no component: refused before any actor
@@ -149,3 +154,10 @@ def test_lr_schedule_values() -> None:
     assert lr_multiplier(10, 0, 11, "cosine", 0.1) == pytest.approx(0.1)
     with pytest.raises(ValueError):
         lr_multiplier(0, 0, 10, "linear", 0.1)
+
+
+def test_off_policy_correction_needs_the_learners_old_logprobs() -> None:
+    from rlpost.config import needs_old_logprobs
+
+    assert not needs_old_logprobs(make().algo)  # on-policy grpo: the first update's own logprobs serve
+    assert needs_old_logprobs(make("algo.off_policy_correction=tis").algo)

@@ -14,6 +14,10 @@ Loss normalisation: the driver passes, per mini-batch, the global token and sequ
 each micro-batch loss by the accumulation steps and averages gradients over ranks, so we hand the aggregation
 `count / (accum_steps * world_size)` as normaliser: the resulting gradient is exactly that of the whole
 mini-batch's token-mean, however it is split across micro-batches and ranks.
+
+Micro-batches hold `learner.micro_batch_size` sequences, right-padded, or, with `learner.max_tokens_per_micro`,
+as many as fit that token budget packed into one row without padding (`rlpost.packing`). Both kinds of batch give
+per-token values in the same padded [B, T] layout, so the losses below do not know which one they got.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
 
 import torch
@@ -32,7 +36,9 @@ from rlpost.algos import (
     KL_ESTIMATORS,
     LOSS_AGGREGATIONS,
     POLICY_LOSSES,
+    decoupled_ppo_loss,
     dpo_loss,
+    importance_ratio_stats,
     masked_mean,
     sequence_logprob,
 )
@@ -43,16 +49,19 @@ from rlpost.learner.checkpointing import CheckpointMixin
 from rlpost.learner.ds_config import build_ds_config, build_ref_ds_config, lr_multiplier
 from rlpost.logprobs import (
     PackedBatch,
-    forward_logits,
     pack,
+    per_completion_token,
     repack,
-    sequence_logprobs,
     token_entropy,
     token_logprobs,
+    unpack,
 )
+from rlpost.packing import PackedSequences, pack_sequences, token_budget_chunks
 from rlpost.sync.buckets import Bucket, TensorSpec, plan_buckets
 from rlpost.sync.transport import SyncGroupInfo, WeightTransport, create_transport
 from rlpost.sync.weights import send_weights
+
+Batch = PackedBatch | PackedSequences  # a micro-batch padded (learner.max_tokens_per_micro=0) or packed
 
 
 @contextmanager
@@ -155,6 +164,7 @@ class LearnerRank(CheckpointMixin):
         optimizer = torch.optim.AdamW(model.parameters(), lr=self._lr(), betas=tuple(lc["betas"]),
                                       weight_decay=lc["weight_decay"], fused=self.device.type == "cuda")
         self.micro = lc["micro_batch_size"]
+        self.packed = lc["max_tokens_per_micro"] > 0
         self.accum = samples_per_rank(train_sequences_per_step(self.cfg), algo["num_minibatches"],
                                       self.world_size) // self.micro
 
@@ -186,21 +196,54 @@ class LearnerRank(CheckpointMixin):
         call this with as many sequences as the others (the forwards gather parameters collectively)."""
         out = {}
         if self.ref is not None:
-            out["ref_logprobs"] = sequence_logprobs(self.ref, prompts, completions, self.temperature, self.pad_id,
-                                                    self.device, batch_size=self.micro)
+            out["ref_logprobs"] = self._logprobs(self.ref, prompts, completions)
         if old:
             self.engine.eval()
-            out["old_logprobs"] = sequence_logprobs(self.engine, prompts, completions, self.temperature,
-                                                    self.pad_id, self.device, batch_size=self.micro)
+            out["old_logprobs"] = self._logprobs(self.engine, prompts, completions)
         return out
+
+    def _logprobs(self, model: torch.nn.Module, prompts: list[list[int]], completions: list[list[int]]
+                  ) -> list[list[float]]:
+        return self._per_token(lambda b: b.rows(token_logprobs(b.forward_logits(model), b.targets, self.temperature)),
+                               prompts, completions)
+
+    def _per_token(self, fn: Callable[[Batch], torch.Tensor], prompts: list[list[int]],
+                   completions: list[list[int]]) -> list[list[float]]:
+        """`fn` (a batch -> per-token values in the [B, T] loss layout) over this rank's sequences in forward-only
+        micro-batches, returned per completion token: `micro_batch_size` sequences padded, or packed within the
+        token budget."""
+        if not self.packed:
+            return per_completion_token(fn, prompts, completions, self.pad_id, self.device, batch_size=self.micro)
+        out: list[list[float]] = []
+        for c in self._token_chunks([len(p) + len(q) for p, q in zip(prompts, completions, strict=True)]):
+            batch = pack_sequences(prompts[c.start:c.stop], completions[c.start:c.stop]).to(self.device)
+            with torch.no_grad():
+                out.extend(unpack(fn(batch), batch.completion_mask))
+        return out
+
+    def _token_chunks(self, lengths: list[int]) -> list[range]:
+        """`learner.max_tokens_per_micro` chunks of sequences, as many on every rank: under ZeRO-2/3 each backward
+        (or forward) is collective, so a rank with fewer chunks than another halves its largest."""
+        budget = self.cfg["learner"]["max_tokens_per_micro"]
+        count = torch.tensor(len(token_budget_chunks(lengths, budget)), device=self.device)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+        return token_budget_chunks(lengths, budget, min_chunks=int(count))
 
     # ---- training ---------------------------------------------------------------------------------------
     def _micro_batches(self, items: list[TrainItem]) -> list[list[TrainItem]]:
-        return [items[i:i + self.micro] for i in range(0, len(items), self.micro)]
+        """`micro_batch_size` items each, or token-budget chunks; a DPO pair stays in one micro-batch."""
+        if not self.packed:
+            return [items[i:i + self.micro] for i in range(0, len(items), self.micro)]
+        unit = 2 if self.cfg["algo"]["objective"] == "dpo" else 1
+        lengths = [sum(len(it.prompt_ids) + len(it.completion_ids) for it in items[i:i + unit])
+                   for i in range(0, len(items), unit)]
+        return [items[c.start * unit:c.stop * unit] for c in self._token_chunks(lengths)]
 
-    def _pack(self, items: list[TrainItem]) -> PackedBatch:
-        return pack([it.prompt_ids for it in items], [it.completion_ids for it in items], self.pad_id).to(
-            self.device)
+    def _pack(self, items: list[TrainItem]) -> Batch:
+        prompts, completions = [it.prompt_ids for it in items], [it.completion_ids for it in items]
+        batch = pack_sequences(prompts, completions) if self.packed else pack(prompts, completions, self.pad_id)
+        return batch.to(self.device)
 
     def train_step(self, minibatches: list[MiniBatch], kl_coef: float = 0.0) -> dict[str, float]:
         """`algo.epochs` passes over this rank's mini-batch shares, one optimizer step per mini-batch. `kl_coef`
@@ -211,11 +254,16 @@ class LearnerRank(CheckpointMixin):
         means, grad_norms, tokens, t0 = WeightedMeans(), [], 0, time.perf_counter()
         for epoch in range(algo["epochs"]):
             for m, mb in enumerate(minibatches):
-                for k, micro in enumerate(self._micro_batches(mb.items)):
+                micros = self._micro_batches(mb.items)
+                for k, micro in enumerate(micros):
                     batch = self._pack(micro)
+                    boundary = k == len(micros) - 1  # this micro-batch completes the mini-batch: optimizer steps
+                    if self.packed:
+                        # Token-budget micro-batches vary in number, so DeepSpeed's count of `accum` cannot find
+                        # the boundary. Its loss scaling by 1 / accum is a constant the normalisers already undo.
+                        self.engine.set_gradient_accumulation_boundary(boundary)
                     loss = self._micro_loss(micro, batch, mb, means, first_pass=epoch == 0 and m == 0)
                     self.engine.backward(loss)
-                    boundary = k == self.accum - 1  # this micro-batch completes the mini-batch: optimizer steps
                     if boundary and self.zero_stage == 0:
                         # Without ZeRO, DeepSpeed clips fp32 grads in place and keeps no norm: take it here,
                         # after the all-reduce (done in backward at the boundary), before clipping.
@@ -224,7 +272,7 @@ class LearnerRank(CheckpointMixin):
                     self.engine.step()
                     if boundary and self.zero_stage > 0:
                         grad_norms.append(float(self.engine.get_global_grad_norm()))
-                    tokens += int(batch.attention_mask.sum())
+                    tokens += batch.num_tokens
         metrics = means.result()
         metrics[f"{self.prefix}/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
         metrics[f"{self.prefix}/lr"] = float(self.engine.get_lr()[0])
@@ -240,26 +288,30 @@ class LearnerRank(CheckpointMixin):
         norm = self.accum * self.world_size
         return max(mb.global_tokens, 1) / norm, max(mb.global_seqs, 1) / norm
 
-    def _micro_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: WeightedMeans,
+    def _micro_loss(self, micro: list[TrainItem], batch: Batch, mb: MiniBatch, means: WeightedMeans,
                     first_pass: bool) -> torch.Tensor:
         objective = self._dpo_loss if self.cfg["algo"]["objective"] == "dpo" else self._pg_loss
         return objective(micro, batch, mb, means, first_pass)
 
-    def _pg_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: WeightedMeans,
+    def _pg_loss(self, micro: list[TrainItem], batch: Batch, mb: MiniBatch, means: WeightedMeans,
                  first_pass: bool) -> torch.Tensor:
         """Policy loss (+ KL to the reference) of one micro-batch, normalised for the whole mini-batch."""
         algo = self.cfg["algo"]
         aggregate = LOSS_AGGREGATIONS.get(algo["loss_agg"])
         in_loss = torch.tensor([float(it.in_loss) for it in micro], device=self.device).unsqueeze(-1)
         mask = batch.completion_mask * in_loss
-        logits = forward_logits(self.engine, batch)
-        logprobs = token_logprobs(logits, batch.targets, self.temperature)
+        logits = batch.forward_logits(self.engine)
+        logprobs = batch.rows(token_logprobs(logits, batch.targets, self.temperature))
         completion = batch.completion_mask  # where the per-token lists go; `mask` says which of them count
         adv = repack([it.advantages for it in micro], completion)
         old = (logprobs.detach() if micro[0].old_logprobs is None
                else repack([it.old_logprobs for it in micro], completion))
-        per_token, clip_frac = POLICY_LOSSES.get(algo["policy_loss"])(
-            logprobs, old, adv, mask, algo["clip_low"], algo["clip_high"], algo["clip_c"])
+        if algo["off_policy_correction"] == "none":
+            per_token, clip_frac = POLICY_LOSSES.get(algo["policy_loss"])(
+                logprobs, old, adv, mask, algo["clip_low"], algo["clip_high"], algo["clip_c"])
+        else:
+            behaviour = repack([it.rollout_logprobs for it in micro], completion)
+            per_token, clip_frac = _decoupled_loss(logprobs, old, behaviour, adv, mask, algo, means)
         num_tokens, num_seqs = self._normalisers(mb)
         loss = aggregate(per_token, mask, num_tokens, num_seqs)
 
@@ -271,19 +323,19 @@ class LearnerRank(CheckpointMixin):
             means.add("actor/kl", masked_mean(kl.detach(), mask), n)
         with torch.no_grad():
             means.add("actor/pg_loss", masked_mean(per_token, mask), n)
-            means.add("actor/entropy", _completion_entropy(logits, mask, self.temperature), n)
+            means.add("actor/entropy", _completion_entropy(logits, batch.select(mask), self.temperature), n)
             means.add("actor/clip_frac", clip_frac, n)
             self._check_rollout_logprobs(micro, batch, logprobs, means, first_pass)
         return loss
 
-    def _dpo_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: WeightedMeans,
+    def _dpo_loss(self, micro: list[TrainItem], batch: Batch, mb: MiniBatch, means: WeightedMeans,
                   first_pass: bool) -> torch.Tensor:
         """DPO loss of the micro-batch's pairs (items 2k and 2k+1 are pair k's chosen and rejected), normalised
         by the mini-batch's number of pairs."""
         algo = self.cfg["algo"]
         mask = batch.completion_mask
-        logits = forward_logits(self.engine, batch)
-        logprobs = token_logprobs(logits, batch.targets, self.temperature)
+        logits = batch.forward_logits(self.engine)
+        logprobs = batch.rows(token_logprobs(logits, batch.targets, self.temperature))
         ref = repack([it.ref_logprobs for it in micro], mask)
         seq = sequence_logprob(logprobs, mask, algo["dpo_length_norm"])
         ref_seq = sequence_logprob(ref, mask, algo["dpo_length_norm"])
@@ -295,11 +347,12 @@ class LearnerRank(CheckpointMixin):
             means.add("dpo/loss", per_pair.mean(), pairs)
             means.add("dpo/margin", margin.mean(), pairs)
             means.add("dpo/accuracy", (margin > 0).float().mean(), pairs)
-            means.add("actor/entropy", _completion_entropy(logits, mask, self.temperature), float(mask.sum()))
+            means.add("actor/entropy", _completion_entropy(logits, batch.select(mask), self.temperature),
+                      float(mask.sum()))
             self._check_rollout_logprobs(micro, batch, logprobs, means, first_pass)
         return loss
 
-    def _check_rollout_logprobs(self, micro: list[TrainItem], batch: PackedBatch, logprobs: torch.Tensor,
+    def _check_rollout_logprobs(self, micro: list[TrainItem], batch: Batch, logprobs: torch.Tensor,
                                 means: WeightedMeans, first_pass: bool) -> None:
         """On the first update the policy still equals the one that sampled: engine and learner must agree."""
         if first_pass:
@@ -312,8 +365,7 @@ class LearnerRank(CheckpointMixin):
         """Logprobs of given completions under the current policy. Under ZeRO-3 every rank must call this with
         the same inputs (the forward gathers parameters collectively)."""
         self.engine.eval()
-        return sequence_logprobs(self.engine, prompts, completions, self.temperature, self.pad_id, self.device,
-                                 batch_size=self.micro)
+        return self._logprobs(self.engine, prompts, completions)
 
     # ---- weight sync ------------------------------------------------------------------------------------
     def sync_plan(self, bucket_mb: float) -> list[Bucket]:
@@ -358,10 +410,25 @@ class LearnerRank(CheckpointMixin):
             return weights_digest(zip(self._params, tensors, strict=True))
 
 
-def _completion_entropy(logits: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean entropy of the sampling distribution over the masked-in positions, computed on those rows only (a
-    vocabulary-wide softmax over every position of the padded batch costs more than the forward pass itself)."""
-    keep = mask.bool()
+def _decoupled_loss(logprobs: torch.Tensor, proximal: torch.Tensor, behaviour: torch.Tensor, adv: torch.Tensor,
+                    mask: torch.Tensor, algo: dict, means: WeightedMeans) -> tuple[torch.Tensor, torch.Tensor]:
+    """AReaL's decoupled PPO loss (`algo.off_policy_correction`): the learner's old logprobs are the proximal
+    policy, the rollout engine's sampled-token logprobs the behaviour policy. Logs the importance ratio."""
+    cap = algo["tis_cap"]
+    per_token, clip_frac = decoupled_ppo_loss(logprobs, proximal, behaviour, adv, mask, algo["clip_low"],
+                                              algo["clip_high"], algo["clip_c"], cap, algo["off_policy_correction"],
+                                              algo["policy_loss"])
+    stats, n = importance_ratio_stats(proximal, behaviour, mask, cap), float(mask.sum())
+    means.add("off_policy/ratio_mean", stats["ratio_mean"], n)
+    means.add("off_policy/capped_frac", stats["capped_frac"], n)
+    means.add_max("off_policy/ratio_max", stats["ratio_max"])  # 0 for an all-masked micro-batch: ratios are > 0
+    return per_token, clip_frac
+
+
+def _completion_entropy(logits: torch.Tensor, keep: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean entropy of the sampling distribution over the logits' rows selected by `keep` (`Batch.select` of the
+    loss mask), computed on those rows only (a vocabulary-wide softmax over every position of the padded batch
+    costs more than the forward pass itself)."""
     return token_entropy(logits[keep], temperature).mean() if keep.any() else torch.zeros(())
 
 
@@ -371,10 +438,15 @@ class WeightedMeans:
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
         self.weights: dict[str, float] = {}
+        self.maxima: dict[str, float] = {}
 
     def add(self, key: str, value: torch.Tensor | float, weight: float) -> None:
         self.sums[key] = self.sums.get(key, 0.0) + float(value) * weight
         self.weights[key] = self.weights.get(key, 0.0) + weight
 
+    def add_max(self, key: str, value: torch.Tensor | float) -> None:
+        """A running maximum instead of a mean (the key should end in `_max`: ranks then merge it by max)."""
+        self.maxima[key] = max(self.maxima.get(key, float("-inf")), float(value))
+
     def result(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.weights[k] for k in self.sums if self.weights[k] > 0}
+        return {k: self.sums[k] / self.weights[k] for k in self.sums if self.weights[k] > 0} | self.maxima

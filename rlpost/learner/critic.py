@@ -22,8 +22,9 @@ import torch
 
 from rlpost.algos import clipped_value_loss, masked_mean, token_mean
 from rlpost.experience import MiniBatch, TrainItem
-from rlpost.learner.actor import LearnerRank, WeightedMeans
-from rlpost.logprobs import PackedBatch, per_completion_token, repack
+from rlpost.learner.actor import Batch, LearnerRank, WeightedMeans
+from rlpost.logprobs import repack
+from rlpost.packing import PackedSequences
 
 
 class CriticRank(LearnerRank):
@@ -42,8 +43,11 @@ class CriticRank(LearnerRank):
     def _loads_reference(self) -> bool:
         return False
 
-    def _values(self, batch: PackedBatch) -> torch.Tensor:
+    def _values(self, batch: Batch) -> torch.Tensor:
         """[b, L-1-start] values, aligned with the batch's completion mask like `forward_logits`' logits."""
+        if isinstance(batch, PackedSequences):
+            out = self.engine(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False)
+            return batch.rows(out.logits[0, batch.logit_index, 0].float())
         out = self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         return out.logits[:, batch.start:-1, 0].float()
 
@@ -51,10 +55,9 @@ class CriticRank(LearnerRank):
                    ) -> dict[str, list[list[float]]]:
         """The values of this rank's share of the batch, per completion token."""
         self.engine.eval()
-        return {"values": per_completion_token(self._values, prompts, completions, self.pad_id, self.device,
-                                               batch_size=self.micro)}
+        return {"values": self._per_token(self._values, prompts, completions)}
 
-    def _micro_loss(self, micro: list[TrainItem], batch: PackedBatch, mb: MiniBatch, means: WeightedMeans,
+    def _micro_loss(self, micro: list[TrainItem], batch: Batch, mb: MiniBatch, means: WeightedMeans,
                     first_pass: bool) -> torch.Tensor:
         """Clipped value loss against the GAE returns, a token mean over the mini-batch (a regression has no
         reason to weigh sequences other than by their tokens)."""
