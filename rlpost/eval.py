@@ -125,7 +125,8 @@ class Evaluator:
         owners = list(range(len(ids))) + [i for i in range(len(ids)) for _ in range(n)]
         texts = self.tokenizer.batch_decode([s.completion_ids for s in samples], skip_special_tokens=True)
         result = rewards.score([self.prompts[i].text for i in owners], texts,
-                               [self.prompts[i].columns for i in owners], [self.prompts[i].messages for i in owners])
+                               [self.prompts[i].columns for i in owners], [self.prompts[i].messages for i in owners],
+                               update_stats=False)
         correct = result.correct(accuracy_component(self.cfg.reward, rewards.labels))
         metrics = {"eval/pass@1": sum(correct[:len(ids)]) / len(ids),
                    "eval/response_length": sum(len(s.completion_ids) for s in greedy) / len(greedy)}

@@ -27,10 +27,15 @@ def test_reward_model_and_plugins_in_the_loop(tiny_model_dir: str, tmp_path) -> 
                     f"{{path: {TESTS / 'rewards_for_tests.py'}, name: text_length}}, "
                     "{path: rewards/format.py, weight: 0.1}, {path: rewards/length.py, weight: 0.5, max_length: 60, "
                     "buffer: 30}]",
-                    f"reward.models=[{{path: {rm_dir}, weight: 0.5, normalize: true, batch_tokens: 512}}]")
+                    f"reward.models=[{{path: {rm_dir}, weight: 0.5, normalize: true, batch_tokens: 512}}]",
+                    # Evaluation scores through the same reward stack, the reward model (which needs the chat
+                    # messages) included: it crashed at step 0 when evaluation left the messages out.
+                    "eval.enabled=true", "eval.limit=2", "eval.num_samples=2", "eval.k=2")
     run_and_check(cfg, tiny_model_dir, run_dir)
 
     rows = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and {"eval/pass@1", "eval/pass@2", "eval/maj@2"} <= set(rows[0])
+    rows = rows[1:]
     for row in rows:
         for key in ["reward/tiny-rm", "reward/tiny-rm/raw", "reward/format/hash", "reward/format/boxed",
                     "reward/length/overlong"]:

@@ -229,12 +229,15 @@ class RewardModelGroup(ActorGroup):
         return [a.score.remote(m, c) for a, m, c in zip(self.actors, _split(messages, n), _split(completions, n),
                                                         strict=True)]
 
-    def collect(self, refs: list[ray.ObjectRef]) -> tuple[list[float], dict[str, list[float]]]:
-        """(the component's values, its extra metrics): normalised scores and the raw ones when normalising."""
+    def collect(self, refs: list[ray.ObjectRef], update_stats: bool = True
+                ) -> tuple[list[float], dict[str, list[float]]]:
+        """(the component's values, its extra metrics): normalised scores and the raw ones when normalising.
+        `update_stats=False` (evaluation) normalises with the statistics of training's scores alone."""
         raw = [x for part in ray.get(refs) for x in part]
         if self.stats is None:
             return raw, {}
-        self.stats.update(raw)
+        if update_stats:
+            self.stats.update(raw)
         return self.stats.normalize(raw), {"raw": raw}
 
 
@@ -259,8 +262,9 @@ class RewardGroup(ActorGroup):
             self.models.append(RewardModelGroup(spec, label, device))
 
     def score(self, prompts: list[str], completions: list[str], columns: list[dict],
-              messages: list[list[dict]] | None = None) -> RewardResult:
-        """Every component of every item; `messages` (the prompts as chat messages) are for the reward models."""
+              messages: list[list[dict]] | None = None, update_stats: bool = True) -> RewardResult:
+        """Every component of every item; `messages` (the prompts as chat messages) are for the reward models,
+        whose running normalisation statistics only training's batches update (`update_stats`)."""
         model_refs = [m.submit(messages, completions) for m in self.models]  # they run alongside the functions
         if self.workers:
             parts = [_split(x, len(self.workers)) for x in (prompts, completions, columns)]
@@ -269,7 +273,7 @@ class RewardGroup(ActorGroup):
         else:
             result = RewardResult(total=[0.0] * len(prompts), components={}, errors=0, timeouts=0)
         for model, refs in zip(self.models, model_refs, strict=True):
-            result.add_component(model.label, model.weight, *model.collect(refs))
+            result.add_component(model.label, model.weight, *model.collect(refs, update_stats))
         return result
 
     def shutdown(self) -> None:
