@@ -26,6 +26,8 @@ PLOTS = [
     ("kl", "KL to reference", [("actor/kl", "KL")]),
     ("response_length", "Response length (tokens)", [("response/length_mean", "mean"),
                                                      ("response/length_max", "max")]),
+    ("format", "Answer format (share of completions)", [("reward/format/hash", "#### <number> last line"),
+                                                        ("reward/format/boxed", "\\boxed{}")]),
     ("entropy", "Policy entropy (nats/token)", [("actor/entropy", "entropy")]),
     ("step_time", "Step time (s)", [("perf/step_seconds", "step"), ("time/generate", "generate"),
                                     ("time/train", "train")]),

@@ -51,6 +51,7 @@ def _rows() -> list[dict]:
                      "response/length_mean": 100.0 + step, "response/length_max": 200.0,
                      "time/generate": 3.0, "time/reward": 1.0, "time/train": 5.0, "time/sync": 1.0,
                      "perf/step_seconds": 10.0, "actor/pg_loss": None, "actor/entropy": 1.0 / step,
+                     "reward/format/hash": 0.1 * step,
                      "time/wall": 2.0 + 10.5 * step})
     rows[2].update({"eval/pass@1": 0.25, "eval/pass@4": 0.50, "time/eval": 2.0})
     rows[4].update({"eval/pass@1": 0.20, "eval/pass@4": 0.55, "eval/maj@4": 0.30, "time/eval": 2.0})
@@ -77,7 +78,7 @@ def test_report_card(tmp_path: Path) -> None:
     assert "Training steps took 40.0 s in all, 10.0 s per step" in text
     assert "| Ray cluster | CPU=8, GPU=2 |" in text and "| torch |" in text
     assert "```yaml\nexperiment: test\n```" in text
-    for stem in ("reward", "eval", "kl", "response_length", "entropy", "step_time"):
+    for stem in ("reward", "eval", "kl", "response_length", "format", "entropy", "step_time"):
         png = tmp_path / "plots" / f"{stem}.png"
         assert f"](plots/{stem}.png)" in text
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

@@ -98,6 +98,13 @@ def test_eval_subset_larger_than_the_test_set_is_one_line(tiny_model_dir: str) -
         Evaluator(cfg, load_tokenizer(tiny_model_dir))
 
 
+def test_smollm2_format_recipe_logs_the_format_share() -> None:
+    cfg = make("experiment=gsm8k_grpo_smollm2_format", "model.path=/models/x", "learner.num_ranks=1")
+    assert [f["path"] for f in cfg.reward.functions] == ["rewards/gsm8k.py", "rewards/format.py"]
+    assert cfg.reward.functions[1]["style"] == "hash" and cfg.trainer.steps == 60
+    validate(cfg)
+
+
 @pytest.mark.parametrize("experiment", ["gsm8k_grpo_qwen05b", "gsm8k_ppo_qwen05b", "gsm8k_online_dpo_qwen05b"])
 def test_qwen05b_recipes_compose_and_divide(experiment: str) -> None:
     """The one-H200 recipes: same sample budget per step (512 completions) and time budget; batch sizes divide.
