@@ -182,3 +182,49 @@ def test_ipc_slot_handshake_over_several_syncs() -> None:
         for got, expected in zip(received[index], sent, strict=True):
             assert all(torch.equal(got[n], expected[n]) for n in weights)
     assert sender._pending == []  # every bucket released: the next sync starts with both slots free
+
+
+def test_tcp_store_on_loopback_listens_on_loopback_only() -> None:
+    """torch's TCPStore server listens on every interface whatever host it is given; ours, for a loopback host,
+    on loopback alone (a local cluster's learners and sync groups), and it still serves clients."""
+    from datetime import timedelta
+
+    import psutil
+    import torch.distributed as dist
+
+    from rlpost.sync.store import free_port, is_loopback, tcp_store
+
+    def listeners() -> set[str]:
+        return {c.laddr.ip for c in psutil.Process().net_connections("inet") if c.status == psutil.CONN_LISTEN}
+
+    before = listeners()
+    port = free_port("127.0.0.1")
+    client = threading.Thread(target=lambda: dist.TCPStore("127.0.0.1", port, 2, is_master=False,
+                                                           timeout=timedelta(seconds=10)).set("k", b"v"))
+    client.start()
+    store = tcp_store("127.0.0.1", port, 2, True, timedelta(seconds=10))
+    client.join()
+    assert store.get("k") == b"v"
+    new = listeners() - before
+    assert new and all(is_loopback(ip) for ip in new), new
+    plain = dist.TCPStore("127.0.0.1", free_port("127.0.0.1"), 1, is_master=True, timeout=timedelta(seconds=10))
+    assert not all(is_loopback(ip) for ip in listeners() - before - new)  # the test can fail: torch's own doesn't
+    del plain
+
+
+def test_ipc_handles_travel_as_json() -> None:
+    """The IPC sender publishes its slots' CUDA handles as JSON records (no pickle crosses the store); a receiver
+    rebuilds the arguments of `rebuild_cuda_tensor` from them with its own tensor kind and device, and refuses a
+    record of any other shape. The CUDA part itself runs in tests/test_gpu.py."""
+    import json
+
+    from rlpost.sync.ipc import rebuild_args, slot_record
+
+    # What reduce_tensor gives for a CUDA uint8 slot of 4096 bytes (handles are opaque bytes).
+    args = (torch.Tensor, torch.Size([4096]), (1,), 0, torch.storage.TypedStorage, torch.uint8, 3, b"\x01handle",
+            4096, 0, False, b"\x02refcount", 8, b"\x03event", True)
+    record = json.loads(json.dumps(slot_record(args)))
+    assert rebuild_args(record, device=0) == (*args[:6], 0, *args[7:])
+    for bad in ({**record, "size_bytes": "4096"}, {**record, "handle": 1}, {**record, "numel": -1}, [record]):
+        with pytest.raises(ValueError, match="IPC handle record"):
+            rebuild_args(bad, device=0)

@@ -19,7 +19,6 @@ mini-batch's token-mean, however it is split across micro-batches and ranks.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from rlpost.learner.logprobs import (
     token_logprobs,
 )
 from rlpost.sync.buckets import Bucket, TensorSpec, plan_buckets
+from rlpost.sync.store import free_port, tcp_store
 from rlpost.sync.transport import SyncGroupInfo, WeightTransport, create_transport
 from rlpost.sync.weights import send_weights
 
@@ -90,12 +90,6 @@ def fp32_buffers_kept(model: torch.nn.Module):
         module._buffers[key] = value.to(module._buffers[key].device)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 class LearnerRank(CheckpointMixin):
     prefix = "actor"  # metric names: actor/grad_norm, actor/lr, ...
     group = "learner"  # learner/tokens, learner/seconds
@@ -111,7 +105,8 @@ class LearnerRank(CheckpointMixin):
         """Where this rank can host a rendezvous (the training group's, or the weight-sync group's)."""
         import ray
 
-        return ray.util.get_node_ip_address(), _free_port()
+        host = ray.util.get_node_ip_address()
+        return host, free_port(host)
 
     def _load_model(self) -> torch.nn.Module:
         """The trained model, in fp32 (DeepSpeed casts to the configured training dtype and keeps fp32 master
@@ -128,6 +123,7 @@ class LearnerRank(CheckpointMixin):
 
     def setup(self, master_addr: str, master_port: int) -> None:
         import deepspeed
+        from deepspeed.constants import default_pg_timeout
 
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
@@ -135,7 +131,13 @@ class LearnerRank(CheckpointMixin):
         device = self.cfg["cluster"]["device"]
         if device == "cuda":
             torch.cuda.set_device(0)  # Ray shows each rank exactly its own GPU(s) through CUDA_VISIBLE_DEVICES
-        deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl")
+        # The training group's rendezvous store, made here rather than by torch's env:// (whose server listens on
+        # every interface) so that a local cluster's listens on loopback only; DeepSpeed adopts the group.
+        backend = "gloo" if device == "cpu" else "nccl"
+        store = tcp_store(master_addr, master_port, self.world_size, self.rank == 0, default_pg_timeout)
+        torch.distributed.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size,
+                                             timeout=default_pg_timeout)
+        deepspeed.init_distributed(dist_backend=backend)
         self.device = torch.device("cpu") if device == "cpu" else torch.device("cuda", torch.cuda.current_device())
         self.colocated = bool(self.cfg["cluster"].get("colocate", False))
         try:
