@@ -221,8 +221,9 @@ class LoggerConfig:
 @dataclass
 class ClusterConfig:
     name: str = "debug_cpu"
-    # "" = join the cluster this job runs in or `ray start` started here, else start a local one;
-    # "auto" = join that cluster or fail; "local" = always a local one; HOST:PORT = that head's GCS.
+    # "" = join the cluster this job was submitted to (RAY_ADDRESS), else start a private local one that listens
+    # on loopback only; "auto" = RAY_ADDRESS or the `ray start` head of this machine, or fail; "local" = always a
+    # private local one; HOST:PORT = that head's GCS. A `ray start` head is joined only by "auto" or its address.
     address: str = ""
     num_cpus: int = 0  # logical CPUs of a local cluster (0 = enough for every actor)
     device: str = "cpu"  # cpu | cuda

@@ -12,8 +12,10 @@ from __future__ import annotations
 import ipaddress
 import socket
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-import torch.distributed as dist
+if TYPE_CHECKING:  # torch is imported where a store is made: `rlpost-submit` imports `is_loopback` without it
+    import torch.distributed as dist
 
 
 def is_loopback(host: str) -> bool:
@@ -34,6 +36,8 @@ def free_port(host: str) -> int:
 
 def tcp_store(host: str, port: int, world_size: int, is_master: bool, timeout: timedelta) -> dist.TCPStore:
     """A TCPStore at host:port; the master hosts the server, on loopback only when `host` is a loopback address."""
+    import torch.distributed as dist
+
     if not (is_master and is_loopback(host)):
         return dist.TCPStore(host, port, world_size, is_master=is_master, timeout=timeout)
     listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
