@@ -34,15 +34,22 @@ def compose_config(overrides: list[str]) -> DictConfig:
 def run(cfg: DictConfig) -> list[dict[str, float]]:
     """Validate, build the groups, resume if asked, train, and write the report card. Importable, so tests and
     notebooks drive the same path as the CLI."""
-    from rlpost.checkpoint import find_resume
-    from rlpost.models import resolve_model_path
-    from rlpost.report import write_report
-    from rlpost.trainer import Trainer
+    from rlpost.runlock import run_lock
     from rlpost.validate import validate
 
     validate(cfg)
     run_dir = os.path.abspath(cfg.trainer.run_dir)
     os.makedirs(run_dir, exist_ok=True)
+    with run_lock(run_dir):  # before anything reads or writes the folder: one run per folder
+        return _run(cfg, run_dir)
+
+
+def _run(cfg: DictConfig, run_dir: str) -> list[dict[str, float]]:
+    from rlpost.checkpoint import find_resume
+    from rlpost.models import resolve_model_path
+    from rlpost.report import write_report
+    from rlpost.trainer import Trainer
+
     model_path = resolve_model_path(cfg.model.path)
     trainer = Trainer(cfg, model_path, run_dir)
     resume = find_resume(cfg.trainer.resume, run_dir)
