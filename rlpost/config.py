@@ -174,6 +174,9 @@ class RewardConfig:
     item_timeout_s: float = 10.0  # one sample's verification; on timeout it scores `error_score`
     batch_timeout_s: float = 300.0  # one step's whole batch; items not scored by then are timeouts
     error_score: float = 0.0
+    # A score larger than this in magnitude is treated like NaN (an error: counted, scored `error_score`); a
+    # runaway reward (1e36) otherwise turns the loss into NaN.
+    max_abs_score: float = 1e6
     max_failure_frac: float = 0.5  # stop the run when more of a batch than this fails in any one function
 
 
