@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlpost.config import ConfigError
+from rlpost.config import ConfigError, RunError
 
 CHECKPOINTS = "checkpoints"
 META = "meta.json"
@@ -248,8 +248,11 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             previous = next((p.name for p in self.complete() if p != final), None)
             kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+            # A refusal of ours (non-finite weights) says its own fix; anything else is the disk's
+            fix = "" if isinstance(getattr(err, "cause", None) or err, RunError) else \
+                "; free space there or point trainer.run_dir elsewhere"
             raise CheckpointError(f"checkpoint step {step} could not be written to {self.root} ({describe_error(err)})"
-                                  f"; {kept}; free space there or point trainer.run_dir elsewhere") from err
+                                  f"; {kept}{fix}") from err
         self.prune()
         print(f"[rlpost] checkpoint {final} ({time.perf_counter() - t0:.1f}s)", flush=True)
         return final

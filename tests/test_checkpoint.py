@@ -256,6 +256,7 @@ os.environ.update(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", RANK="0", WORLD
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+import shutil
 from pathlib import Path
 import torch, deepspeed
 from rlpost.learner.checkpointing import CheckpointMixin
@@ -270,6 +271,7 @@ model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 rank.engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=build_ds_config({stage}, 1, 1, 1, 1.0,
                                                                                         "float32"))
+rank._params, rank.device = dict(rank.engine.module.named_parameters()), torch.device("cpu")
 rank.engine.backward(rank.engine(torch.randn(1, 8)).sum())
 rank.engine.step()
 folder, marker = Path({folder!r}), Path({marker!r})
@@ -286,13 +288,33 @@ for name in {targets!r}:
     except Exception as err:
         print("refused", name, type(err).__name__)
     target.write_bytes(saved)
+if {stage} == 0:  # without ZeRO the module's parameters are the optimizer's: NaN in them is the state on disk
+    finite = {{n: p.detach().clone() for n, p in rank._params.items()}}
+    with torch.no_grad():
+        rank._params["0.weight"][0, 0] = float("nan")
+    try:
+        rank.save_checkpoint(str(folder) + "-nan")
+        print("SAVED non-finite")
+    except Exception as err:
+        print("refused save:", str(err).splitlines()[0], (folder.parent / (folder.name + "-nan")).exists())
+    rank.engine.save_checkpoint(str(folder) + "-nan", tag="state", save_latest=False)  # written around the guard
+    shutil.copy(folder / "rng_rank0.pt", str(folder) + "-nan")
+    with torch.no_grad():
+        for n, p in rank._params.items():
+            p.copy_(finite[n])
+    try:
+        rank.load_checkpoint(str(folder) + "-nan")
+        print("LOADED non-finite")
+    except Exception as err:
+        print("refused load:", str(err).splitlines()[0])
 """
 
 
 @pytest.mark.parametrize("stage", [0, 2])
 def test_learner_loads_are_weights_only(tmp_path: Path, stage: int) -> None:
     """A real DeepSpeed engine (CPU, one rank): its checkpoint round-trips, and a planted model-state, optimizer
-    or RNG file is refused by the learner without its payload running."""
+    or RNG file is refused by the learner without its payload running. Weights with NaN are neither saved nor
+    loaded."""
     marker = tmp_path / "payload-ran"
     targets = ["state/mp_rank_00_model_states.pt", "rng_rank0.pt"]
     if stage:
@@ -302,6 +324,29 @@ def test_learner_loads_are_weights_only(tmp_path: Path, stage: int) -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
-    lines = [line for line in out.stdout.splitlines() if line.startswith(("round trip", "refused", "LOADED"))]
-    assert lines == ["round trip ok"] + [f"refused {name} UnpicklingError" for name in targets], out.stdout
+    lines = [line for line in out.stdout.splitlines() if line.startswith(("round trip", "refused", "LOADED",
+                                                                          "SAVED"))]
+    nonfinite = ["refused save: learner: 1 parameter tensor(s) hold NaN or inf, so they are not checkpointed (the run "
+                 "diverged); lower learner.lr, check the rewards, and resume from the last checkpoint False",
+                 "refused load: learner: 1 parameter tensor(s) of the checkpoint hold NaN or inf"] if stage == 0 else []
+    assert lines == ["round trip ok"] + [f"refused {name} UnpicklingError" for name in targets] + nonfinite, \
+        out.stdout
     assert not marker.exists()
+
+
+def test_a_refused_save_keeps_the_last_finite_checkpoint(tmp_path: Path) -> None:
+    """A learner that refuses to checkpoint non-finite weights: the step's save fails with its reason, in one
+    line, and the previous checkpoint stays the newest."""
+    from rlpost.config import RunError
+
+    manager = CheckpointManager(str(tmp_path), keep=2)
+    manager.save(2, writer(b"a" * 10), {})
+
+    def diverged(folder: Path) -> None:
+        raise RunError("learner: 3 parameter tensor(s) hold NaN or inf, so they are not checkpointed")
+
+    with pytest.raises(CheckpointError) as err:
+        manager.save(4, diverged, {})
+    assert str(err.value).endswith("(RunError: learner: 3 parameter tensor(s) hold NaN or inf, so they are not "
+                                   "checkpointed); the previous checkpoint step_000002 is intact")
+    assert find_resume("auto", str(tmp_path)).name == "step_000002"

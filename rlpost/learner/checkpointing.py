@@ -21,6 +21,7 @@ from contextlib import contextmanager
 import torch
 
 from rlpost.checkpoint import fsync_tree, rng_state, set_rng_state
+from rlpost.config import RunError
 
 TAG = "state"  # DeepSpeed's sub-folder name; one checkpoint per folder, so the tag is fixed
 FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"  # read by every torch.load call; overrides weights_only=False
@@ -53,8 +54,22 @@ def weights_only_loads() -> Iterator[None]:
 
 
 class CheckpointMixin:
+    def nonfinite_tensors(self) -> int:
+        """How many parameter tensors hold NaN or inf, over the group's ranks (each checks its own: its ZeRO-3
+        shards, or its full copy). Collective: every rank calls it."""
+        local = sum(not bool(torch.isfinite(getattr(p, "ds_tensor", p)).all()) for p in self._params.values())
+        count = torch.tensor([local], dtype=torch.int64, device=self.device)
+        torch.distributed.all_reduce(count)
+        return int(count.item())
+
     def save_checkpoint(self, path: str) -> None:
-        """Write this rank's part of the group's checkpoint into `path` (a folder every rank can reach)."""
+        """Write this rank's part of the group's checkpoint into `path` (a folder every rank can reach). Weights
+        with NaN or inf are never written: the run has diverged, and the last finite checkpoint must stay the
+        newest one (every rank sees the same count, so all of them refuse)."""
+        bad = self.nonfinite_tensors()
+        if bad:
+            raise RunError(f"learner: {bad} parameter tensor(s) hold NaN or inf, so they are not checkpointed (the "
+                           "run diverged); lower learner.lr, check the rewards, and resume from the last checkpoint")
         self.engine.save_checkpoint(path, tag=TAG, save_latest=False)
         torch.save(rng_state(), os.path.join(path, f"rng_rank{self.rank}.pt"))
         fsync_tree(path)  # this rank's bytes are on disk before the driver declares the checkpoint complete
@@ -66,6 +81,9 @@ class CheckpointMixin:
                                                     load_lr_scheduler_states=True)
         if loaded is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {path}/{TAG}")
+        bad = self.nonfinite_tensors()
+        if bad:
+            raise RunError(f"learner: {bad} parameter tensor(s) of the checkpoint hold NaN or inf")
         set_rng_state(torch.load(os.path.join(path, f"rng_rank{self.rank}.pt"), weights_only=True))
 
     def export_hf(self, path: str) -> None:
