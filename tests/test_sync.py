@@ -228,3 +228,40 @@ def test_ipc_handles_travel_as_json() -> None:
     for bad in ({**record, "size_bytes": "4096"}, {**record, "handle": 1}, {**record, "numel": -1}, [record]):
         with pytest.raises(ValueError, match="IPC handle record"):
             rebuild_args(bad, device=0)
+
+
+def _ipc_receiver(info, queue) -> None:
+    from rlpost.sync.ipc import IpcTransport
+
+    transport = IpcTransport(info, sender=False)
+    transport._store.wait(["filled/ready"])
+    queue.put([slot.cpu().tolist() for slot in transport._slots])
+    transport._store.set("done/read/0", b"1")  # the sender keeps its slots alive until this key is there
+
+
+@pytest.mark.gpu
+def test_ipc_handles_open_in_another_process() -> None:
+    """The JSON handle records on a real GPU: a second process maps the sender's two slots through them and
+    reads what the sender wrote (the store on loopback, as a local cluster's)."""
+    import torch.multiprocessing as mp
+
+    from rlpost.sync.ipc import IpcTransport, gpu_uuid
+    from rlpost.sync.store import free_port
+
+    torch.cuda.init()
+    info = SyncGroupInfo("ipc", "", 0, 0, 60, ipc_senders={gpu_uuid(): ("127.0.0.1", free_port("127.0.0.1"), 1)},
+                         slot_bytes=16)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    receiver = ctx.Process(target=_ipc_receiver, args=(info, queue))
+    receiver.start()
+    sender = IpcTransport(info, sender=True)  # waits for the receiver to join its store
+    for i, slot in enumerate(sender._slots):
+        slot.copy_(torch.arange(16, dtype=torch.uint8) + 100 * i)
+    torch.cuda.synchronize()
+    sender._store.set("filled/ready", b"1")
+    got = queue.get(timeout=60)
+    sender._store.wait(["done/read/0"])
+    receiver.join(timeout=60)
+    assert receiver.exitcode == 0
+    assert got == [list(range(16)), [100 + j for j in range(16)]]
