@@ -115,6 +115,9 @@ class LearnerConfig:
     lr_schedule: str = "constant"  # constant | cosine (to min_lr_ratio * lr at the last optimizer step)
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
+    # An update whose loss or gradient norm is NaN/inf is skipped (counted in actor/skipped_updates); this many in
+    # a row stop the run (0 = never). Also the critic's limit.
+    max_skipped_updates: int = 3
     micro_batch_size: int = 4  # sequences per forward/backward on one rank
     gradient_checkpointing: bool = False
 

@@ -18,6 +18,7 @@ mini-batch's token-mean, however it is split across micro-batches and ranks.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from contextlib import contextmanager
@@ -100,6 +101,7 @@ class LearnerRank(CheckpointMixin):
         self.total_optimizer_steps = total_optimizer_steps
         self._transport: WeightTransport | None = None
         self._plan: list[Bucket] = []
+        self._skips_in_a_row = 0  # optimizer updates skipped for a non-finite loss or gradient norm, in a row
 
     def address(self) -> tuple[str, int]:
         """Where this rank can host a rendezvous (the training group's, or the weight-sync group's)."""
@@ -220,6 +222,7 @@ class LearnerRank(CheckpointMixin):
         self.kl_coef = kl_coef
         self.engine.train()
         means, grad_norms, tokens, t0 = _WeightedMeans(), [], 0, time.perf_counter()
+        skipped = 0
         for epoch in range(algo["epochs"]):
             for m, mb in enumerate(minibatches):
                 for k, micro in enumerate(self._micro_batches(mb.items)):
@@ -232,18 +235,44 @@ class LearnerRank(CheckpointMixin):
                         # after the all-reduce (done in backward at the boundary), before clipping.
                         grads = [p.grad for p in self._params.values() if p.grad is not None]
                         grad_norms.append(float(torch.nn.utils.get_total_norm(grads)))
+                        if not math.isfinite(grad_norms[-1]):
+                            # A NaN/inf loss or gradient: skip the update. DeepSpeed's step still runs, so its
+                            # counters and the LR schedule stay aligned, on zero gradients at learning rate 0,
+                            # which moves no weight (the schedule sets the next step's rate again).
+                            for p in self._params.values():
+                                if p.grad is not None:
+                                    p.grad.zero_()
+                            for group in self.engine.optimizer.param_groups:
+                                group["lr"] = 0.0
                     self.engine.step()
-                    if boundary and self.zero_stage > 0:
-                        grad_norms.append(float(self.engine.get_global_grad_norm()))
+                    if boundary:
+                        if self.zero_stage > 0:
+                            grad_norms.append(float(self.engine.get_global_grad_norm() or math.nan))
+                        # ZeRO's optimizers skip a non-finite step themselves (was_step_applied); ZeRO-0's, above
+                        applied = self.engine.was_step_applied() and math.isfinite(grad_norms[-1])
+                        skipped += not applied
+                        self._count_skip(applied)
                     tokens += int(batch.attention_mask.sum())
+        finite = [g for g in grad_norms if math.isfinite(g)]
         metrics = means.result()
-        metrics[f"{self.prefix}/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
+        metrics[f"{self.prefix}/grad_norm"] = sum(finite) / len(finite) if finite else float("nan")
+        metrics[f"{self.prefix}/skipped_updates"] = float(skipped)
         metrics[f"{self.prefix}/lr"] = float(self.engine.get_lr()[0])
         metrics[f"{self.group}/tokens"] = float(tokens)
         metrics[f"{self.group}/seconds"] = time.perf_counter() - t0
         if self.colocated:
             torch.cuda.empty_cache()  # hand activation memory back before the colocated engine wakes up
         return metrics
+
+    def _count_skip(self, applied: bool) -> None:
+        """Stop the run after `learner.max_skipped_updates` skipped updates in a row: it has diverged, and every
+        further step would be skipped too. The same on every rank (the gradient norm is the group's)."""
+        self._skips_in_a_row = 0 if applied else self._skips_in_a_row + 1
+        limit = self.cfg["learner"]["max_skipped_updates"]
+        if limit and self._skips_in_a_row >= limit:
+            raise RunError(f"{self.prefix}: {self._skips_in_a_row} updates in a row had a non-finite loss or gradient "
+                           f"norm and were skipped (learner.max_skipped_updates={limit}); the run diverged: lower "
+                           "learner.lr or check the rewards, and resume from the last checkpoint")
 
     def _normalisers(self, mb: MiniBatch) -> tuple[float, float]:
         """The mini-batch's global token and sequence counts, scaled for DeepSpeed (see the module docstring);
