@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +31,29 @@ def compose_config(overrides: list[str]) -> DictConfig:
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
+
+
+class Stopped(BaseException):
+    """SIGTERM (what Ray jobs, Slurm and Kubernetes send) or SIGINT arrived. Raised in the main thread wherever the
+    driver is, so the run unwinds as after an error: actors shut down, the report is written, and the process
+    exits 128 + the signal's number. A second signal of either kind ends the process at once."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: object) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    raise Stopped(signum)
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGINT raise `Stopped` in the main thread (a no-op elsewhere: only it can set handlers)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _stop)
 
 
 def run(cfg: DictConfig) -> list[dict[str, float]]:
@@ -63,8 +88,11 @@ def _run(cfg: DictConfig, run_dir: str) -> list[dict[str, float]]:
              if trainer.dropped_prompts else ""), flush=True)
     OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
     t0 = time.perf_counter()
+    stopping = signal.getsignal(signal.SIGINT) is _stop  # the CLI's handlers (a notebook's stay as they are)
     try:
         trainer.start()
+        if stopping:
+            stop_on_signals()  # again: `ray.init` (in start) sets its own SIGTERM handler
         print(f"[rlpost] actors up in {time.perf_counter() - t0:.1f}s", flush=True)
         if resume is not None:
             trainer.restore()
@@ -94,8 +122,16 @@ def user_error(err: BaseException) -> str | None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
+    stop_on_signals()
     try:
         run(cfg)
+    except Stopped as stop:
+        import ray
+
+        ray.shutdown()  # a local cluster's processes go with the driver, not minutes later
+        print(f"rlpost: error: stopped by {stop} (the report and the checkpoints so far are in "
+              f"{os.path.abspath(cfg.trainer.run_dir)}; trainer.resume=auto continues)", file=sys.stderr, flush=True)
+        raise SystemExit(128 + stop.signum) from None
     except Exception as err:
         message = user_error(err)
         if message is None:
