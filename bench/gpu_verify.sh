@@ -7,6 +7,11 @@
 #   bash bench/gpu_verify.sh learn NAME [bench/learn_gsm8k.py args]  # GSM8K before, training, after, report card
 #       (MODEL: the model to train, e.g. the model pack's /tmp/models/qwen2.5-coder-0.5b-instruct; the card and
 #       the rows go to OUT/runs/NAME and OUT/RESULTS.md)
+#   bash bench/gpu_verify.sh learn-bg NAME [args]  # the same in the background (setsid), from a private copy of the
+#       repo in /tmp/rlpost-repo, results in /tmp/rlpost-bg: it outlives the call, not the lease (30 s idle, 30 min)
+#   bash bench/gpu_verify.sh wait SECONDS          # progress of learn-bg until it ends or SECONDS pass, then its
+#       results packed into OUT/bg.tar.gz. Chain these calls with no pause between them: the machine goes back
+#       after 30 s without a call, and a background run goes with it.
 # MODEL: a SmolLM2-135M-Instruct folder (default $KIT_MODEL); OUT: where logs and results go (default
 # ./gpu-verify). A training run's folder is /tmp/rlpost-gpu-NAME (its hf_model is the "after" model).
 # Two GPUs: CUDA_VISIBLE_DEVICES=0 / =1 on two of these at once, or `train split cluster=split`.
@@ -38,8 +43,25 @@ case "$mode" in
     name=$1; shift
     python3 -m bench.learn_gsm8k "$name" --model "$MODEL" --results "$OUT/RESULTS.md" --runs "$OUT/runs" "$@" \
       2>&1 | tee "$OUT/learn_$name.log" ;;
+  learn-bg)
+    bg=/tmp/rlpost-bg
+    rm -rf /tmp/rlpost-repo "$bg" && mkdir -p /tmp/rlpost-repo "$bg"
+    cp -r bench configs rewards rlpost pyproject.toml /tmp/rlpost-repo/
+    cd /tmp/rlpost-repo
+    OUT=$bg PYTHONPATH=/tmp/rlpost-repo:${PYTHONPATH:-} setsid nohup bash bench/gpu_verify.sh learn "$@" \
+      > "$bg/console.log" 2>&1 < /dev/null &
+    echo $! > "$bg/pid"
+    echo "started learn $* in the background (pid $(cat "$bg/pid")); follow it with: bash bench/gpu_verify.sh wait S" ;;
+  wait)
+    bg=/tmp/rlpost-bg
+    end=$((SECONDS + ${1:-540}))
+    while kill -0 "$(cat "$bg/pid")" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
+    grep -E "\[rlpost\]|\[learn_gsm8k\]|rror" "$bg/console.log" | tail -n 25 || true
+    kill -0 "$(cat "$bg/pid")" 2>/dev/null && echo "still running" || echo "finished"
+    tar czf "$OUT/bg.tar.gz" -C / tmp/rlpost-bg $(cd / && ls -d tmp/rlpost-learn-*/report.md tmp/rlpost-learn-*/plots \
+      tmp/rlpost-learn-*/metrics.jsonl tmp/rlpost-learn-*/learn_*.log 2>/dev/null) ;;
   sync)
     python3 -m bench.sync --model "$MODEL" --qwen05b /tmp/qwen2-0.5b-random "$@" 2>&1 | tee -a "$OUT/sync.log" ;;
   *)
-    echo "usage: bash bench/gpu_verify.sh tests|gsm8k|train|learn|sync ..." >&2; exit 2 ;;
+    echo "usage: bash bench/gpu_verify.sh tests|gsm8k|train|learn|learn-bg|wait|sync ..." >&2; exit 2 ;;
 esac

@@ -4,13 +4,17 @@
         policy/            one folder per registered learner group (a critic group registers as "critic"):
                            DeepSpeed's module/optimizer/LR-scheduler states + each rank's RNG states
         driver.pt          step, prompt-loader position, driver RNG states, metrics rows so far
-        meta.json          written last: step, config fingerprint, and every file with its size
+        meta.json          written last: step, config fingerprint, and every file with its size and SHA-256
 
 Atomicity: everything is written into a hidden temp folder, every file is fsynced, then `meta.json` (itself
 fsynced), and the folder is renamed into place (and the parent fsynced). A crash at any moment leaves either
-the complete folder or a temp folder that is never loaded (and is removed by the next save). A finished folder
-whose files were damaged afterwards (a file missing or truncated: its size differs from meta.json) is skipped
-with a warning by `trainer.resume=auto`.
+the complete folder or a temp folder that is never loaded (and is removed by the next save).
+
+Integrity and safety: a checkpoint is only loaded once every file matches meta.json (size and SHA-256) and no
+file is there that meta.json does not list, so a damaged or altered file is refused before anything is
+unpickled. Every `torch.load` of a checkpoint is weights-only (our own state is plain types and tensors), so even
+a file planted together with a matching meta.json cannot run code. `trainer.resume=auto` skips damaged folders
+with a warning and takes the newest intact one; if none is intact it stops rather than start over them.
 
 The fingerprint records what a checkpoint is only valid for (model, algorithm, learner layout); resuming under a
 different one is refused with one line naming the field, before any actor starts.
@@ -18,8 +22,10 @@ different one is refused with one line naming the field, before any actor starts
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 import time
@@ -30,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlpost.config import ConfigError
+from rlpost.config import ConfigError, RunError
 
 CHECKPOINTS = "checkpoints"
 META = "meta.json"
@@ -71,14 +77,27 @@ def _fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def file_sizes(path: Path) -> dict[str, int]:
-    return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_records(path: Path) -> dict[str, dict[str, Any]]:
+    """Every file under `path` with its size and SHA-256, keyed by its path relative to `path`."""
+    return {str(p.relative_to(path)): {"size": p.stat().st_size, "sha256": sha256(p)}
+            for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def rng_state() -> dict[str, Any]:
-    """Every RNG a process draws from: Python's, NumPy's global, torch's CPU and (if present) CUDA generators."""
-    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
-                             "torch": torch.get_rng_state()}
+    """Every RNG a process draws from: Python's, NumPy's global, torch's CPU and (if present) CUDA generators.
+    Plain types and tensors only, so it loads with `torch.load(weights_only=True)`: NumPy's state as its dict
+    form with the key as a list of ints."""
+    numpy = np.random.get_state(legacy=False)
+    numpy["state"] = {"key": numpy["state"]["key"].tolist(), "pos": int(numpy["state"]["pos"])}
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": numpy, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -117,23 +136,35 @@ def check_compatible(path: Path, saved: dict[str, Any], current: dict[str, Any])
                               "resume with the settings it was written with, or start fresh with trainer.resume=null")
 
 
-def verify(path: Path) -> dict[str, Any]:
-    """The checkpoint's meta if it is complete (meta present, every recorded file at its recorded size);
-    CheckpointError naming what is wrong otherwise."""
+def verify(path: Path, hashes: bool = True) -> dict[str, Any]:
+    """The checkpoint's meta if it is intact: meta present, every recorded file at its recorded size and (with
+    `hashes`) SHA-256, and no file that meta does not record. CheckpointError naming what is wrong otherwise.
+    Without `hashes` only the sizes are compared: cheap, for deciding what to prune, never for loading."""
     meta_file = path / META
     if not meta_file.is_file():
         raise CheckpointError(f"checkpoint {path} is incomplete: no {META} (its save was interrupted)")
     try:
         meta = json.loads(meta_file.read_text())
-        recorded = meta["files"]
-    except (ValueError, KeyError) as err:
-        raise CheckpointError(f"checkpoint {path} is corrupt: {META} is unreadable ({describe_error(err)})") from None
-    for name, size in recorded.items():
+        recorded = {name: (int(rec["size"]), str(rec["sha256"])) for name, rec in meta["files"].items()}
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {path} cannot be verified: {META} is unreadable or has no SHA-256 per "
+                              f"file ({describe_error(err)}; checkpoints of rlpost before hashes are not loaded)"
+                              ) from None
+    for name, (size, _) in recorded.items():
         f = path / name
         actual = f.stat().st_size if f.is_file() else None
         if actual != size:
             state = "missing" if actual is None else f"{actual} bytes, expected {size}"
             raise CheckpointError(f"checkpoint {path} is incomplete: {name} is {state}")
+    present = {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()} - {META}
+    if present - recorded.keys():
+        raise CheckpointError(f"checkpoint {path} is altered: {sorted(present - recorded.keys())[0]} is not "
+                              f"recorded in {META} (added after the save)")
+    if hashes:
+        for name, (_, digest) in recorded.items():
+            if sha256(path / name) != digest:
+                raise CheckpointError(f"checkpoint {path} is altered or damaged: {name} does not match its "
+                                      f"SHA-256 in {META}")
     return meta
 
 
@@ -153,11 +184,11 @@ class CheckpointManager:
                       key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
 
     def complete(self) -> list[Path]:
-        """Complete checkpoint folders, newest first."""
+        """Complete checkpoint folders (by file sizes, not hashes: this runs after every save), newest first."""
         out = []
         for path in self.step_dirs():
             try:
-                verify(path)
+                verify(path, hashes=False)
                 out.append(path)
             except CheckpointError:
                 pass
@@ -170,13 +201,20 @@ class CheckpointManager:
             shutil.rmtree(path, ignore_errors=True)
 
     def latest(self, warn: Callable[[str], None] = print) -> Path | None:
-        """The newest complete checkpoint; incomplete ones are skipped with a warning."""
+        """The newest intact checkpoint; damaged ones are skipped with a warning. None if there is no checkpoint
+        folder at all; CheckpointError if there are some but none is intact (a run must not start over them)."""
+        damaged = []
         for path in self.step_dirs():
             try:
                 verify(path)
                 return path
             except CheckpointError as err:
                 warn(f"[rlpost] warning: {err}; skipping it")
+                damaged.append(path.name)
+        if damaged:
+            raise CheckpointError(f"trainer.resume: none of the {len(damaged)} checkpoint(s) in {self.root} is "
+                                  f"intact ({', '.join(damaged)}; the warnings above say why); repair or delete "
+                                  "them, or start fresh in another trainer.run_dir")
         return None
 
     def save(self, step: int, write: Callable[[Path], None], meta: dict[str, Any]) -> Path:
@@ -193,7 +231,7 @@ class CheckpointManager:
             tmp.mkdir()
             write(tmp)
             fsync_tree(tmp)
-            meta = {**meta, "step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "files": file_sizes(tmp)}
+            meta = {**meta, "step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "files": file_records(tmp)}
             with open(tmp / META, "w") as f:
                 json.dump(meta, f, indent=1)
                 f.flush()
@@ -210,16 +248,20 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             previous = next((p.name for p in self.complete() if p != final), None)
             kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+            # A refusal of ours (non-finite weights) says its own fix; anything else is the disk's
+            fix = "" if isinstance(getattr(err, "cause", None) or err, RunError) else \
+                "; free space there or point trainer.run_dir elsewhere"
             raise CheckpointError(f"checkpoint step {step} could not be written to {self.root} ({describe_error(err)})"
-                                  f"; {kept}; free space there or point trainer.run_dir elsewhere") from err
+                                  f"; {kept}{fix}") from err
         self.prune()
         print(f"[rlpost] checkpoint {final} ({time.perf_counter() - t0:.1f}s)", flush=True)
         return final
 
 
 def find_resume(resume: str | None, run_dir: str) -> Path | None:
-    """The checkpoint `trainer.resume` selects: None/"" = none; "auto" = the newest complete one of this run
-    folder (none: start fresh); a checkpoint folder; or a run folder (its newest complete checkpoint)."""
+    """The checkpoint `trainer.resume` selects: None/"" = none; "auto" = the newest intact one of this run folder
+    (no checkpoint yet: start fresh; only damaged ones: CheckpointError); a checkpoint folder; or a run folder
+    (its newest intact checkpoint). The caller verifies the chosen one again before loading it."""
     if not resume:
         return None
     if resume == "auto":
@@ -229,12 +271,12 @@ def find_resume(resume: str | None, run_dir: str) -> Path | None:
         raise CheckpointError(f"trainer.resume={resume}: {path} does not exist; point it at a checkpoint folder "
                               f"(.../{CHECKPOINTS}/{PREFIX}NNNNNN) or a run folder, or use trainer.resume=auto")
     if (path / META).exists() or path.name.startswith(PREFIX):
-        verify(path)  # named explicitly: an incomplete one is an error, not a warning
+        verify(path, hashes=False)  # named explicitly: an incomplete one is an error, not a warning
         return path
     for root in (path, path.parent):  # a run folder, or its checkpoints/ folder
-        found = CheckpointManager(str(root), keep=0).latest()
-        if found is not None:
-            return found
+        manager = CheckpointManager(str(root), keep=0)
+        if manager.step_dirs():
+            return manager.latest()
     raise CheckpointError(f"trainer.resume={resume}: no complete checkpoint there; point it at a checkpoint "
                           f"folder (.../{CHECKPOINTS}/{PREFIX}NNNNNN) or a run folder, or use trainer.resume=auto")
 
@@ -242,13 +284,41 @@ def find_resume(resume: str | None, run_dir: str) -> Path | None:
 DRIVER_KEYS = ("step", "loader", "rng", "metrics")
 
 
-def load_driver_state(path: Path) -> dict[str, Any]:
+def unsafe_globals(file: Path) -> list[str]:
+    """The classes and functions a torch file would import when fully unpickled (read from its opcodes, nothing
+    is run); [] if it is not a torch file at all."""
     try:
-        state = torch.load(path / DRIVER, weights_only=False)
-        missing = [k for k in DRIVER_KEYS if k not in state]
-        if missing:
-            raise KeyError(f"no {', '.join(missing)} in it")
-        return state
+        return torch.serialization.get_unsafe_globals_in_checkpoint(file)
+    except Exception:
+        return []
+
+
+def load_driver_state(path: Path) -> dict[str, Any]:
+    """The driver's state, loaded weights-only: a pickle that would build anything but plain types and tensors
+    (and so could run code) is refused without running it."""
+    try:
+        state = torch.load(path / DRIVER, weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"trainer.resume: checkpoint {path} is corrupt: {DRIVER} cannot be read "
-                              f"({describe_error(err)}); delete that folder to resume from an older one") from None
+        unsafe = unsafe_globals(path / DRIVER)
+        if unsafe:
+            raise CheckpointError(f"trainer.resume: checkpoint {path} is refused: {DRIVER} holds objects other than "
+                                  f"plain data and tensors ({', '.join(unsafe[:3])}), which could run code when "
+                                  "loaded; resume only from checkpoints rlpost wrote, or delete that folder") from None
+        # torch's weights-only error is a paragraph about trusting the source; here it only means damaged bytes
+        reason = "not a readable torch file" if isinstance(err, pickle.UnpicklingError) else describe_error(err)
+        raise CheckpointError(f"trainer.resume: checkpoint {path} is corrupt: {DRIVER} cannot be read ({reason}); "
+                              "delete that folder to resume from an older one") from None
+    missing = [k for k in DRIVER_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"trainer.resume: checkpoint {path} is corrupt: {DRIVER} has no {', '.join(missing)}"
+                              "; delete that folder to resume from an older one")
+    return state
+
+
+def check_intact(path: Path) -> dict[str, Any]:
+    """`verify` (sizes and hashes) for a checkpoint about to be loaded, its error naming the fix."""
+    try:
+        return verify(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"trainer.resume: {err}; resume from an intact checkpoint (trainer.resume=auto takes "
+                              "the newest) or delete that folder") from None

@@ -121,6 +121,9 @@ class LearnerConfig:
     lr_schedule: str = "constant"  # constant | cosine (to min_lr_ratio * lr at the last optimizer step)
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
+    # An update whose loss or gradient norm is NaN/inf is skipped (counted in actor/skipped_updates); this many in
+    # a row stop the run (0 = never). Also the critic's limit.
+    max_skipped_updates: int = 3
     micro_batch_size: int = 4  # sequences per forward/backward on one rank
     # > 0: micro-batches are packed (no padding tokens: rlpost.packing) and cut at this many prompt + completion
     # tokens per rank (a longer sequence alone), for training and the experience forwards alike (policy,
@@ -186,6 +189,9 @@ class RewardConfig:
     item_timeout_s: float = 10.0  # one sample's verification; on timeout it scores `error_score`
     batch_timeout_s: float = 300.0  # one step's whole batch; items not scored by then are timeouts
     error_score: float = 0.0
+    # A score larger than this in magnitude is treated like NaN (an error: counted, scored `error_score`); a
+    # runaway reward (1e36) otherwise turns the loss into NaN.
+    max_abs_score: float = 1e6
     max_failure_frac: float = 0.5  # stop the run when more of a batch than this fails in any one function
 
 
@@ -237,8 +243,9 @@ class LoggerConfig:
 @dataclass
 class ClusterConfig:
     name: str = "debug_cpu"
-    # "" = join the cluster this job runs in or `ray start` started here, else start a local one;
-    # "auto" = join that cluster or fail; "local" = always a local one; HOST:PORT = that head's GCS.
+    # "" = join the cluster this job was submitted to (RAY_ADDRESS), else start a private local one that listens
+    # on loopback only; "auto" = RAY_ADDRESS or the `ray start` head of this machine, or fail; "local" = always a
+    # private local one; HOST:PORT = that head's GCS. A `ray start` head is joined only by "auto" or its address.
     address: str = ""
     num_cpus: int = 0  # logical CPUs of a local cluster (0 = enough for every actor)
     device: str = "cpu"  # cpu | cuda

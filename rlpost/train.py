@@ -11,7 +11,9 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,18 +37,48 @@ def compose_config(overrides: list[str]) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
+class Stopped(BaseException):
+    """SIGTERM (what Ray jobs, Slurm and Kubernetes send) or SIGINT arrived. Raised in the main thread wherever the
+    driver is, so the run unwinds as after an error: actors shut down, the report is written, and the process
+    exits 128 + the signal's number. A second signal of either kind ends the process at once."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: object) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    raise Stopped(signum)
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGINT raise `Stopped` in the main thread (a no-op elsewhere: only it can set handlers)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _stop)
+
+
 def run(cfg: DictConfig) -> list[dict[str, float]]:
     """Validate, build the groups, resume if asked, train, and write the report card. Importable, so tests and
     notebooks drive the same path as the CLI."""
-    from rlpost.checkpoint import find_resume
-    from rlpost.models import resolve_model_path
-    from rlpost.report import write_report
-    from rlpost.trainer import Trainer
+    from rlpost.runlock import run_lock
     from rlpost.validate import validate
 
     validate(cfg)
     run_dir = os.path.abspath(cfg.trainer.run_dir)
     os.makedirs(run_dir, exist_ok=True)
+    with run_lock(run_dir):  # before anything reads or writes the folder: one run per folder
+        return _run(cfg, run_dir)
+
+
+def _run(cfg: DictConfig, run_dir: str) -> list[dict[str, float]]:
+    from rlpost.checkpoint import find_resume
+    from rlpost.models import resolve_model_path
+    from rlpost.report import write_report
+    from rlpost.trainer import Trainer
+
     model_path = resolve_model_path(cfg.model.path)
     trainer = Trainer(cfg, model_path, run_dir)
     resume = find_resume(cfg.trainer.resume, run_dir)
@@ -60,8 +92,11 @@ def run(cfg: DictConfig) -> list[dict[str, float]]:
              if trainer.dropped_prompts else ""), flush=True)
     OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
     t0 = time.perf_counter()
+    stopping = signal.getsignal(signal.SIGINT) is _stop  # the CLI's handlers (a notebook's stay as they are)
     try:
         trainer.start()
+        if stopping:
+            stop_on_signals()  # again: `ray.init` (in start) sets its own SIGTERM handler
         print(f"[rlpost] actors up in {time.perf_counter() - t0:.1f}s", flush=True)
         if resume is not None:
             trainer.restore()
@@ -138,10 +173,18 @@ def _hydra_main(cfg: DictConfig) -> None:
     run_dir = os.path.abspath(cfg.trainer.run_dir)  # Hydra's run dir: it made the folder and .hydra/ in it
     if not sys.stdout.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in a redirected log
+    stop_on_signals()
     try:
         with driver_log(os.path.join(run_dir, "train.log")):
             try:
                 run(cfg)
+            except Stopped as stop:
+                import ray
+
+                ray.shutdown()  # a local cluster's processes go with the driver, not minutes later
+                print(f"rlpost: error: stopped by {stop} (the report and the checkpoints so far are in {run_dir}; "
+                      "trainer.resume=auto continues)", file=sys.stderr, flush=True)
+                raise SystemExit(128 + stop.signum) from None
             except Exception as err:
                 message = user_error(err)
                 if message is None:

@@ -357,8 +357,9 @@ class Trainer:
                                                    "groups": sorted(self.checkpoint_groups)})
 
     def prepare_resume(self, path: Path) -> None:
-        """Before any actor starts: the checkpoint is complete, fits this config, and its driver state loads."""
-        meta = ckpt.verify(path)
+        """Before any actor starts: the checkpoint is intact (every file matches its SHA-256, before anything is
+        unpickled), fits this config, and its driver state loads (weights-only)."""
+        meta = ckpt.check_intact(path)
         ckpt.check_compatible(path, meta["fingerprint"], self.fingerprint)
         state = ckpt.load_driver_state(path)
         try:

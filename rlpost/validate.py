@@ -81,6 +81,10 @@ def validate(cfg: DictConfig) -> None:
     _require(rw.num_workers >= 1 and rw.num_actors >= 1, "reward.num_workers and reward.num_actors must be >= 1")
     _require(rw.item_timeout_s > 0, f"reward.item_timeout_s={rw.item_timeout_s}: must be > 0")
     _require(rw.batch_timeout_s > 0, f"reward.batch_timeout_s={rw.batch_timeout_s}: must be > 0")
+    _require(cfg.learner.max_skipped_updates >= 0, f"learner.max_skipped_updates={cfg.learner.max_skipped_updates}: "
+             "must be >= 0 (0 = never stop)")
+    _require(rw.max_abs_score > 0, f"reward.max_abs_score={rw.max_abs_score}: must be > 0 (scores beyond it are "
+             "errors)")
     _require(0 <= rw.max_failure_frac <= 1, f"reward.max_failure_frac={rw.max_failure_frac}: must be in [0, 1] "
              "(1 = never stop on failures)")
     for i, spec in enumerate(rw.functions):

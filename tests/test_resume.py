@@ -26,7 +26,7 @@ import pytest
 import ray
 from safetensors.torch import load_file
 
-from rlpost.checkpoint import CheckpointError
+from rlpost.checkpoint import CheckpointError, sha256
 from rlpost.digest import weights_digest
 from rlpost.train import compose_config
 from rlpost.trainer import Trainer
@@ -97,12 +97,18 @@ def test_resume_after_sigkill_is_exact(tiny_model_dir: str, tmp_path: Path) -> N
     try:
         trainer.start()
         trainer.fit()
-        # A checkpoint whose DeepSpeed state is garbage of the right size passes the size check and the driver
-        # state, and fails in the learner: one line naming the group, not a traceback.
+        # A checkpoint whose DeepSpeed state is garbage of the right size passes the size check but not its
+        # SHA-256: refused before any file is unpickled.
         corrupt = tmp_path / "corrupt" / "checkpoints" / "step_000004"
         shutil.copytree(run_a / "checkpoints" / "step_000004", corrupt)
         states = corrupt / "policy" / "state" / "mp_rank_00_model_states.pt"
         states.write_bytes(os.urandom(states.stat().st_size))
+        with pytest.raises(CheckpointError, match="mp_rank_00_model_states.pt does not match its SHA-256"):
+            trainer.prepare_resume(corrupt)
+        # With meta.json rewritten to match, it fails in the learner: one line naming the group, not a traceback.
+        meta = json.loads((corrupt / "meta.json").read_text())
+        meta["files"]["policy/state/mp_rank_00_model_states.pt"]["sha256"] = sha256(states)
+        (corrupt / "meta.json").write_text(json.dumps(meta))
         trainer.prepare_resume(corrupt)
         with pytest.raises(CheckpointError, match="is corrupt: the policy group cannot load it") as err:
             trainer.restore()

@@ -73,6 +73,9 @@ def not_number(prompts, completions, **_):
 def nan(prompts, completions, **_):
     return [float("nan")]
 
+def huge(prompts, completions, **_):
+    return [1e36 if c == "huge" else -2e6 if c == "low" else 1.0 for c in completions]
+
 NOT_FN = 3
 '''
 POOL_FNS = ["echo", "sleepy", "boom", "die", "segfault"]
@@ -252,6 +255,18 @@ def test_manager_counts_errors_and_timeouts(fns_file):
     assert "timed out" in first["error"]
     errors = " | ".join(f["error"] for f in result.failures)
     assert "ValueError: boom on purpose" in errors and "returned 2 values for 1 completion" in errors
+
+
+def test_runaway_scores_are_errors(fns_file):
+    """A score beyond reward.max_abs_score (either sign) is treated like NaN: counted, scored error_score."""
+    with RewardManager(RewardConfig(functions=[spec(fns_file, "huge")], error_score=-1.0)) as manager:
+        result = manager.score(["p"] * 3, ["huge", "ok", "low"], [{}] * 3)
+    assert result.total == [-1.0, 1.0, -1.0] and (result.errors, result.failed) == (2, {"testfns": 2})
+    assert [f["error"] for f in result.failures] == [
+        "bad return value: the score 1e+36 exceeds reward.max_abs_score=1e+06",
+        "bad return value: the score -2e+06 exceeds reward.max_abs_score=1e+06"]
+    with RewardManager(RewardConfig(functions=[spec(fns_file, "huge")], max_abs_score=1e37)) as manager:
+        assert manager.score(["p"], ["huge"], [{}]).total == [1e36]
 
 
 def test_manager_config_errors(fns_file):

@@ -176,3 +176,86 @@ def test_ipc_slot_handshake_over_several_syncs() -> None:
         for got, expected in zip(received[index], sent, strict=True):
             assert all(torch.equal(got[n], expected[n]) for n in weights)
     assert sender._pending == []  # every bucket released: the next sync starts with both slots free
+
+
+def test_tcp_store_on_loopback_listens_on_loopback_only() -> None:
+    """torch's TCPStore server listens on every interface whatever host it is given; ours, for a loopback host,
+    on loopback alone (a local cluster's learners and sync groups), and it still serves clients."""
+    from datetime import timedelta
+
+    import psutil
+    import torch.distributed as dist
+
+    from rlpost.sync.store import free_port, is_loopback, tcp_store
+
+    def listeners() -> set[str]:
+        return {c.laddr.ip for c in psutil.Process().net_connections("inet") if c.status == psutil.CONN_LISTEN}
+
+    before = listeners()
+    port = free_port("127.0.0.1")
+    client = threading.Thread(target=lambda: dist.TCPStore("127.0.0.1", port, 2, is_master=False,
+                                                           timeout=timedelta(seconds=10)).set("k", b"v"))
+    client.start()
+    store = tcp_store("127.0.0.1", port, 2, True, timedelta(seconds=10))
+    client.join()
+    assert store.get("k") == b"v"
+    new = listeners() - before
+    assert new and all(is_loopback(ip) for ip in new), new
+    plain = dist.TCPStore("127.0.0.1", free_port("127.0.0.1"), 1, is_master=True, timeout=timedelta(seconds=10))
+    assert not all(is_loopback(ip) for ip in listeners() - before - new)  # the test can fail: torch's own doesn't
+    del plain
+
+
+def test_ipc_handles_travel_as_json() -> None:
+    """The IPC sender publishes its slots' CUDA handles as JSON records (no pickle crosses the store); a receiver
+    rebuilds the arguments of `rebuild_cuda_tensor` from them with its own tensor kind and device, and refuses a
+    record of any other shape. The CUDA part itself runs in tests/test_gpu.py."""
+    import json
+
+    from rlpost.sync.ipc import rebuild_args, slot_record
+
+    # What reduce_tensor gives for a CUDA uint8 slot of 4096 bytes (handles are opaque bytes).
+    args = (torch.Tensor, torch.Size([4096]), (1,), 0, torch.storage.TypedStorage, torch.uint8, 3, b"\x01handle",
+            4096, 0, False, b"\x02refcount", 8, b"\x03event", True)
+    record = json.loads(json.dumps(slot_record(args)))
+    assert rebuild_args(record, device=0) == (*args[:6], 0, *args[7:])
+    for bad in ({**record, "size_bytes": "4096"}, {**record, "handle": 1}, {**record, "numel": -1}, [record]):
+        with pytest.raises(ValueError, match="IPC handle record"):
+            rebuild_args(bad, device=0)
+
+
+def _ipc_receiver(info, queue) -> None:
+    from rlpost.sync.ipc import IpcTransport
+
+    transport = IpcTransport(info, sender=False)
+    transport._store.wait(["filled/ready"])
+    queue.put([slot.cpu().tolist() for slot in transport._slots])
+    transport._store.set("done/read/0", b"1")  # the sender keeps its slots alive until this key is there
+
+
+@pytest.mark.gpu
+def test_ipc_handles_open_in_another_process() -> None:
+    """The JSON handle records on a real GPU: a second process maps the sender's two slots through them and
+    reads what the sender wrote (the store on loopback, as a local cluster's)."""
+    import torch.multiprocessing as mp
+
+    from rlpost.sync.ipc import IpcTransport, gpu_uuid
+    from rlpost.sync.store import free_port
+
+    torch.cuda.init()
+    info = SyncGroupInfo("ipc", "", 0, 0, 60, ipc_senders={gpu_uuid(): ("127.0.0.1", free_port("127.0.0.1"), 1)},
+                         slot_bytes=16)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    receiver = ctx.Process(target=_ipc_receiver, args=(info, queue))
+    receiver.start()
+    sender = IpcTransport(info, sender=True)  # waits for the receiver to join its store
+    for i, slot in enumerate(sender._slots):
+        slot.copy_(torch.arange(16, dtype=torch.uint8) + 100 * i)
+    torch.cuda.synchronize()
+    sender._store.set("filled/ready", b"1")
+    got = queue.get(timeout=60)
+    sender._store.wait(["done/read/0"])
+    receiver.join(timeout=60)
+    assert receiver.exitcode == 0
+    assert got == [list(range(16)), [100 + j for j in range(16)]]

@@ -23,8 +23,8 @@ per-token values in the same padded [B, T] layout, so the losses below do not kn
 from __future__ import annotations
 
 import io
+import math
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -58,6 +58,7 @@ from rlpost.logprobs import (
 )
 from rlpost.packing import PackedSequences, pack_sequences, token_budget_chunks
 from rlpost.sync.buckets import Bucket, TensorSpec, plan_buckets
+from rlpost.sync.store import free_port, tcp_store
 from rlpost.sync.transport import SyncGroupInfo, WeightTransport, create_transport
 from rlpost.sync.weights import send_weights
 
@@ -89,11 +90,6 @@ def lines_dropped(marker: str) -> Iterator[None]:
         sys.stdout.write("".join(line for line in buffer.getvalue().splitlines(keepends=True) if marker not in line))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
 
 class LearnerRank(CheckpointMixin):
     prefix = "actor"  # metric names: actor/grad_norm, actor/lr, ...
@@ -105,12 +101,14 @@ class LearnerRank(CheckpointMixin):
         self.total_optimizer_steps = total_optimizer_steps
         self._transport: WeightTransport | None = None
         self._plan: list[Bucket] = []
+        self._skips_in_a_row = 0  # optimizer updates skipped for a non-finite loss or gradient norm, in a row
 
     def address(self) -> tuple[str, int]:
         """Where this rank can host a rendezvous (the training group's, or the weight-sync group's)."""
         import ray
 
-        return ray.util.get_node_ip_address(), _free_port()
+        host = ray.util.get_node_ip_address()
+        return host, free_port(host)
 
     def _load_model(self) -> torch.nn.Module:
         """The trained model, in fp32 (DeepSpeed casts to the configured training dtype and keeps fp32 master
@@ -127,6 +125,7 @@ class LearnerRank(CheckpointMixin):
 
     def setup(self, master_addr: str, master_port: int) -> None:
         import deepspeed
+        from deepspeed.constants import default_pg_timeout
 
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK="0")
@@ -134,8 +133,14 @@ class LearnerRank(CheckpointMixin):
         device = self.cfg["cluster"]["device"]
         if device == "cuda":
             torch.cuda.set_device(0)  # Ray shows each rank exactly its own GPU(s) through CUDA_VISIBLE_DEVICES
+        # The training group's rendezvous store, made here rather than by torch's env:// (whose server listens on
+        # every interface) so that a local cluster's listens on loopback only; DeepSpeed adopts the group.
+        backend = "gloo" if device == "cpu" else "nccl"
+        store = tcp_store(master_addr, master_port, self.world_size, self.rank == 0, default_pg_timeout)
+        torch.distributed.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size,
+                                             timeout=default_pg_timeout)
         with lines_dropped("built successfully"):  # DeepSpeed announces its prebuilt CPU comm op on every start
-            deepspeed.init_distributed(dist_backend="gloo" if device == "cpu" else "nccl")
+            deepspeed.init_distributed(dist_backend=backend)
         self.device = torch.device("cpu") if device == "cpu" else torch.device("cuda", torch.cuda.current_device())
         self.colocated = bool(self.cfg["cluster"].get("colocate", False))
         try:
@@ -252,6 +257,7 @@ class LearnerRank(CheckpointMixin):
         self.kl_coef = kl_coef
         self.engine.train()
         means, grad_norms, tokens, t0 = WeightedMeans(), [], 0, time.perf_counter()
+        skipped = 0
         for epoch in range(algo["epochs"]):
             for m, mb in enumerate(minibatches):
                 micros = self._micro_batches(mb.items)
@@ -269,18 +275,45 @@ class LearnerRank(CheckpointMixin):
                         # after the all-reduce (done in backward at the boundary), before clipping.
                         grads = [p.grad for p in self._params.values() if p.grad is not None]
                         grad_norms.append(float(torch.nn.utils.get_total_norm(grads)))
+                        if not math.isfinite(grad_norms[-1]):
+                            # A NaN/inf loss or gradient: skip the update. DeepSpeed's step still runs, so its
+                            # counters and the LR schedule stay aligned, on zero gradients at learning rate 0,
+                            # which moves no weight (the schedule sets the next step's rate again).
+                            for p in self._params.values():
+                                if p.grad is not None:
+                                    p.grad.zero_()
+                            for group in self.engine.optimizer.param_groups:
+                                group["lr"] = 0.0
                     self.engine.step()
-                    if boundary and self.zero_stage > 0:
-                        grad_norms.append(float(self.engine.get_global_grad_norm()))
+                    if boundary:
+                        if self.zero_stage > 0:
+                            norm = self.engine.get_global_grad_norm()
+                            grad_norms.append(math.nan if norm is None else float(norm))
+                        # ZeRO's optimizers skip a non-finite step themselves (was_step_applied); ZeRO-0's, above
+                        applied = self.engine.was_step_applied() and math.isfinite(grad_norms[-1])
+                        skipped += not applied
+                        self._count_skip(applied)
                     tokens += batch.num_tokens
+        finite = [g for g in grad_norms if math.isfinite(g)]
         metrics = means.result()
-        metrics[f"{self.prefix}/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
+        metrics[f"{self.prefix}/grad_norm"] = sum(finite) / len(finite) if finite else float("nan")
+        metrics[f"{self.prefix}/skipped_updates"] = float(skipped)
         metrics[f"{self.prefix}/lr"] = float(self.engine.get_lr()[0])
         metrics[f"{self.group}/tokens"] = float(tokens)
         metrics[f"{self.group}/seconds"] = time.perf_counter() - t0
         if self.colocated:
             torch.cuda.empty_cache()  # hand activation memory back before the colocated engine wakes up
         return metrics
+
+    def _count_skip(self, applied: bool) -> None:
+        """Stop the run after `learner.max_skipped_updates` skipped updates in a row: it has diverged, and every
+        further step would be skipped too. The same on every rank (the gradient norm is the group's)."""
+        self._skips_in_a_row = 0 if applied else self._skips_in_a_row + 1
+        limit = self.cfg["learner"]["max_skipped_updates"]
+        if limit and self._skips_in_a_row >= limit:
+            raise RunError(f"{self.prefix}: {self._skips_in_a_row} updates in a row had a non-finite loss or gradient "
+                           f"norm and were skipped (learner.max_skipped_updates={limit}); the run diverged: lower "
+                           "learner.lr or check the rewards, and resume from the last checkpoint")
 
     def _normalisers(self, mb: MiniBatch) -> tuple[float, float]:
         """The mini-batch's global token and sequence counts, scaled for DeepSpeed (see the module docstring);

@@ -205,6 +205,9 @@ class RewardManager:
                 if error is None:
                     try:
                         (score, item_extras), = parse_batch(result.value, 1)
+                        if abs(score) > self.cfg.max_abs_score:
+                            raise ValueError(f"the score {score:g} exceeds reward.max_abs_score="
+                                             f"{self.cfg.max_abs_score:g}")
                         values.append(score)
                         for metric, v in item_extras.items():
                             extras.setdefault(metric, [math.nan] * n)[i] = v

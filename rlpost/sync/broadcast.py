@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from rlpost.sync.buckets import Bucket
+from rlpost.sync.store import tcp_store
 from rlpost.sync.transport import SyncGroupInfo, WeightTransport
 
 
@@ -27,8 +28,7 @@ class _BroadcastTransport(WeightTransport):
         self.rank = rank
         self._timeout = timedelta(seconds=info.timeout_s)
         # Every member blocks here until all world_size members have joined (or the timeout passes).
-        self._store = dist.TCPStore(info.host, info.port, info.world_size, is_master=rank == 0,
-                                    timeout=self._timeout)
+        self._store = tcp_store(info.host, info.port, info.world_size, rank == 0, self._timeout)
         self._group = self._make_group(self._store, rank, info.world_size)
 
     @abstractmethod

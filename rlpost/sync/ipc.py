@@ -11,22 +11,61 @@ device's memory, twice: into the slot, out of it.
 Senders and receivers find each other by GPU UUID, not device index: each process sees its GPU under its own
 `CUDA_VISIBLE_DEVICES` numbering, and a CUDA IPC handle must be opened on the device that owns it.
 Every wait is bounded by `sync.timeout_s` (the store's timeout): a dead peer raises instead of hanging.
+
+The handles travel as JSON (`slot_record` / `rebuild_args`): only the CUDA handles' bytes and integers, never a
+pickle, since whoever reaches the store could otherwise have a receiver unpickle (run) what they wrote. The
+receiver supplies the rest (a flat uint8 tensor on its own device) itself.
 """
 
 from __future__ import annotations
 
-import pickle
+import base64
+import json
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.multiprocessing.reductions import rebuild_cuda_tensor, reduce_tensor
 
 from rlpost.sync.buckets import Bucket
+from rlpost.sync.store import tcp_store
 from rlpost.sync.transport import SyncGroupInfo, WeightTransport
 
 SLOTS = 2
-_DEVICE_ARG = 6  # position of `storage_device` in rebuild_cuda_tensor's arguments
+# rebuild_cuda_tensor's arguments, as reduce_tensor gives them for a CUDA tensor; the record keeps the named ones
+_ARGS = ("tensor_cls", "size", "stride", "tensor_offset", "storage_cls", "dtype", "device", "handle", "size_bytes",
+         "offset_bytes", "requires_grad", "ref_counter_handle", "ref_counter_offset", "event_handle",
+         "event_sync_required")
+_BYTES = ("handle", "ref_counter_handle", "event_handle")
+_INTS = ("numel", "tensor_offset", "size_bytes", "offset_bytes", "ref_counter_offset")
+
+
+def slot_record(args: tuple) -> dict[str, Any]:
+    """The JSON-safe part of a uint8 slot's `reduce_tensor` arguments: its length, and its CUDA handles."""
+    named = dict(zip(_ARGS, args, strict=True))
+    record = {k: int(named[k]) for k in _INTS if k != "numel"}
+    record |= {k: None if named[k] is None else base64.b64encode(named[k]).decode() for k in _BYTES}
+    return {"numel": int(named["size"][0]), **record, "event_sync_required": bool(named["event_sync_required"])}
+
+
+def rebuild_args(record: dict[str, Any], device: int) -> tuple:
+    """`rebuild_cuda_tensor`'s arguments for a flat uint8 slot on `device`, from a record that arrived over the
+    network: every field is checked to be the plain type it must be, the tensor's kind is our own."""
+    if not isinstance(record, dict):
+        raise ValueError(f"IPC handle record is a {type(record).__name__}, not an object")
+    ints = {k: record.get(k) for k in _INTS}
+    if any(type(v) is not int or v < 0 for v in ints.values()) or type(record.get("event_sync_required")) is not bool:
+        raise ValueError(f"IPC handle record has bad fields: {sorted(record)}")
+    raw = {}
+    for key in _BYTES:
+        value = record.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"IPC handle record: {key} is not base64 text")
+        raw[key] = None if value is None else base64.b64decode(value, validate=True)
+    return (torch.Tensor, (ints["numel"],), (1,), ints["tensor_offset"], torch.storage.TypedStorage, torch.uint8,
+            device, raw["handle"], ints["size_bytes"], ints["offset_bytes"], False, raw["ref_counter_handle"],
+            ints["ref_counter_offset"], raw["event_handle"], record["event_sync_required"])
 
 
 def gpu_uuid() -> str:
@@ -111,17 +150,18 @@ class IpcTransport(SlotTransport):
             raise RuntimeError(f"sync.transport=ipc: no learner rank shares this engine's GPU {uuid}; colocate "
                                "every engine with a learner rank (cluster=single_gpu) or use cluster=split (nccl)")
         host, port, num_receivers = info.ipc_senders[uuid]
-        store = dist.TCPStore(host, port, 1 + num_receivers, is_master=sender,
-                              timeout=timedelta(seconds=info.timeout_s))
+        store = tcp_store(host, port, 1 + num_receivers, sender, timedelta(seconds=info.timeout_s))
         device = torch.cuda.current_device()
         index = 0
         if sender:
             slots = [torch.empty(info.slot_bytes, dtype=torch.uint8, device=device) for _ in range(SLOTS)]
-            store.set("handles", pickle.dumps([reduce_tensor(s)[1] for s in slots]))
+            store.set("handles", json.dumps([slot_record(reduce_tensor(s)[1]) for s in slots]))
         else:
             index = store.add("receivers", 1) - 1
-            slots = [rebuild_cuda_tensor(*args[:_DEVICE_ARG], device, *args[_DEVICE_ARG + 1:])
-                     for args in pickle.loads(store.get("handles"))]
+            records = json.loads(store.get("handles"))
+            if not isinstance(records, list) or len(records) != SLOTS:
+                raise ValueError(f"IPC handles: expected {SLOTS} slot records from the sender")
+            slots = [rebuild_cuda_tensor(*rebuild_args(record, device)) for record in records]
         super().__init__(store, slots, num_receivers, sender, index)
 
     def _synchronize(self) -> None:
