@@ -210,6 +210,9 @@ class TrainerConfig:
     # A wall-clock budget for training (evaluations included, start-up not): the step that crosses it becomes
     # the last one (final evaluation, checkpoint, export). 0 = no budget, `steps` decides.
     max_minutes: float = 0.0
+    # SIGTERM/SIGINT: finish the step in flight and checkpoint it before stopping (a second signal stops at once);
+    # false stops at once, keeping the checkpoints already written.
+    checkpoint_on_signal: bool = True
 
 
 @dataclass

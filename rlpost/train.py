@@ -11,9 +11,7 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any, TextIO
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from rlpost import signals
 from rlpost.config import ConfigError, RunError, register_configs
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
@@ -35,29 +34,6 @@ def compose_config(overrides: list[str]) -> DictConfig:
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
-
-
-class Stopped(BaseException):
-    """SIGTERM (what Ray jobs, Slurm and Kubernetes send) or SIGINT arrived. Raised in the main thread wherever the
-    driver is, so the run unwinds as after an error: actors shut down, the report is written, and the process
-    exits 128 + the signal's number. A second signal of either kind ends the process at once."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _stop(signum: int, frame: object) -> None:
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_DFL)
-    raise Stopped(signum)
-
-
-def stop_on_signals() -> None:
-    """SIGTERM and SIGINT raise `Stopped` in the main thread (a no-op elsewhere: only it can set handlers)."""
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, _stop)
 
 
 def run(cfg: DictConfig) -> list[dict[str, float]]:
@@ -92,11 +68,11 @@ def _run(cfg: DictConfig, run_dir: str) -> list[dict[str, float]]:
              if trainer.dropped_prompts else ""), flush=True)
     OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
     t0 = time.perf_counter()
-    stopping = signal.getsignal(signal.SIGINT) is _stop  # the CLI's handlers (a notebook's stay as they are)
+    stopping = signals.installed()  # the CLI's handlers (a notebook's stay as they are)
     try:
         trainer.start()
         if stopping:
-            stop_on_signals()  # again: `ray.init` (in start) sets its own SIGTERM handler
+            signals.install()  # again: `ray.init` (in start) sets its own SIGTERM handler
         print(f"[rlpost] actors up in {time.perf_counter() - t0:.1f}s", flush=True)
         if resume is not None:
             trainer.restore()
@@ -173,12 +149,12 @@ def _hydra_main(cfg: DictConfig) -> None:
     run_dir = os.path.abspath(cfg.trainer.run_dir)  # Hydra's run dir: it made the folder and .hydra/ in it
     if not sys.stdout.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in a redirected log
-    stop_on_signals()
+    signals.install(graceful=cfg.trainer.checkpoint_on_signal)
     try:
         with driver_log(os.path.join(run_dir, "train.log")):
             try:
                 run(cfg)
-            except Stopped as stop:
+            except signals.Stopped as stop:
                 import ray
 
                 ray.shutdown()  # a local cluster's processes go with the driver, not minutes later

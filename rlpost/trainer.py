@@ -27,6 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlpost import checkpoint as ckpt
+from rlpost import signals
 from rlpost.algos import adaptive_kl_coef, overlong_penalty, repeat_to, select_pairs
 from rlpost.algos.dynamic_sampling import informative_groups, refill_size
 from rlpost.cluster.groups import CriticGroup, LearnerGroup, Placement, RewardGroup, RolloutGroup, WeightSync
@@ -328,8 +329,14 @@ class Trainer:
                 metrics["time/wall"] = time.perf_counter() - t0
                 logger.log(step, metrics)
                 history.append(metrics)
-                if final or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0):
+                saved = final or bool(cfg.trainer.save_every and step % cfg.trainer.save_every == 0)
+                if saved:
                     self.save_checkpoint(step)
+                stop = signals.pending()  # SIGTERM/SIGINT asked for a stop at this boundary (rlpost.signals)
+                if stop is not None and not final:
+                    if not saved:
+                        self.save_checkpoint(step)
+                    raise signals.Stopped(stop)
                 if final:
                     if step < last:
                         print(f"[rlpost] trainer.max_minutes={cfg.trainer.max_minutes:g} reached: step {step} "

@@ -1,6 +1,7 @@
-"""SIGTERM (what Ray jobs, Slurm and Kubernetes send) to a real debug run's driver: it unwinds like an error,
-with one line, the report of the steps so far, the run folder released, exit 143, and no process of its local
-cluster left behind. Before: the driver aborted (134) with no message and no report, and left agents running."""
+"""SIGTERM (what Ray jobs, Slurm and Kubernetes send) to a real debug run's driver: it finishes the step in flight,
+checkpoints it, then unwinds like an error, with one line, the report of the steps so far, the run folder
+released, exit 143, and no process of its local cluster left behind. Before: the driver aborted (134) with no
+message, no report and no checkpoint, and left agents running."""
 
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ def test_sigterm_stops_the_run_cleanly(tiny_model_dir: str, tmp_path: Path) -> N
         assert "Traceback" not in log.read_text()
         steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
         assert steps and "training steps logged" in (run_dir / "report.md").read_text()
+        # The step the signal interrupted finished and was checkpointed: resume loses nothing.
+        assert (run_dir / "checkpoints" / f"step_{steps[-1]:06d}" / "meta.json").is_file()
+        assert "SIGTERM: stopping after the current step" in log.read_text()
         assert not (run_dir / "run.lock").exists()
         time.sleep(5)  # Ray's processes exit as the driver shuts the cluster down
         left = [p for p in cluster if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

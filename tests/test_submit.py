@@ -78,7 +78,10 @@ def ray_head(tmp_path: Path):
     """A real head on loopback with its own ports and temp dir; yields (dashboard URL, temp dir)."""
     ports = [free_port() for _ in range(7)]
     temp_dir = f"/tmp/rlpost-ray-{os.getpid()}-{ports[0]}"  # short: Ray's socket paths must fit 107 bytes
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: a single-machine head, which keeps --node-ip-address=127.0.0.1
+    # (otherwise Ray swaps in the machine's external address and the head listens beyond loopback).
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("PYTHONPATH", None)  # the job must import rlpost from its uploaded working dir, nowhere else
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
