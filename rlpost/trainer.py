@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +37,10 @@ from rlpost.eval import Evaluator
 from rlpost.experience import MiniBatch, TrainItem, pg_items
 from rlpost.metrics import MetricsLogger, timed
 from rlpost.models import load_tokenizer
-from rlpost.report import read_metrics
 from rlpost.rewards.manager import RewardResult, accuracy_component, check_reward_functions, component_labels
 from rlpost.rollout.engine import Sample, SamplingParams
 from rlpost.sync.transport import choose_transport
+from rlpost.trainer_checkpointing import TrainerCheckpointing
 
 
 @dataclass
@@ -75,7 +74,7 @@ def shuffled(items: list[TrainItem], unit: int, rng: np.random.Generator) -> lis
     return [items[b * unit + j] for b in order for j in range(unit)]
 
 
-class Trainer:
+class Trainer(TrainerCheckpointing):
     def __init__(self, cfg: DictConfig, model_path: str, run_dir: str) -> None:
         """Everything that can fail on bad input (data, tokenizer, chat template, reward functions) happens
         before any actor."""
@@ -347,68 +346,3 @@ class Trainer:
         if cfg.trainer.export_hf:
             self.export_hf()
         return history
-
-    # ---- checkpoints (layout and atomicity: rlpost.checkpoint) -------------------------------------------
-    def save_checkpoint(self, step: int) -> Path:
-        state = {"step": step, "loader": self.loader.state_dict(), "rng": ckpt.rng_state(),
-                 "metrics": read_metrics(self.run_dir), "kl_coef": self.kl_coef,
-                 "pair_rng": self.pair_rng.bit_generator.state}
-
-        def write(folder: Path) -> None:
-            for name, group in self.checkpoint_groups.items():
-                (folder / name).mkdir()
-                group.save_checkpoint(str(folder / name))
-            torch.save(state, folder / ckpt.DRIVER)
-
-        return self.checkpoints.save(step, write, {"fingerprint": self.fingerprint,
-                                                   "groups": sorted(self.checkpoint_groups)})
-
-    def prepare_resume(self, path: Path) -> None:
-        """Before any actor starts: the checkpoint is intact (every file matches its SHA-256, before anything is
-        unpickled), fits this config, and its driver state loads (weights-only)."""
-        meta = ckpt.check_intact(path)
-        ckpt.check_compatible(path, meta["fingerprint"], self.fingerprint)
-        state = ckpt.load_driver_state(path)
-        try:
-            self.loader.load_state_dict(state["loader"])
-        except ValueError as err:
-            raise ckpt.CheckpointError(f"trainer.resume: {err}") from None
-        self.resume_from, self.resume_state, self.resume_groups = path, state, meta["groups"]
-
-    def restore(self) -> None:
-        """After `start`: every group loads its state, the engines get the loaded weights, the driver continues
-        its RNG streams and its metrics record where the checkpoint left them."""
-        path, state = self.resume_from, self.resume_state
-        missing = sorted(set(self.checkpoint_groups) - set(self.resume_groups))
-        if missing:
-            raise ckpt.CheckpointError(f"trainer.resume: checkpoint {path} has no state for {missing} (it holds "
-                                       f"{self.resume_groups}); start fresh with trainer.resume=null")
-        for name, group in self.checkpoint_groups.items():
-            try:
-                group.load_checkpoint(str(path / name))
-            except Exception as err:
-                raise ckpt.CheckpointError(f"trainer.resume: checkpoint {path} is corrupt: the {name} group cannot "
-                                           f"load it ({ckpt.describe_error(err)}); delete that folder to resume from "
-                                           "an older one") from None
-        self.sync.sync()
-        ckpt.set_rng_state(state["rng"])
-        self.kl_coef = state["kl_coef"]  # the adaptive KL controller's state
-        self.pair_rng.bit_generator.state = state["pair_rng"]
-        self.start_step = state["step"]
-        # The record continues from the checkpoint: rows a killed run logged after it are replayed identically.
-        with open(os.path.join(self.run_dir, "metrics.jsonl"), "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in state["metrics"])
-        print(f"[rlpost] resumed from {path} at step {self.start_step}", flush=True)
-
-    def export_hf(self) -> Path:
-        """The final policy as a plain Hugging Face folder, `<run_dir>/hf_model`. Written to a temp folder and
-        renamed, so `hf_model` never holds a partial export."""
-        final, tmp = Path(self.run_dir, "hf_model"), Path(self.run_dir, ".tmp-hf_model")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        self.learners.export_hf(str(tmp))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        print(f"[rlpost] final policy exported to {final}", flush=True)
-        return final
