@@ -213,6 +213,11 @@ class TrainerConfig:
     # SIGTERM/SIGINT: finish the step in flight and checkpoint it before stopping (a second signal stops at once);
     # false stops at once, keeping the checkpoints already written.
     checkpoint_on_signal: bool = True
+    # Bounded staleness (rlpost/pipeline.py): the engines generate the batches of up to this many steps ahead while
+    # the learner trains, so a sample may come from a policy this many updates old. 0 = the synchronous loop.
+    # > 0 requires algo.off_policy_correction=tis or mis (the loss must correct for the stale behaviour policy; no
+    # silent default), and refuses dynamic sampling, dpo, and colocated engines that sleep while the learner trains.
+    max_staleness: int = 0
 
 
 @dataclass

@@ -37,6 +37,7 @@ from rlpost.eval import Evaluator
 from rlpost.experience import MiniBatch, TrainItem, pg_items
 from rlpost.metrics import MetricsLogger, timed
 from rlpost.models import load_tokenizer
+from rlpost.pipeline import RolloutPipeline, check_staleness
 from rlpost.rewards.manager import RewardResult, accuracy_component, check_reward_functions, component_labels
 from rlpost.rollout.engine import Sample, SamplingParams
 from rlpost.sync.transport import choose_transport
@@ -121,6 +122,8 @@ class Trainer(TrainerCheckpointing):
         self.placement = Placement(plain)
         # Engines first: vLLM sizes its KV cache from the memory free at start-up, before the learner's arrives.
         self.rollout = RolloutGroup(plain, self.model_path, self.placement)
+        self.pipeline = RolloutPipeline(self.rollout, self.loader, cfg.trainer.prompts_per_step, cfg.algo.group_size,
+                                        cfg.trainer.max_staleness, cfg.trainer.steps, self.sampling_params)
         self.learners = LearnerGroup(plain, self.model_path, total_optimizer_steps, self.placement)
         if cfg.critic.enabled:
             self.critic = CriticGroup(plain, self.model_path, total_optimizer_steps, self.placement)
@@ -154,6 +157,8 @@ class Trainer(TrainerCheckpointing):
                 items, experience = self.pg_experience(rollout, kl_coef)
         with timed(timings, "time/train"):
             train = self.train(items, step, kl_coef)
+        with timed(timings, "time/generate"):  # what the next steps' generation in flight still takes
+            self.pipeline.wait()
         # Also when the policy did not move (critic warm-up, no DPO pair): a colocated engine that slept at
         # level 2 dropped its weights and must be handed them again.
         with timed(timings, "time/sync"):
@@ -187,7 +192,10 @@ class Trainer(TrainerCheckpointing):
         set_aside: list[int] = []
         sampled, rounds, n = 0, 0, want
         while n > 0:
-            new_samples, result = self.sample_round(self.loader.next_batch(n), step, rounds, timings)
+            with timed(timings, "time/generate"):  # the first round may have been generated during earlier steps
+                prompts, new_samples = (self.pipeline.take(step) if rounds == 0 else
+                                        self.generate(self.loader.next_batch(n), step, rounds))
+            result = self.score(prompts, new_samples, step, timings)
             new_scores = (torch.tensor(result.total) + self.overlong(new_samples)).tolist()
             for g, informative in enumerate(informative_groups(new_scores, group)):
                 (kept if informative or not dynamic else set_aside).append(len(samples) + g * group)
@@ -196,20 +204,28 @@ class Trainer(TrainerCheckpointing):
             sampled, rounds = sampled + n, rounds + 1
             n = refill_size(want - len(kept), sampled, len(kept), cap - sampled) if len(kept) < want else 0
         batch = [start + j for start in (kept + set_aside)[:want] for j in range(group)]
+        staleness = check_staleness(step, [samples[i].policy_version for i in batch], self.cfg.trainer.max_staleness)
 
         totals = torch.tensor([t for r in results for t in r.total], dtype=torch.float32)
         metrics = self.sample_metrics(samples, RewardResult.concat(results), totals)
         metrics["reward/shaped_mean"] = sum(scores) / len(scores)
         metrics["sampling/informative_frac"] = sum(informative_groups(scores, group)) / (len(scores) // group)
         metrics["sampling/rounds"], metrics["sampling/prompts"] = float(rounds), float(sampled)
+        metrics |= staleness
         return Rollout([samples[i] for i in batch], torch.tensor([scores[i] for i in batch]), metrics)
 
-    def sample_round(self, prompts: list[Prompt], step: int, round_: int, timings: dict[str, float]
-                     ) -> tuple[list[Sample], RewardResult]:
+    def generate(self, prompts: list[Prompt], step: int, round_: int) -> tuple[list[Prompt], list[Sample]]:
+        """A dynamic-sampling refill round, generated now by the engines' current weights (version step - 1)."""
         group = self.cfg.algo.group_size
-        with timed(timings, "time/generate"):
-            samples = self.rollout.generate([p.ids for p in prompts for _ in range(group)],
-                                            self.sampling_params(step, round_))
+        samples = self.rollout.generate([p.ids for p in prompts for _ in range(group)],
+                                        self.sampling_params(step, round_))
+        for s in samples:
+            s.policy_version = step - 1
+        return prompts, samples
+
+    def score(self, prompts: list[Prompt], samples: list[Sample], step: int, timings: dict[str, float]
+              ) -> RewardResult:
+        group = self.cfg.algo.group_size
         with timed(timings, "time/reward"):
             texts = self.tokenizer.batch_decode([s.completion_ids for s in samples], skip_special_tokens=True)
             rewards = self.rewards.score([p.text for p in prompts for _ in range(group)], texts,
@@ -217,7 +233,7 @@ class Trainer(TrainerCheckpointing):
                                          [p.messages for p in prompts for _ in range(group)])
         self._record_failures(step, rewards)
         rewards.check_failures(self.cfg.reward.max_failure_frac, os.path.join(self.run_dir, "reward_failures.jsonl"))
-        return samples, rewards
+        return rewards
 
     def overlong(self, samples: list[Sample]) -> torch.Tensor:
         """DAPO's soft overlong penalty per sample (zeros when `algo.overlong_buffer` is 0)."""

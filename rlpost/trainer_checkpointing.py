@@ -1,6 +1,6 @@
 """What the driver contributes to a checkpoint, and how a run resumes and exports: a mixin of `Trainer` (it uses
 the trainer's `loader`, `pair_rng`, `kl_coef`, `run_dir`, `checkpoints`, `fingerprint`, `checkpoint_groups`,
-`learners` and `sync`).
+`learners`, `sync` and `pipeline`).
 
 A checkpoint folder holds one sub-folder per learner group (`rlpost/learner/checkpointing.py` writes those) and
 the driver's state: the step, the prompt loader's position, the RNG streams, the metrics record so far, the
@@ -23,7 +23,8 @@ from rlpost.report import read_metrics
 
 class TrainerCheckpointing:
     def save_checkpoint(self, step: int) -> Path:
-        state = {"step": step, "loader": self.loader.state_dict(), "rng": ckpt.rng_state(),
+        # The loader as before the in-flight batches (rlpost.pipeline): a resumed run generates them again.
+        state = {"step": step, "loader": self.pipeline.loader_state(), "rng": ckpt.rng_state(),
                  "metrics": read_metrics(self.run_dir), "kl_coef": self.kl_coef,
                  "pair_rng": self.pair_rng.bit_generator.state}
 

@@ -28,6 +28,8 @@ from rlpost.sync.transport import TRANSPORTS
 DTYPES = ("float32", "bfloat16", "float16")
 OBJECTIVES = ("pg", "dpo")
 KL_MODES = ("loss", "reward")
+# Beyond one step ahead a blocking weight sync buys no more overlap (rlpost/pipeline.py), only older samples.
+MAX_STALENESS = 4
 
 
 def _require(ok: bool, message: str) -> None:
@@ -51,6 +53,7 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.critic.enabled or cfg.critic.warmup_steps == 0,
              f"critic.warmup_steps={cfg.critic.warmup_steps} without a critic (critic.enabled=false); set it to 0")
     _validate_sampling(cfg)
+    _validate_staleness(cfg)
     _validate_batches(cfg, "learner", lc.num_ranks)
     if cfg.critic.enabled:
         _validate_batches(cfg, "critic", cfg.critic.num_ranks)
@@ -230,6 +233,24 @@ def _validate_sampling(cfg: DictConfig) -> None:
     _require(algo.max_sampled_prompts == 0 or algo.max_sampled_prompts >= tc.prompts_per_step,
              f"algo.max_sampled_prompts={algo.max_sampled_prompts} is below trainer.prompts_per_step="
              f"{tc.prompts_per_step}, the batch dynamic sampling fills; raise it (or 0 = 3 x prompts_per_step)")
+
+
+def _validate_staleness(cfg: DictConfig) -> None:
+    k, algo = cfg.trainer.max_staleness, cfg.algo
+    if k == 0:
+        return
+    _require(0 <= k <= MAX_STALENESS, f"trainer.max_staleness={k}: choose 0 (synchronous) to {MAX_STALENESS}; 1 "
+             "gives all the overlap a blocking weight sync allows")
+    _require(algo.objective == "pg", f"trainer.max_staleness={k} with algo.objective=dpo: stale DPO pairs are not "
+             "corrected; set trainer.max_staleness=0")
+    _require(algo.off_policy_correction in ("tis", "mis"), f"trainer.max_staleness={k} trains on samples of an "
+             f"older policy; set algo.off_policy_correction=tis (or mis), not {algo.off_policy_correction!r}")
+    _require(not algo.dynamic_sampling, f"trainer.max_staleness={k} generates only each step's first round ahead; "
+             "set algo.dynamic_sampling=false or trainer.max_staleness=0")
+    _require(not (cfg.cluster.colocate and cfg.rollout.sleep_level > 0),
+             f"trainer.max_staleness={k} with cluster.colocate=true and rollout.sleep_level="
+             f"{cfg.rollout.sleep_level}: sleeping engines cannot generate while the learner trains; use "
+             "cluster=split or trainer.max_staleness=0")
 
 
 def _validate_batches(cfg: DictConfig, section: str, num_ranks: int) -> None:

@@ -77,6 +77,12 @@ def test_wrong_type_rejected() -> None:
     (["learner.max_tokens_per_micro=-1"], "learner.max_tokens_per_micro"),
     (["algo=online_dpo", "algo.off_policy_correction=mis"], "algo.off_policy_correction"),
     (["algo.lam=1.5"], "algo.lam"),
+    (["trainer.max_staleness=-1"], "trainer.max_staleness"),
+    (["trainer.max_staleness=5", "algo.off_policy_correction=tis"], "trainer.max_staleness"),
+    (["trainer.max_staleness=1"], "algo.off_policy_correction=tis"),  # stale samples need the correction
+    (["algo=online_dpo", "trainer.max_staleness=1"], "algo.objective=dpo"),
+    (["algo=dapo", "trainer.max_staleness=1", "algo.off_policy_correction=tis"], "algo.dynamic_sampling"),
+    (["cluster=single_gpu", "trainer.max_staleness=1", "algo.off_policy_correction=tis"], "rollout.sleep_level=2"),
     (["algo.overlong_buffer=1.5"], "algo.overlong_buffer"),
     (["reward.accuracy=nope"], "reward.accuracy"),  # names no component: refused before any actor
     # keys the schema does not know, added with Hydra's `+` (which it suggests for them)

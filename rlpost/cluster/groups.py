@@ -180,12 +180,19 @@ class RolloutGroup(ActorGroup):
             ray.get([e.wake_up.remote(tags) for e in self.engines])
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Sample]:
+        return self.collect(self.submit(prompts, params))
+
+    def submit(self, prompts: list[list[int]], params: SamplingParams) -> list[ray.ObjectRef]:
+        """Start generating without waiting (one ref per engine); `collect` gets the samples, in prompt order."""
         chunks = _split(prompts, len(self.engines))
         futures = []
         for i, (engine, chunk) in enumerate(zip(self.engines, chunks, strict=True)):
             seed = None if params.seed is None else params.seed * 1000 + i  # engines must not sample alike
             futures.append(engine.generate.remote(chunk, SamplingParams(**{**params.__dict__, "seed": seed})))
-        return [s for part in ray.get(futures) for s in part]
+        return futures
+
+    def collect(self, refs: list[ray.ObjectRef]) -> list[Sample]:
+        return [s for part in ray.get(refs) for s in part]
 
     def score(self, prompts: list[list[int]], completions: list[list[int]], temperature: float) -> list[list[float]]:
         return ray.get(self.engines[0].score.remote(prompts, completions, temperature))

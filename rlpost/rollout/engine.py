@@ -36,6 +36,7 @@ class Sample:
     completion_ids: list[int]  # includes the EOS token when the model stopped by itself
     logprobs: list[float]  # one per completion token
     finish_reason: str  # "stop" (EOS) or "length" (hit max_new_tokens)
+    policy_version: int = 0  # training steps in the weights that sampled it (rlpost.pipeline sets it)
 
 
 class RolloutEngine(ABC):
