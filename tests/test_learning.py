@@ -89,6 +89,16 @@ def test_packed_and_corrected_ppo_learns(local_ray, tiny_model_dir: str, task_pa
         assert m["off_policy/capped_frac"] == 0.0, m
 
 
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_one_step_stale_pipeline_learns(algo: str, local_ray, tiny_model_dir: str, task_path: str, tmp_path) -> None:
+    """`trainer.max_staleness=1` (rlpost/pipeline.py): from step 2 on every batch was sampled by the policy one
+    update older than the learner's, corrected by TIS; the thresholds are the same."""
+    cfg = learning_cfg(algo, tiny_model_dir, task_path, str(tmp_path), *ALGOS[algo], "trainer.max_staleness=1",
+                       "algo.off_policy_correction=tis")
+    history = learns(f"{algo} max_staleness=1", cfg, tiny_model_dir, tmp_path)
+    assert [m["staleness/max"] for m in history] == [0.0] + [1.0] * (STEPS - 1)
+
+
 def learns(label: str, cfg, tiny_model_dir: str, tmp_path) -> list[dict[str, float]]:
     """Train `cfg` and assert the thresholds of the module docstring; the history of step metrics."""
     validate(cfg)
