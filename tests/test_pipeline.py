@@ -130,3 +130,21 @@ def test_one_step_stale_pipeline_runs(local_ray, tiny_model_dir: str, task_path:
     assert history[0]["reward/mean"] == recorded[0]["reward/mean"]  # step 1: the same prompts, seeds and weights
     # Stale samples: the learner's proximal logprobs are a step ahead of the engine's behaviour ones.
     assert history[1]["off_policy/ratio_max"] > 1.0001
+
+    # The step-2 checkpoint was written with step 3's batch generated: its loader is rewound to before that
+    # batch, so the resumed run draws the same prompts and generates them with the checkpoint's weights.
+    trainer = Trainer(cfg, tiny_model_dir, str(tmp_path))
+    start = trainer.loader.state_dict()
+    trainer.loader.next_batch(cfg.trainer.prompts_per_step)
+    trainer.loader.next_batch(cfg.trainer.prompts_per_step)
+    after_two_steps = trainer.loader.state_dict()
+    trainer.loader.load_state_dict(start)
+    trainer.prepare_resume(tmp_path / "checkpoints" / "step_000002")
+    assert trainer.loader.state_dict() == after_two_steps
+    trainer.start()
+    try:
+        trainer.restore()
+        resumed = trainer.fit()
+    finally:
+        trainer.close()
+    assert resumed[:2] == history[:2] and resumed[2]["staleness/max"] == 0.0  # step 3 on-policy after the resume
