@@ -5,6 +5,9 @@
                advantages or preference pairs, pure functions)
             -> train (critic, then policy: DeepSpeed updates) -> weight sync -> metrics
 
+With `trainer.max_staleness=k > 0` the rollout of the next k steps is generated while this one trains
+(`rlpost.pipeline` owns that in-flight work and every sample's policy version); the phases read the same.
+
 `algo.objective` picks how experience becomes training items: `pg_experience` (advantages, for grpo, dr_grpo,
 rloo, reinforce_pp, ppo, dapo) or `dpo_experience` (pairs, for online_dpo); every other phase is shared.
 
