@@ -169,6 +169,8 @@ class Trainer(TrainerCheckpointing):
         if "kl/sequence" in experience:
             self.kl_coef = adaptive_kl_coef(kl_coef, experience["kl/sequence"], cfg.algo.kl_target,
                                             cfg.algo.kl_horizon, len(rollout.samples))
+        # With trainer.max_staleness > 0, time/generate is only the generation the step waited for (the rest
+        # overlapped training), so this rate is the rate as the loop sees it, above the engines' own.
         perf = {"perf/rollout_tokens_per_s": rollout.metrics["response/tokens"] / max(timings["time/generate"], 1e-9),
                 "perf/step_seconds": time.perf_counter() - t_step, "data/epoch": float(self.loader.epoch),
                 "kl/coef": kl_coef}
