@@ -38,13 +38,14 @@ class ActorDied(RunError):
 
 
 def _death(err: ray.exceptions.RayActorError, names: dict[str, str]) -> ActorDied:
-    text = str(err)
+    text = " ".join(str(err).split())
     name = names.get(err.actor_id or "", "an actor")
     node = re.search(r"\bip: (\S+)", text)
-    # Ray's message: a header, one field per line (class_name, actor_id, pid, ip, ...), then the cause.
-    causes = [line.strip() for line in text.splitlines()[1:] if line.strip() and not line.startswith("\t")]
-    cause = (causes[0] if causes else text.splitlines()[0] if text else type(err).__name__)[:240]
-    return ActorDied(f"{name} (node {node.group(1) if node else 'unknown'}) died: {cause}")
+    # Ray's message is a paragraph (fields, the exit type and detail, common causes): its exit type is the gist.
+    exit_type = re.search(r"Worker exit type: (\w+)", text)
+    why = f"exit type {exit_type.group(1)}" if exit_type else text.split(". ")[0][:200]
+    return ActorDied(f"{name} (node {node.group(1) if node else 'unknown'}) died ({why}: killed, out of memory or "
+                     "crashed; its last lines are in the log above)")
 
 
 def get(refs, names: dict[str, str], timeout: float | None = None):
