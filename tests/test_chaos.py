@@ -4,8 +4,8 @@ checkpoints intact. Nothing is mocked.
 
 Fault -> expected outcome -> where it is tested:
 
-- SIGKILL a learner rank mid-run -> one line naming the rank, its node and the last checkpoint, within 60 s;
-  that checkpoint intact and finite -> here
+- SIGKILL a learner rank or a reward actor mid-run -> one line naming it, its node and the last checkpoint,
+  within 60 s; that checkpoint intact and finite -> here
 - NaN reward storm (every item, from some step on) -> scored `error_score`, counted, then one line
   (`reward.max_failure_frac`); no NaN in the metrics or a checkpoint -> here
 - non-finite loss or grad norm (divergence) -> update skipped and counted; `learner.max_skipped_updates` in a
@@ -121,20 +121,22 @@ def driver_process(driver: subprocess.Popen):
         driver.wait()
 
 
-def test_sigkilled_learner_rank_ends_the_run_with_one_line(tiny_model_dir: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("actor_class, name", [("LearnerRank", "learner rank 0"), ("RewardWorker", "reward actor 0")])
+def test_sigkilled_actor_ends_the_run_with_one_line(tiny_model_dir: str, tmp_path: Path, actor_class: str,
+                                                    name: str) -> None:
     run_dir, log = tmp_path / "run", tmp_path / "driver.log"
     with driver_process(start_run(run_dir, log, model=tiny_model_dir)) as driver:
         wait_for_checkpoint(driver, run_dir, log)
-        ranks = [p for p in psutil.Process(driver.pid).children(recursive=True)
-                 if "LearnerRank" in " ".join(p.cmdline())]
-        assert len(ranks) == 1, [" ".join(p.cmdline())[:80] for p in psutil.Process(driver.pid).children(True)]
+        cluster = psutil.Process(driver.pid).children(recursive=True)
+        victims = [p for p in cluster if f"ray::{actor_class}" in " ".join(p.cmdline())]
+        assert len(victims) == 1, [" ".join(p.cmdline())[:80] for p in cluster]
         t0 = time.monotonic()
-        ranks[0].kill()
+        victims[0].kill()
         assert driver.wait(timeout=60) == 1, log.read_text()[-3000:]
         took = time.monotonic() - t0
     errors = error_lines(log)
     assert len(errors) == 1, errors
-    assert errors[0].startswith("rlpost: error: learner rank 0 (node 127.0.0.1) died ("), errors
+    assert errors[0].startswith(f"rlpost: error: {name} (node 127.0.0.1) died ("), errors
     last = ckpt.CheckpointManager(str(run_dir), keep=2).complete()[0]
     assert errors[0].endswith(f"; the last checkpoint is {last} (trainer.resume=auto continues from it)"), errors
     assert_intact_and_finite(last)
