@@ -196,7 +196,7 @@ class RewardConfig:
     # Memory a reward worker process may allocate beyond its loaded reward modules (MB of address space, enforced
     # with RLIMIT_AS). Past it the call fails (scored `error_score`, counted as an error) and the worker is
     # replaced; a runaway plug-in otherwise grows until the machine swaps or the OOM killer picks a victim.
-    # 0 = no limit.
+    # 0 = no limit (needed by a plug-in that initialises CUDA in a call: that reserves tens of GB of addresses).
     max_worker_memory_mb: int = 4096
     # A reward call's prints (stdout + stderr) past this many KB are dropped, with one note: actors' output lands
     # in the driver's log. 0 = no limit.

@@ -87,6 +87,10 @@ def _limit_memory(max_memory_mb: int) -> None:
     with open("/proc/self/statm") as f:
         address_space = int(f.read().split()[0]) * _PAGE
     limit = address_space + max_memory_mb * 2**20
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:  # an existing `ulimit -v` can only be lowered, never raised
+        limit = min(limit, hard)
+    # The hard limit too, so that a plug-in can't lift it again.
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
