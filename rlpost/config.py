@@ -199,8 +199,8 @@ class RewardConfig:
     # 0 = no limit (needed by a plug-in that initialises CUDA in a call: that reserves tens of GB of addresses).
     max_worker_memory_mb: int = 4096
     # A reward call's prints (stdout + stderr) past this many KB are dropped, with one note: actors' output lands
-    # in the driver's log. 0 = no limit.
-    max_output_kb: int = 64
+    # in the driver's log, and a step makes (functions x items) calls. 16 KB keeps a traceback. 0 = no limit.
+    max_output_kb: int = 16
 
 
 @dataclass
