@@ -61,10 +61,11 @@ class CallResult:
 
 
 class _CappedStream:
-    """Passes writes through to `stream` until this call's budget (shared by stdout and stderr) is spent."""
+    """Passes writes through to `stream` until this call's budget of characters (shared by stdout and stderr) is
+    spent. `noted` is a shared `multiprocessing.Value`: set by the first truncation in any of the pool's workers."""
 
-    def __init__(self, stream, budget: dict, max_bytes: int, noted, note: str):
-        self._stream, self._budget, self._max, self._noted, self._note = stream, budget, max_bytes, noted, note
+    def __init__(self, stream: Any, budget: dict[str, int], max_chars: int, noted: Any, note: str):
+        self._stream, self._budget, self._max, self._noted, self._note = stream, budget, max_chars, noted, note
 
     def write(self, text: str) -> int:
         left = self._max - self._budget["used"]
