@@ -193,6 +193,14 @@ class RewardConfig:
     # runaway reward (1e36) otherwise turns the loss into NaN.
     max_abs_score: float = 1e6
     max_failure_frac: float = 0.5  # stop the run when more of a batch than this fails in any one function
+    # Memory a reward worker process may allocate beyond its loaded reward modules (MB of address space, enforced
+    # with RLIMIT_AS). Past it the call fails (scored `error_score`, counted as an error) and the worker is
+    # replaced; a runaway plug-in otherwise grows until the machine swaps or the OOM killer picks a victim.
+    # 0 = no limit (needed by a plug-in that initialises CUDA in a call: that reserves tens of GB of addresses).
+    max_worker_memory_mb: int = 4096
+    # A reward call's prints (stdout + stderr) past this many KB are dropped, with one note: actors' output lands
+    # in the driver's log, and a step makes (functions x items) calls. 16 KB keeps a traceback. 0 = no limit.
+    max_output_kb: int = 16
 
 
 @dataclass

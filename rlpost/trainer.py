@@ -32,9 +32,9 @@ from rlpost import checkpoint as ckpt
 from rlpost import signals
 from rlpost.algos import adaptive_kl_coef, overlong_penalty, repeat_to, select_pairs
 from rlpost.algos.dynamic_sampling import informative_groups, refill_size
-from rlpost.cluster.groups import CriticGroup, LearnerGroup, Placement, RewardGroup, RolloutGroup, WeightSync
+from rlpost.cluster.groups import ActorDied, CriticGroup, LearnerGroup, Placement, RewardGroup, RolloutGroup, WeightSync
 from rlpost.cluster.ray_cluster import init_ray
-from rlpost.config import needs_old_logprobs, needs_reference
+from rlpost.config import RunError, needs_old_logprobs, needs_reference
 from rlpost.data import Prompt, PromptLoader, build_prompts, load_rows, resolve_data_path
 from rlpost.eval import Evaluator
 from rlpost.experience import MiniBatch, TrainItem, pg_items
@@ -335,35 +335,46 @@ class Trainer(TrainerCheckpointing):
                                start_step=self.start_step)
         past = self.resume_state.get("metrics", [])
         history = [{k: v for k, v in row.items() if k != "step"} for row in past if row["step"] > 0]
-        budget = cfg.trainer.max_minutes * 60
         t0 = time.perf_counter() - (past[-1].get("time/wall", 0.0) if past else 0.0)
         try:
-            if self.start_step == 0 and self.evaluator is not None:
-                metrics = self.evaluator.run(self.rollout, self.rewards, 0)
-                logger.log(0, metrics | {"time/wall": time.perf_counter() - t0}, advance=False)
-            for step in range(self.start_step + 1, last + 1):
-                metrics = self.step(step)
-                final = step == last or 0 < budget <= time.perf_counter() - t0
-                if self.evaluator is not None and (final or self.evaluator.due(step, last)):
-                    metrics.update(self.evaluator.run(self.rollout, self.rewards, step, sampled_metrics=final))
-                metrics["time/wall"] = time.perf_counter() - t0
-                logger.log(step, metrics)
-                history.append(metrics)
-                saved = final or bool(cfg.trainer.save_every and step % cfg.trainer.save_every == 0)
-                if saved:
-                    self.save_checkpoint(step)
-                stop = signals.pending()  # SIGTERM/SIGINT asked for a stop at this boundary (rlpost.signals)
-                if stop is not None and not final:
-                    if not saved:
-                        self.save_checkpoint(step)
-                    raise signals.Stopped(stop)
-                if final:
-                    if step < last:
-                        print(f"[rlpost] trainer.max_minutes={cfg.trainer.max_minutes:g} reached: step {step} "
-                              f"was the last of {last}", flush=True)
-                    break
-        finally:
-            logger.close()
-        if cfg.trainer.export_hf:
-            self.export_hf()
+            try:
+                self._fit(logger, history, t0)
+            finally:
+                logger.close()
+            if cfg.trainer.export_hf:
+                self.export_hf()
+        except ActorDied as err:  # one line: the dead actor, its node and where to continue from
+            latest = self.checkpoints.complete()
+            where = (f"the last checkpoint is {latest[0]} (trainer.resume=auto continues from it)" if latest
+                     else "no checkpoint was written yet")
+            raise RunError(f"{err}; {where}") from None
         return history
+
+    def _fit(self, logger: MetricsLogger, history: list[dict[str, float]], t0: float) -> None:
+        """`fit`'s loop: steps (appended to `history`), evaluations and checkpoints."""
+        cfg, last = self.cfg, self.cfg.trainer.steps
+        budget = cfg.trainer.max_minutes * 60
+        if self.start_step == 0 and self.evaluator is not None:
+            metrics = self.evaluator.run(self.rollout, self.rewards, 0)
+            logger.log(0, metrics | {"time/wall": time.perf_counter() - t0}, advance=False)
+        for step in range(self.start_step + 1, last + 1):
+            metrics = self.step(step)
+            final = step == last or 0 < budget <= time.perf_counter() - t0
+            if self.evaluator is not None and (final or self.evaluator.due(step, last)):
+                metrics.update(self.evaluator.run(self.rollout, self.rewards, step, sampled_metrics=final))
+            metrics["time/wall"] = time.perf_counter() - t0
+            logger.log(step, metrics)
+            history.append(metrics)
+            saved = final or bool(cfg.trainer.save_every and step % cfg.trainer.save_every == 0)
+            if saved:
+                self.save_checkpoint(step)
+            stop = signals.pending()  # SIGTERM/SIGINT asked for a stop at this boundary (rlpost.signals)
+            if stop is not None and not final:
+                if not saved:
+                    self.save_checkpoint(step)
+                raise signals.Stopped(stop)
+            if final:
+                if step < last:
+                    print(f"[rlpost] trainer.max_minutes={cfg.trainer.max_minutes:g} reached: step {step} "
+                          f"was the last of {last}", flush=True)
+                break

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from rlpost import checkpoint as ckpt
+from rlpost.cluster.groups import ActorDied
 from rlpost.report import read_metrics
 
 
@@ -34,8 +35,13 @@ class TrainerCheckpointing:
                 group.save_checkpoint(str(folder / name))
             torch.save(state, folder / ckpt.DRIVER)
 
-        return self.checkpoints.save(step, write, {"fingerprint": self.fingerprint,
-                                                   "groups": sorted(self.checkpoint_groups)})
+        try:
+            return self.checkpoints.save(step, write, {"fingerprint": self.fingerprint,
+                                                       "groups": sorted(self.checkpoint_groups)})
+        except ckpt.CheckpointError as err:
+            if isinstance(err.__cause__, ActorDied):  # not the disk's fault: report the death (Trainer.fit)
+                raise err.__cause__ from None
+            raise
 
     def prepare_resume(self, path: Path) -> None:
         """Before any actor starts: the checkpoint is intact (every file matches its SHA-256, before anything is

@@ -88,6 +88,9 @@ def validate(cfg: DictConfig) -> None:
              "must be >= 0 (0 = never stop)")
     _require(rw.max_abs_score > 0, f"reward.max_abs_score={rw.max_abs_score}: must be > 0 (scores beyond it are "
              "errors)")
+    _require(rw.max_worker_memory_mb >= 0, f"reward.max_worker_memory_mb={rw.max_worker_memory_mb}: must be >= 0 "
+             "(0 = no limit)")
+    _require(rw.max_output_kb >= 0, f"reward.max_output_kb={rw.max_output_kb}: must be >= 0 (0 = no limit)")
     _require(0 <= rw.max_failure_frac <= 1, f"reward.max_failure_frac={rw.max_failure_frac}: must be in [0, 1] "
              "(1 = never stop on failures)")
     for i, spec in enumerate(rw.functions):

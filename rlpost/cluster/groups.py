@@ -4,6 +4,8 @@ trainer sees three groups with plain methods."""
 
 from __future__ import annotations
 
+import re
+
 import ray
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 
@@ -30,11 +32,59 @@ def _split(items: list, parts: int) -> list[list]:
     return out
 
 
+class ActorDied(RunError):
+    """An actor of a group died (its process was killed, crashed, or its node went away): one line naming it and
+    its node. The trainer adds the last checkpoint's path (`Trainer.fit`)."""
+
+
+def _death(err: ray.exceptions.RayActorError, names: dict[str, str]) -> ActorDied:
+    text = " ".join(str(err).split())
+    name = names.get(err.actor_id or "", "an actor")
+    node = re.search(r"\bip: (\S+)", text)
+    # Ray's message is a paragraph (fields, the exit type and detail, common causes): its exit type is the gist.
+    exit_type = re.search(r"Worker exit type: (\w+)", text)
+    why = f"exit type {exit_type.group(1)}" if exit_type else text.split(". ")[0][:200]
+    return ActorDied(f"{name} (node {node.group(1) if node else 'unknown'}) died ({why}: killed, out of memory or "
+                     "crashed; its last lines are in the log above)")
+
+
+def get(refs, names: dict[str, str], timeout: float | None = None):
+    """`ray.get`, with a dead actor among `names` (actor id -> a name like "learner rank 1") turned into one line.
+
+    A dead rank often shows up first as its peers' error (a collective that lost a member raises in rank 0), so
+    on a task error the other calls get a short grace to report the death that caused it."""
+    try:
+        return ray.get(refs, timeout=timeout)
+    except ray.exceptions.RayActorError as err:
+        if err.actor_init_failed:  # its __init__ raised: that error's own line is the message (train.user_error)
+            raise
+        raise _death(err, names) from None
+    except ray.exceptions.RayTaskError:
+        listed = refs if isinstance(refs, list) else [refs]
+        ready, _ = ray.wait(listed, num_returns=len(listed), timeout=10)
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as err:
+                raise _death(err, names) from None
+            except Exception:  # another peer's error, not a death: the original error is raised below
+                pass
+        raise
+
+
 class ActorGroup:
     """Actors placed in one placement group; `shutdown` kills them and frees the group's resources."""
 
     actors: list
     pg = None
+    names: dict[str, str] = {}  # noqa: RUF012 - replaced, never mutated
+
+    def name_actors(self, prefix: str) -> None:
+        """Record "<prefix> <i>" for each actor, for the one-line error when one dies."""
+        self.names = {a._actor_id.hex(): f"{prefix} {i}" for i, a in enumerate(self.actors)}
+
+    def get(self, refs, timeout: float | None = None):
+        return get(refs, self.names, timeout)
 
     def shutdown(self) -> None:
         for actor in self.actors:
@@ -98,19 +148,20 @@ class LearnerGroup(ActorGroup):
                         runtime_env={"env_vars": actor_env(device)}) for i in range(n)]
         self.ranks = self.actors = [actor.options(**options[i]).remote(cfg, i, n, model_path, total_optimizer_steps)
                                     for i in range(n)]
-        addr, port = ray.get(self.ranks[0].address.remote())
-        ray.get([r.setup.remote(addr, port) for r in self.ranks])
+        self.name_actors(f"{self.section} rank")
+        addr, port = self.get(self.ranks[0].address.remote())
+        self.get([r.setup.remote(addr, port) for r in self.ranks])
 
     def experience(self, prompts: list[list[int]], completions: list[list[int]], old: bool = False
                    ) -> dict[str, list[list[float]]]:
         """The experience phase's per-token numbers for every sequence, in order: the ranks split the batch."""
         n = len(self.ranks)
-        results = ray.get([r.experience.remote(p, c, old) for r, p, c
+        results = self.get([r.experience.remote(p, c, old) for r, p, c
                            in zip(self.ranks, _split(prompts, n), _split(completions, n), strict=True)])
         return {k: [row for res in results for row in res[k]] for k in results[0]}
 
     def train_step(self, per_rank: list[list[MiniBatch]], kl_coef: float = 0.0) -> dict[str, float]:
-        results = ray.get([r.train_step.remote(mbs, kl_coef) for r, mbs in zip(self.ranks, per_rank, strict=True)])
+        results = self.get([r.train_step.remote(mbs, kl_coef) for r, mbs in zip(self.ranks, per_rank, strict=True)])
         merged = {k: sum(res[k] for res in results) / len(results) for k in results[0]}
         for k in merged:  # totals, the slowest rank's time and maxima, not averages
             if k.endswith("/tokens"):
@@ -120,20 +171,20 @@ class LearnerGroup(ActorGroup):
         return merged
 
     def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
-        return ray.get([r.score.remote(prompts, completions) for r in self.ranks])[0]
+        return self.get([r.score.remote(prompts, completions) for r in self.ranks])[0]
 
     def weights_digest(self) -> str:
-        return ray.get([r.weights_digest.remote() for r in self.ranks])[0]
+        return self.get([r.weights_digest.remote() for r in self.ranks])[0]
 
     # Checkpointing (rlpost.checkpoint): every rank takes part, each writes its own share into `path`.
     def save_checkpoint(self, path: str) -> None:
-        ray.get([r.save_checkpoint.remote(path) for r in self.ranks])
+        self.get([r.save_checkpoint.remote(path) for r in self.ranks])
 
     def load_checkpoint(self, path: str) -> None:
-        ray.get([r.load_checkpoint.remote(path) for r in self.ranks])
+        self.get([r.load_checkpoint.remote(path) for r in self.ranks])
 
     def export_hf(self, path: str) -> None:
-        ray.get([r.export_hf.remote(path) for r in self.ranks])
+        self.get([r.export_hf.remote(path) for r in self.ranks])
 
 
 class CriticGroup(LearnerGroup):
@@ -168,16 +219,17 @@ class RolloutGroup(ActorGroup):
                                                     scheduling_strategy=in_bundle(pg, i),
                                                     runtime_env={"env_vars": actor_env(device)}).remote(**args[i])
                                       for i in range(rc["num_engines"])]
-        ray.get([e.ready.remote() for e in self.engines])
+        self.name_actors("rollout engine")
+        self.get([e.ready.remote() for e in self.engines])
 
     def sleep(self) -> None:
         """Colocated vLLM: free the engines' GPU memory for the learner (no-op otherwise)."""
         if self.colocated:
-            ray.get([e.sleep.remote() for e in self.engines])
+            self.get([e.sleep.remote() for e in self.engines])
 
     def wake_up(self, tags: list[str]) -> None:
         if self.colocated:
-            ray.get([e.wake_up.remote(tags) for e in self.engines])
+            self.get([e.wake_up.remote(tags) for e in self.engines])
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Sample]:
         return self.collect(self.submit(prompts, params))
@@ -192,13 +244,13 @@ class RolloutGroup(ActorGroup):
         return futures
 
     def collect(self, refs: list[ray.ObjectRef]) -> list[Sample]:
-        return [s for part in ray.get(refs) for s in part]
+        return [s for part in self.get(refs) for s in part]
 
     def score(self, prompts: list[list[int]], completions: list[list[int]], temperature: float) -> list[list[float]]:
-        return ray.get(self.engines[0].score.remote(prompts, completions, temperature))
+        return self.get(self.engines[0].score.remote(prompts, completions, temperature))
 
     def weights_digests(self) -> list[str]:
-        return ray.get([e.weights_digest.remote() for e in self.engines])
+        return self.get([e.weights_digest.remote() for e in self.engines])
 
 
 class RewardWorker:
@@ -227,7 +279,8 @@ class RewardModelGroup(ActorGroup):
                                      runtime_env={"env_vars": actor_env(device)})
                        .remote(spec.path, spec.dtype, spec.batch_tokens, "cuda" if gpus else "cpu")
                        for i in range(spec.num_actors)]
-        ray.get([a.ready.remote() for a in self.actors])
+        self.name_actors(f"reward model {label} actor")
+        self.get([a.ready.remote() for a in self.actors])
         self.label, self.weight = label, float(spec.weight)
         self.stats = RunningMeanStd() if spec.normalize else None
 
@@ -240,7 +293,7 @@ class RewardModelGroup(ActorGroup):
                 ) -> tuple[list[float], dict[str, list[float]]]:
         """(the component's values, its extra metrics): normalised scores and the raw ones when normalising.
         `update_stats=False` (evaluation) normalises with the statistics of training's scores alone."""
-        raw = [x for part in ray.get(refs) for x in part]
+        raw = [x for part in self.get(refs) for x in part]
         if self.stats is None:
             return raw, {}
         if update_stats:
@@ -260,9 +313,10 @@ class RewardGroup(ActorGroup):
             self.workers = self.actors = [actor.options(num_cpus=1, scheduling_strategy=in_bundle(self.pg, i),
                                           runtime_env={"env_vars": actor_env(device)}).remote(reward_cfg)
                             for i in range(n)]
+        self.name_actors("reward actor")
         num_fns = len(reward_cfg.functions)
         self.labels = component_labels(reward_cfg)
-        for labels in ray.get([w.labels.remote() for w in self.workers]):  # also: every worker is up
+        for labels in self.get([w.labels.remote() for w in self.workers]):  # also: every worker is up
             assert labels == self.labels[:num_fns], (labels, self.labels)
         self.models = []
         for spec, label in zip(reward_cfg.models, self.labels[num_fns:], strict=True):
@@ -275,7 +329,7 @@ class RewardGroup(ActorGroup):
         model_refs = [m.submit(messages, completions) for m in self.models]  # they run alongside the functions
         if self.workers:
             parts = [_split(x, len(self.workers)) for x in (prompts, completions, columns)]
-            result = RewardResult.concat(ray.get([w.score.remote(p, c, col)
+            result = RewardResult.concat(self.get([w.score.remote(p, c, col)
                                                   for w, p, c, col in zip(self.workers, *parts, strict=True)]))
         else:
             result = RewardResult(total=[0.0] * len(prompts), components={}, errors=0, timeouts=0)
@@ -330,7 +384,7 @@ class WeightSync:
 
     def _get(self, refs: list, what: str) -> list:
         try:
-            return ray.get(refs, timeout=self.timeout_s + 30)
+            return get(refs, self.learners.names | self.rollout.names, timeout=self.timeout_s + 30)
         except ray.exceptions.GetTimeoutError:
             raise RunError(f"sync: {what} did not finish within sync.timeout_s={self.timeout_s:.0f}s "
                                f"(transport {self.transport}); a learner rank or engine died or hangs, see the "

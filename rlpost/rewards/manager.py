@@ -173,7 +173,8 @@ class RewardManager:
         # Loaded here too, not only in the workers: a ConfigError now, in the driver's view, not later per call.
         self.fns = [load_reward_fn(spec, i) for i, spec in enumerate(self.specs)]
         self._labels = unique_labels([reward_label(spec) for spec in self.specs])
-        self.pool = ProcessPool(self.specs, cfg.num_workers)
+        self.pool = ProcessPool(self.specs, cfg.num_workers, max_memory_mb=cfg.max_worker_memory_mb,
+                                max_output_kb=cfg.max_output_kb)
 
     @property
     def labels(self) -> list[str]:

@@ -20,6 +20,15 @@ Choices:
   replacement worker's imports don't eat into the next call's time budget.
 - Workers are daemonic (they die with the parent), ignore SIGINT (Ctrl-C is the parent's business), and exit
   when their pipe closes, so a SIGKILLed parent leaves no orphans.
+- Memory bound (`max_memory_mb`): RLIMIT_AS, set once the reward modules are loaded, to the worker's address
+  space then plus `max_memory_mb`. A limit in the kernel, unlike an RSS watchdog, can't be outrun by one quick
+  large allocation; measuring from after the imports keeps the modules' own (large, mostly untouched) virtual
+  reservations out of the budget. Past it an allocation fails (MemoryError, or a crash in C code): that call
+  is an error and its worker is replaced, since a MemoryError can leave the plug-in's state half-built.
+- Output bound (`max_output_kb`): a call's prints (sys.stdout and sys.stderr together) past the limit are
+  dropped, and the first truncation in the pool writes one note. Reward actors' output ends up in the driver's
+  log, where 10 MiB of prints per call made a 188 MB log in two steps. Writes straight to file descriptor 1/2
+  from C code are not seen.
 """
 
 from __future__ import annotations
@@ -29,7 +38,9 @@ import contextlib
 import inspect
 import multiprocessing as mp
 import os
+import resource
 import signal
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -39,6 +50,7 @@ from typing import Any
 from rlpost.config import RewardFunctionConfig
 
 _READY = -1  # task id of the message a worker sends once its functions are loaded
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass
@@ -48,7 +60,43 @@ class CallResult:
     timed_out: bool = False
 
 
-def _worker_loop(conn, specs: list[RewardFunctionConfig]) -> None:
+class _CappedStream:
+    """Passes writes through to `stream` until this call's budget of characters (shared by stdout and stderr) is
+    spent. `noted` is a shared `multiprocessing.Value`: set by the first truncation in any of the pool's workers."""
+
+    def __init__(self, stream: Any, budget: dict[str, int], max_chars: int, noted: Any, note: str):
+        self._stream, self._budget, self._max, self._noted, self._note = stream, budget, max_chars, noted, note
+
+    def write(self, text: str) -> int:
+        left = self._max - self._budget["used"]
+        self._budget["used"] += len(text)
+        if len(text) <= left:
+            return self._stream.write(text)
+        if left > 0:
+            self._stream.write(text[:left])
+        with self._noted.get_lock():  # one note per pool, not one per call or worker
+            first, self._noted.value = not self._noted.value, True
+        if first:
+            self._stream.write(f"\n{self._note}\n")
+        return len(text)  # to the caller all of it was written
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno, isatty, encoding, ...
+        return getattr(self._stream, name)
+
+
+def _limit_memory(max_memory_mb: int) -> None:
+    with open("/proc/self/statm") as f:
+        address_space = int(f.read().split()[0]) * _PAGE
+    limit = address_space + max_memory_mb * 2**20
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:  # an existing `ulimit -v` can only be lowered, never raised
+        limit = min(limit, hard)
+    # The hard limit too, so that a plug-in can't lift it again.
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _worker_loop(conn, specs: list[RewardFunctionConfig], max_memory_mb: int = 0, max_output_kb: int = 0,
+                 output_noted=None) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"  # before any reward module imports numpy/torch: N workers, not N * cores
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from rlpost.rewards.loader import load_reward_fn
@@ -58,7 +106,15 @@ def _worker_loop(conn, specs: list[RewardFunctionConfig]) -> None:
         fns = [load_reward_fn(spec, i) for i, spec in enumerate(specs)]
     except Exception as e:
         load_error = f"loading the reward functions in the worker failed: {type(e).__name__}: {e}"
-    conn.send((_READY, True, None))
+    if max_memory_mb > 0:
+        _limit_memory(max_memory_mb)
+    budget = {"used": 0}
+    if max_output_kb > 0:
+        note = (f"[rlpost] a reward function printed more than reward.max_output_kb={max_output_kb} KB in one "
+                "call; the rest of such output is dropped (this note is shown once)")
+        sys.stdout = _CappedStream(sys.stdout, budget, max_output_kb * 1024, output_noted, note)
+        sys.stderr = _CappedStream(sys.stderr, budget, max_output_kb * 1024, output_noted, note)
+    conn.send((_READY, True, None, False))
     while True:
         try:
             message = conn.recv()
@@ -68,26 +124,34 @@ def _worker_loop(conn, specs: list[RewardFunctionConfig]) -> None:
             return
         task_id, fn_index, args, kwargs = message
         if load_error is not None:
-            conn.send((task_id, False, load_error))
+            conn.send((task_id, False, load_error, False))
             continue
+        budget["used"], retire = 0, False
         try:
             value = fns[fn_index](*args, **kwargs)
             if inspect.isawaitable(value):
                 loop = loop or asyncio.new_event_loop()
                 value = loop.run_until_complete(value)
-            reply = (task_id, True, value)
+            reply = (task_id, True, value, False)
+        except MemoryError as e:
+            retire = max_memory_mb > 0  # without a limit the machine ran out: a fresh worker won't fare better
+            limit = f" (past reward.max_worker_memory_mb={max_memory_mb}; worker replaced)" if retire else ""
+            reply = (task_id, False, f"MemoryError: {e}{limit}", retire)
         except BaseException as e:  # SystemExit too: a plug-in calling sys.exit() is an error, not a crash
-            reply = (task_id, False, f"{type(e).__name__}: {e}")
+            reply = (task_id, False, f"{type(e).__name__}: {e}", False)
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
         try:
             conn.send(reply)
         except Exception as e:  # e.g. the result can't be pickled
-            conn.send((task_id, False, f"could not send the result back: {type(e).__name__}: {e}"))
+            conn.send((task_id, False, f"could not send the result back: {type(e).__name__}: {e}", retire))
 
 
 class _Worker:
-    def __init__(self, ctx, specs: list[RewardFunctionConfig]):
+    def __init__(self, ctx, specs: list[RewardFunctionConfig], *limits):
         self.conn, child_conn = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_worker_loop, args=(child_conn, specs), daemon=True,
+        self.proc = ctx.Process(target=_worker_loop, args=(child_conn, specs, *limits), daemon=True,
                                 name="rlpost-reward-worker")
         self.proc.start()
         child_conn.close()  # ours is closed so that EOF reaches us if the worker dies
@@ -115,15 +179,19 @@ def _death_reason(proc) -> str:
 
 
 class ProcessPool:
-    """`num_workers` processes that run the functions of `specs`; `map()` runs calls on them with a deadline."""
+    """`num_workers` processes that run the functions of `specs`; `map()` runs calls on them with a deadline.
+    `max_memory_mb` and `max_output_kb` bound each worker's allocations and each call's prints (0 = no bound)."""
 
-    def __init__(self, specs: list[RewardFunctionConfig], num_workers: int, startup_timeout_s: float = 60.0):
+    def __init__(self, specs: list[RewardFunctionConfig], num_workers: int, startup_timeout_s: float = 60.0,
+                 max_memory_mb: int = 0, max_output_kb: int = 0):
         self.specs = list(specs)
         self.startup_timeout_s = startup_timeout_s
         self._ctx = mp.get_context("spawn")
+        # Shared by all workers, replacements too: the output-truncation note is written once per pool.
+        self._limits = (max_memory_mb, max_output_kb, self._ctx.Value("b", False))
         self._next_task_id = 0
         self._batch_deadline = float("inf")
-        self._workers = [_Worker(self._ctx, self.specs) for _ in range(num_workers)]
+        self._workers = [_Worker(self._ctx, self.specs, *self._limits) for _ in range(num_workers)]
 
     def wait_ready(self, timeout_s: float | None = None) -> bool:
         """Block until every idle worker has loaded its functions. False if one died starting, or on timeout."""
@@ -203,7 +271,7 @@ class ProcessPool:
             try:
                 if not w.conn.poll():
                     break
-                task_id, ok, value = w.conn.recv()
+                task_id, ok, value, retire = w.conn.recv()
             except (EOFError, OSError):  # its end of the pipe closed: it is exiting; let it finish
                 w.proc.join(timeout=1)
                 break
@@ -214,6 +282,9 @@ class ProcessPool:
                 results[w.call] = CallResult(value=value) if ok else CallResult(error=value)
                 w.call = w.task_id = None
                 w.deadline = float("inf")
+                if retire:  # past its memory limit: its state may be half-built
+                    self._replace(w)
+                    return
         if w.call is not None and not w.proc.is_alive():
             w.proc.join()
             results[w.call] = CallResult(error=_death_reason(w.proc))
@@ -221,7 +292,7 @@ class ProcessPool:
 
     def _replace(self, w: _Worker) -> _Worker:
         w.kill()
-        fresh = _Worker(self._ctx, self.specs)
+        fresh = _Worker(self._ctx, self.specs, *self._limits)
         self._workers[self._workers.index(w)] = fresh
         return fresh
 
