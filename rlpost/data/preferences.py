@@ -122,6 +122,8 @@ def pair_sequences(tokenizer, pairs: list[PreferencePair], stop_ids: set[int] | 
     generation prompt for templates that, like ChatML, render the assistant turn after it); with `stop_ids` the
     completion is cut after its first stop token (the policy), without it the rest of the rendering is kept (the
     reward model, which reads the conversation as its scorer renders it)."""
+    if not pairs:
+        return [], []
     messages = [p.messages for p in pairs for _ in range(2)]
     full = conversation_ids(tokenizer, messages, [c for p in pairs for c in (p.chosen, p.rejected)])
     prompts, completions = [], []
