@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -111,3 +113,25 @@ def test_generated_pairs_round_trip(local_ray, tiny_model_dir: str, tmp_path: Pa
     dpo = run(offline_cfg("config", tiny_model_dir, str(out), tmp_path / "dpo", "algo=dpo_offline", *common))
     assert len(rm) == len(dpo) == 2 and "rm/loss" in rm[-1] and "dpo/loss" in dpo[-1]
     assert (tmp_path / "dpo" / "hf_model" / "config.json").is_file()
+
+
+
+def test_cli_bad_pair_row_is_one_line(tiny_model_dir: str, tmp_path: Path) -> None:
+    """`rlpost-train-rm` (as `python -m rlpost.train_rm`) with `pairs.on_bad_row=stop`: the first bad row is one
+    stderr line naming it, exit code 2, before any actor, and no run folder is left behind; `python -m
+    rlpost.pairs` without an output file likewise."""
+    rows = marker_pairs(3, seed=0)
+    rows[1] = {"prompt": "Hi", "chosen": "Same.", "rejected": "Same."}
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    run_dir = tmp_path / "run"
+    commands = {"row 2: 'chosen' and 'rejected' are the same text": [
+                    "rlpost.train_rm", f"model.path={tiny_model_dir}", f"pairs.path={pairs}", "pairs.on_bad_row=stop",
+                    f"trainer.run_dir={run_dir}"],
+                "pairs.path is empty": ["rlpost.pairs", f"model.path={tiny_model_dir}"]}
+    for message, args in commands.items():
+        proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300,
+                              cwd=TESTS.parent)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("rlpost: error: pairs.path") and message in last, proc.stderr
+    assert not run_dir.exists()
