@@ -109,20 +109,15 @@ def generate_pairs(cfg: DictConfig) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> None:
     from hydra.errors import HydraException
 
-    from rlpost.train import compose_config, user_error
+    from rlpost.train import compose_config, one_line_errors
 
     try:
-        generate_pairs(compose_config(sys.argv[1:] if argv is None else argv))
+        cfg = compose_config(sys.argv[1:] if argv is None else argv)
     except HydraException as err:  # a bad override: Hydra's own message, first line
         print(f"rlpost: error: {str(err).strip().splitlines()[0]}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    except Exception as err:
-        message = user_error(err)
-        if message is None:
-            raise
-        print(f"rlpost: error: {message}", file=sys.stderr, flush=True)
-        raise SystemExit(2 if isinstance(err, ConfigError) else 1) from None
-
+    with one_line_errors():
+        generate_pairs(cfg)
 
 if __name__ == "__main__":
     main()

@@ -95,6 +95,20 @@ def user_error(err: BaseException) -> str | None:
     return found[-1].strip() if found else None
 
 
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """A known error (`user_error` finds one) ends the process with one stderr line and exit code 2 (bad config)
+    or 1 (a failure after start-up); anything else propagates with its traceback."""
+    try:
+        yield
+    except Exception as err:
+        message = user_error(err)
+        if message is None:
+            raise
+        print(f"rlpost: error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2 if isinstance(err, ConfigError) else 1) from None
+
+
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -146,15 +160,8 @@ def cli(cfg: DictConfig) -> None:
     if not sys.stdout.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in a redirected log
     try:
-        with driver_log(os.path.join(run_dir, "train.log")):
-            try:
-                run(cfg)
-            except Exception as err:
-                message = user_error(err)
-                if message is None:
-                    raise
-                print(f"rlpost: error: {message}", file=sys.stderr, flush=True)
-                raise SystemExit(2 if isinstance(err, ConfigError) else 1) from None
+        with driver_log(os.path.join(run_dir, "train.log")), one_line_errors():
+            run(cfg)
     finally:
         remove_if_unused(run_dir)
 
