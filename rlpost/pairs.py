@@ -9,10 +9,10 @@ no run folder is made). The prompts are `data.*`'s, rendered as online training 
 scored by the configured rewards (`reward.functions` and `reward.models`, in their actors, as in training). The
 best against the worst completion of each prompt (`algo.pairs`' selector, best_worst by default) becomes one row
 of `pairs.path`: the prompt (the user turn, or the chat messages when there is a system prompt), chosen, rejected,
-their scores, and the dataset row's other columns (GSM8K's `answer`). Prompts whose completions all tie are
-skipped and counted. Sampling from the initial policy means an offline run on these pairs starts from the same
-information as an online run from that model (the comparison of arXiv 2503.01067). The file is written to a temp
-name and renamed, so `pairs.path` is complete or absent.
+their scores, the prompt's index, and the dataset row's other columns (GSM8K's `answer`). Prompts whose
+completions all tie are skipped and counted. Sampling from the initial policy means an offline run on these pairs
+starts from the same information as an online run from that model (the comparison of arXiv 2503.01067). The file
+is written to a temp name and renamed, so `pairs.path` is complete or absent.
 """
 
 from __future__ import annotations
@@ -35,14 +35,15 @@ from rlpost.rollout.engine import SamplingParams
 from rlpost.validate import validate
 
 
-def pair_row(prompt: Prompt, keys: tuple[str, str, str], chosen: str, rejected: str,
+def pair_row(prompt: Prompt, index: int, keys: tuple[str, str, str], chosen: str, rejected: str,
              scores: tuple[float, float]) -> dict:
     """One output row: the prompt as `rlpost.data.preferences` reads it back, the two completions, their scores,
-    and the dataset row's other columns (those whose names the pair keys do not take)."""
+    the prompt's index among the prompts sampled (so a subset of prompts selects its pairs), and the dataset
+    row's other columns (those whose names the pair keys do not take)."""
     prompt_key, chosen_key, rejected_key = keys
     messages = prompt.messages
     row = {prompt_key: messages[0]["content"] if len(messages) == 1 else messages, chosen_key: chosen,
-           rejected_key: rejected, "chosen_score": scores[0], "rejected_score": scores[1]}
+           rejected_key: rejected, "chosen_score": scores[0], "rejected_score": scores[1], "prompt_index": index}
     return {**{k: v for k, v in prompt.columns.items() if k not in row}, **row}
 
 
@@ -90,7 +91,8 @@ def generate_pairs(cfg: DictConfig) -> dict[str, int]:
                                        [p.messages for p in batch])
                 result.check_failures(cfg.reward.max_failure_frac)
                 for c, r in select_pairs(result.total, n, cfg.algo.pairs, rng):
-                    row = pair_row(batch[c], keys, texts[c], texts[r], (result.total[c], result.total[r]))
+                    row = pair_row(batch[c], start + c // n, keys, texts[c], texts[r],
+                                   (result.total[c], result.total[r]))
                     out.write(json.dumps(row) + "\n")
                     written += 1
         os.replace(tmp, pc.path)
