@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     def verifier(weight: float) -> str:
         return f"reward.functions=[{{path: {args.verifier}, name: {args.verifier_name}, weight: {weight:g}}}]"
 
-    online = [f"algo.group_size={n}", "algo.dynamic_sampling=false", verifier(1)]
+    online = [f"algo.group_size={n}", "algo.dynamic_sampling=false"]
     gsm8k = [sys.executable, "-m", "bench.gsm8k", "--engine", args.engine, "--limit", str(args.limit),
              "--results", str(Path(args.results).resolve())] + (["--enforce-eager"] if args.engine == "vllm" else [])
     train = [sys.executable, "-m", "rlpost.train"]
@@ -150,11 +150,12 @@ def main(argv: list[str] | None = None) -> int:
 
     grpo_budget = args.samples - (int(args.rm_share * prompts) * n if "d" in args.arms else 0)
     commands = {
-        "a": train + [f"experiment={args.dpo_experiment}", "algo=dpo_offline", *common, f"pairs.path={pairs}",
+        "a": train + [f"experiment={args.dpo_experiment}", "algo=dpo_offline", *common, verifier(1),
+                      f"pairs.path={pairs}",
                       f"trainer.steps={offline_steps(len(pairs.read_text().splitlines())) if pairs.exists() else 1}"],
-        "b": train + [f"experiment={args.dpo_experiment}", "algo=online_dpo", *common, *online,
+        "b": train + [f"experiment={args.dpo_experiment}", "algo=online_dpo", *common, *online, verifier(1),
                       f"trainer.steps={max(1, args.samples // per_step)}"],
-        "c": train + [f"experiment={args.grpo_experiment}", "algo=grpo", *common, *online,
+        "c": train + [f"experiment={args.grpo_experiment}", "algo=grpo", *common, *online, verifier(1),
                       f"trainer.steps={max(1, args.samples // per_step)}"],
     }
     arms: dict[str, dict] = {}
@@ -164,14 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         arm: dict = {"curve": [], "pair_accuracy": None}
         if key == "d":
             rm_pairs = subset(pairs, run / "pairs_rm.jsonl", int(args.rm_share * prompts))
-            run_phase("d_rm", [sys.executable, "-m", "rlpost.train_rm", *common, f"pairs.path={run / 'pairs_rm.jsonl'}",
+            run_phase("d_rm", [sys.executable, "-m", "rlpost.train_rm", *common, verifier(1),
+                               f"pairs.path={run / 'pairs_rm.jsonl'}",
                                f"trainer.steps={offline_steps(rm_pairs)}", f"trainer.run_dir={run / 'd_rm'}"],
                       run / "d_rm.log")
             arm["pair_accuracy"] = last_value(read_rows(run / "d_rm"), "eval/pair_accuracy")
             dtype = "bfloat16" if args.rm_gpus > 0 else "float32"
             reward = (f"reward.models=[{{path: {run / 'd_rm' / 'hf_model'}, normalize: true, num_gpus: "
                       f"{args.rm_gpus:g}, dtype: {dtype}}}]")
-            commands["d"] = train + [f"experiment={args.grpo_experiment}", "algo=grpo", *common, *online[:-1],
+            commands["d"] = train + [f"experiment={args.grpo_experiment}", "algo=grpo", *common, *online,
                                      verifier(0), reward, f"trainer.steps={max(1, grpo_budget // per_step)}"]
         run_phase(key, commands[key] + [f"trainer.run_dir={out}"], run / f"{key}.log")
         rows = read_rows(out)
