@@ -71,7 +71,8 @@ def plot(arms: dict[str, dict], before: float, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, arm in arms.items():
-        line, = ax.plot([0, arm["samples"]], [before, arm["after"]], "o--", label=f"({key}) {ARMS[key]}, full test")
+        line, = ax.plot([0, arm["samples"]], [before, arm["after"]], "o--",
+                        label=f"({key}) {ARMS[key]}, bench/gsm8k.py")
         if arm["curve"]:
             ax.plot(*zip(*arm["curve"], strict=True), "-", color=line.get_color(), alpha=0.6,
                     label=f"({key}) in-run eval/pass@1")
@@ -202,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     if "a" in arms and set(arms) & {"b", "c", "d"}:
         best = max((k for k in arms if k != "a"), key=lambda k: arms[k]["after"])
         gap = arms[best]["after"] - arms["a"]["after"]
-        verdict = (f"Online {'beat' if gap > 0 else 'did not beat'} offline here: the best online arm, ({best}) "
+        outcome = "beat" if gap > 0 else "tied with" if gap == 0 else "did not beat"
+        verdict = (f"Online {outcome} offline here: the best online arm, ({best}) "
                    f"{ARMS[best]}, ended at {arms[best]['after']:.4f} against offline DPO's {arms['a']['after']:.4f} "
                    f"({gap:+.4f}).")
     plot(arms, before, Path(args.plot))
