@@ -105,8 +105,9 @@ def test_generated_pairs_round_trip(local_ray, tiny_model_dir: str, tmp_path: Pa
         f"reward.functions=[{{path: {TESTS / 'rewards_for_tests.py'}, name: text_length}}]"]))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert counts["pairs"] == len(rows) >= 6 and counts["prompts"] == 8
-    assert all(r["chosen_score"] > r["rejected_score"] and r["prompt"] == f"Describe the {WORDS[r['prompt_index']]}."
-               for r in rows)
+    # The prompt is the user turn as it was sampled: the question, then data.instruction.
+    assert all(r["chosen_score"] > r["rejected_score"]
+               and r["prompt"].startswith(f"Describe the {WORDS[r['prompt_index']]}.\n\nSolve") for r in rows)
 
     common = ("trainer.steps=2", "trainer.prompts_per_step=2", "learner.micro_batch_size=4", "pairs.eval_fraction=0.3")
     rm = run(offline_cfg("rm", tiny_model_dir, str(out), tmp_path / "rm", *common))
