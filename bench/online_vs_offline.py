@@ -29,7 +29,9 @@ the plot (pass@1 against samples seen: the full-test before/after of every arm, 
 
 Open on one GPU: (d)'s RM actor asks for a GPU bundle of its own (`reward.models[0].num_gpus`, `--rm-gpus`),
 which a colocated `cluster=single_gpu` run has already given to learner and vLLM; `--rm-gpus 0` (default)
-scores on the CPU.
+scores on the CPU, slowly for a 0.5B RM. On a two-GPU host `--rm-gpus 1` puts the RM on the second GPU (then
+(d)'s minutes are not comparable with the other arms'); on one GPU the RM has to join the colocated bundle, which
+`rlpost.cluster.groups.Placement` does not do yet.
 """
 
 from __future__ import annotations
