@@ -258,6 +258,20 @@ class CheckpointManager:
         return final
 
 
+def export_final(export: Callable[[str], None], run_dir: str, what: str = "policy") -> Path:
+    """The final model as a plain Hugging Face folder, `<run_dir>/hf_model`: `export(tmp)` (a learner group's
+    `export_hf`) writes it into a temp folder that is then renamed, so `hf_model` never holds a partial export."""
+    final, tmp = Path(run_dir, "hf_model"), Path(run_dir, ".tmp-hf_model")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    export(str(tmp))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    print(f"[rlpost] final {what} exported to {final}", flush=True)
+    return final
+
+
 def find_resume(resume: str | None, run_dir: str) -> Path | None:
     """The checkpoint `trainer.resume` selects: None/"" = none; "auto" = the newest intact one of this run folder
     (no checkpoint yet: start fresh; only damaged ones: CheckpointError); a checkpoint folder; or a run folder

@@ -54,8 +54,12 @@ class AlgoConfig:
     # A label for the run; the behaviour is set by the fields below, which the presets in configs/algo/ fill in.
     name: str = "grpo"
     # pg: policy gradient on advantages (grpo, dr_grpo, rloo, reinforce_pp, ppo, dapo);
-    # dpo: DPO on preference pairs formed from each prompt's completions (online_dpo).
+    # dpo: DPO on preference pairs, formed from each prompt's completions (online_dpo) or read from `pairs.path`
+    # (dpo_offline); rm: a reward model's pair loss on `pairs.path` (reward_model, what rlpost-train-rm runs).
     objective: str = "pg"
+    # Train on the fixed pair file `pairs.path` (rlpost.offline): no rollout engines, no reward actors. Required
+    # by objective=rm; with objective=dpo it is offline DPO.
+    offline: bool = False
     group_size: int = 4  # completions sampled per prompt
     advantage: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp | gae (rlpost.algos.advantages)
     std_normalize: bool = True  # divide advantages by a std: the group's (grpo), the batch's (reinforce_pp, gae)
@@ -91,6 +95,28 @@ class AlgoConfig:
     dpo_beta: float = 0.1
     dpo_length_norm: bool = False  # compare mean instead of summed token logprobs
     pairs: str = "best_worst"  # best_worst | best_random | random (rlpost.algos.pairs)
+    dpo_loss: str = "sigmoid"  # sigmoid (DPO) | ipo (rlpost.algos.losses.DPO_LOSSES)
+    rm_loss: str = "bradley_terry"  # objective=rm (rlpost.algos.losses.REWARD_MODEL_LOSSES)
+
+
+@dataclass
+class PairsConfig:
+    """Preference pairs (`rlpost.data.preferences`): what offline DPO and reward-model training read, and where
+    `python -m rlpost.pairs` writes the pairs it samples. A row holds a prompt (the user turn as a string, or a
+    list of chat messages) and two completions as plain text; the model's chat template renders them."""
+
+    path: str = ""  # jsonl/json/parquet file or `datasets.save_to_disk` folder
+    prompt_key: str = "prompt"
+    chosen_key: str = "chosen"
+    rejected_key: str = "rejected"
+    # Held-out pairs for eval/pair_accuracy: a file of its own, or (empty) the last `eval_fraction` of `path`
+    # after a shuffle seeded by data.seed.
+    eval_path: str = ""
+    eval_fraction: float = 0.1
+    # A row with a missing key, an empty completion, chosen == rejected or a prompt over data.max_prompt_tokens:
+    # skip (one line naming the row, counted in the start-up summary) | stop (that line ends the run).
+    on_bad_row: str = "skip"
+    samples_per_prompt: int = 4  # python -m rlpost.pairs: completions sampled per prompt (best vs worst kept)
 
 
 @dataclass
@@ -274,6 +300,7 @@ class RLPostConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
@@ -285,11 +312,14 @@ class RLPostConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
+PAIR_OBJECTIVES = ("dpo", "rm")  # objectives that train on (chosen, rejected) pairs, two sequences each
+
+
 def train_sequences_per_step(cfg: Any) -> int:
     """Sequences the learner trains on per step: every completion (pg), or one (chosen, rejected) pair per prompt
-    (dpo). Works on the DictConfig and on its plain-dict form alike."""
+    (dpo, rm; offline a "prompt" is a pair of the file). Works on the DictConfig and on its plain-dict form."""
     algo = cfg["algo"]
-    per_prompt = 2 if algo["objective"] == "dpo" else algo["group_size"]
+    per_prompt = 2 if algo["objective"] in PAIR_OBJECTIVES else algo["group_size"]
     return cfg["trainer"]["prompts_per_step"] * per_prompt
 
 

@@ -19,7 +19,10 @@ from tqdm import tqdm
 PROGRESS_FIELDS = [("reward/mean", "reward", "{:.3f}"), ("accuracy", "acc", "{:.2f}"),
                    ("response/length_mean", "len", "{:.0f}"), ("actor/kl", "kl", "{:.4f}"),
                    ("rollout/logprob_diff", "lp_diff", "{:.3f}"), ("perf/step_seconds", "s/step", "{:.1f}"),
-                   ("eval/pass@1", "eval", "{:.2f}")]
+                   ("eval/pass@1", "eval", "{:.2f}"),
+                   # offline pair training (rlpost.offline): the train pair loss, then held-out pair accuracy
+                   ("dpo/loss", "dpo_loss", "{:.3f}"), ("rm/loss", "rm_loss", "{:.3f}"),
+                   ("eval/pair_accuracy", "eval_acc", "{:.2f}")]
 # The phases a printed line adds after the fields above.
 PHASE_FIELDS = [("time/generate", "gen"), ("time/reward", "rew"), ("time/experience", "exp"), ("time/train", "train"),
                 ("time/sync", "sync")]

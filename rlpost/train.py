@@ -27,18 +27,18 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 register_configs()
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
-    """The config `rlpost-train OVERRIDES...` runs with, built without running: for tests, benchmarks and
-    notebooks."""
+def compose_config(overrides: list[str], config_name: str = "config") -> DictConfig:
+    """The config `rlpost-train OVERRIDES...` runs with (`config_name="rm"`: `rlpost-train-rm`'s), built without
+    running: for tests, benchmarks and notebooks."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name=config_name, overrides=list(overrides))
 
 
 def run(cfg: DictConfig) -> list[dict[str, float]]:
     """Validate, build the groups, resume if asked, train, and write the report card. Importable, so tests and
-    notebooks drive the same path as the CLI."""
+    notebooks drive the same path as the CLI. `algo.offline` runs train on a pair file (`rlpost.offline`)."""
     from rlpost.runlock import run_lock
     from rlpost.validate import validate
 
@@ -52,20 +52,26 @@ def run(cfg: DictConfig) -> list[dict[str, float]]:
 def _run(cfg: DictConfig, run_dir: str) -> list[dict[str, float]]:
     from rlpost.checkpoint import find_resume
     from rlpost.models import resolve_model_path
+    from rlpost.offline import OfflineTrainer
     from rlpost.report import write_report
     from rlpost.trainer import Trainer
 
     model_path = resolve_model_path(cfg.model.path)
-    trainer = Trainer(cfg, model_path, run_dir)
+    if cfg.algo.offline:
+        trainer = OfflineTrainer(cfg, model_path, run_dir)
+        data = trainer.summary
+    else:
+        trainer = Trainer(cfg, model_path, run_dir)
+        data = f"{len(trainer.loader.prompts)} prompts" + (
+            f" ({trainer.dropped_prompts} longer than data.max_prompt_tokens dropped)"
+            if trainer.dropped_prompts else "")
     resume = find_resume(cfg.trainer.resume, run_dir)
     if resume is not None:
         trainer.prepare_resume(resume)  # checks fit and integrity before any actor starts
     elif cfg.trainer.resume:
         print(f"[rlpost] trainer.resume={cfg.trainer.resume}: no checkpoint in {run_dir} yet, starting fresh",
               flush=True)
-    print(f"[rlpost] run dir {run_dir}; model {model_path}; {len(trainer.loader.prompts)} prompts"
-          + (f" ({trainer.dropped_prompts} longer than data.max_prompt_tokens dropped)"
-             if trainer.dropped_prompts else ""), flush=True)
+    print(f"[rlpost] run dir {run_dir}; model {model_path}; {data}", flush=True)
     OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
     t0 = time.perf_counter()
     stopping = signals.installed()  # the CLI's handlers (a notebook's stay as they are)
@@ -98,6 +104,20 @@ def user_error(err: BaseException) -> str | None:
         seen = getattr(seen, "cause", None) or seen.__cause__
     found = re.findall(r"(?:ConfigError|RunError): (.+)", str(err))
     return found[-1].strip() if found else None
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """A known error (`user_error` finds one) ends the process with one stderr line and exit code 2 (bad config)
+    or 1 (a failure after start-up); anything else propagates with its traceback."""
+    try:
+        yield
+    except Exception as err:
+        message = user_error(err)
+        if message is None:
+            raise
+        print(f"rlpost: error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2 if isinstance(err, ConfigError) else 1) from None
 
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -144,14 +164,15 @@ def remove_if_unused(run_dir: str) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
+def cli(cfg: DictConfig) -> None:
+    """The body of a Hydra entry point (`rlpost-train`, `rlpost-train-rm`): run, log to the run folder, and turn
+    a known error into one line on stderr."""
     run_dir = os.path.abspath(cfg.trainer.run_dir)  # Hydra's run dir: it made the folder and .hydra/ in it
     if not sys.stdout.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in a redirected log
     signals.install(graceful=cfg.trainer.checkpoint_on_signal)
     try:
-        with driver_log(os.path.join(run_dir, "train.log")):
+        with driver_log(os.path.join(run_dir, "train.log")), one_line_errors():
             try:
                 run(cfg)
             except signals.Stopped as stop:
@@ -161,21 +182,24 @@ def _hydra_main(cfg: DictConfig) -> None:
                 print(f"rlpost: error: stopped by {stop} (the report and the checkpoints so far are in {run_dir}; "
                       "trainer.resume=auto continues)", file=sys.stderr, flush=True)
                 raise SystemExit(128 + stop.signum) from None
-            except Exception as err:
-                message = user_error(err)
-                if message is None:
-                    raise
-                print(f"rlpost: error: {message}", file=sys.stderr, flush=True)
-                raise SystemExit(2 if isinstance(err, ConfigError) else 1) from None
     finally:
         remove_if_unused(run_dir)
 
 
-def main() -> None:
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    cli(cfg)
+
+
+def require_config_dir() -> None:
     if not os.path.isdir(CONFIG_DIR):  # configs/ lives in the checkout, beside the package
         print(f"rlpost: error: {CONFIG_DIR} not found; install rlpost from a checkout with `pip install -e .` "
               "(launch/setup.sh does)", file=sys.stderr)
         raise SystemExit(2)
+
+
+def main() -> None:
+    require_config_dir()
     _hydra_main()
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -81,14 +80,5 @@ class TrainerCheckpointing:
         print(f"[rlpost] resumed from {path} at step {self.start_step}", flush=True)
 
     def export_hf(self) -> Path:
-        """The final policy as a plain Hugging Face folder, `<run_dir>/hf_model`. Written to a temp folder and
-        renamed, so `hf_model` never holds a partial export."""
-        final, tmp = Path(self.run_dir, "hf_model"), Path(self.run_dir, ".tmp-hf_model")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        self.learners.export_hf(str(tmp))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        print(f"[rlpost] final policy exported to {final}", flush=True)
-        return final
+        """The final policy as a plain Hugging Face folder, `<run_dir>/hf_model` (`rlpost.checkpoint.export_final`)."""
+        return ckpt.export_final(self.learners.export_hf, self.run_dir)

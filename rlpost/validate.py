@@ -13,20 +13,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlpost.algos import (
     ADVANTAGES,
+    DPO_LOSSES,
     KL_ESTIMATORS,
     LOSS_AGGREGATIONS,
     OFF_POLICY_CORRECTIONS,
     PAIR_SELECTORS,
     POLICY_LOSSES,
+    REWARD_MODEL_LOSSES,
 )
-from rlpost.config import ConfigError, RLPostConfig, samples_per_rank, train_sequences_per_step
+from rlpost.config import PAIR_OBJECTIVES, ConfigError, RLPostConfig, samples_per_rank, train_sequences_per_step
+from rlpost.data import resolve_data_path
 from rlpost.rewards.loader import load_reward_fn
 from rlpost.rewards.manager import accuracy_component, component_labels
 from rlpost.rewards.reward_model import check_reward_model
 from rlpost.sync.transport import TRANSPORTS
 
 DTYPES = ("float32", "bfloat16", "float16")
-OBJECTIVES = ("pg", "dpo")
+OBJECTIVES = ("pg", "dpo", "rm")
+BAD_ROW_ACTIONS = ("skip", "stop")
 KL_MODES = ("loss", "reward")
 # Beyond one step ahead a blocking weight sync buys no more overlap (rlpost/pipeline.py), only older samples.
 MAX_STALENESS = 4
@@ -46,9 +50,11 @@ def validate(cfg: DictConfig) -> None:
     _require(tc.prompts_per_step >= 1, f"trainer.prompts_per_step={tc.prompts_per_step}: must be >= 1")
     _require(algo.epochs >= 1 and algo.num_minibatches >= 1, "algo.epochs and algo.num_minibatches must be >= 1")
     _require(algo.group_size >= 1, f"algo.group_size={algo.group_size}: must be >= 1")
+    if algo.offline or algo.objective == "rm":
+        _validate_offline(cfg)
     if algo.objective == "dpo":
         _validate_dpo(cfg)
-    else:
+    elif algo.objective == "pg":
         _validate_pg(cfg)
     _require(cfg.critic.enabled or cfg.critic.warmup_steps == 0,
              f"critic.warmup_steps={cfg.critic.warmup_steps} without a critic (critic.enabled=false); set it to 0")
@@ -210,11 +216,40 @@ def _validate_pg(cfg: DictConfig) -> None:
     _require(algo.overlong_penalty >= 0, f"algo.overlong_penalty={algo.overlong_penalty}: must be >= 0")
 
 
+def _validate_offline(cfg: DictConfig) -> None:
+    """Training on a fixed pair file (`rlpost.offline`): dpo or rm, with a readable pair file."""
+    algo, pc = cfg.algo, cfg.pairs
+    _require(algo.offline, "algo.objective=rm trains on the fixed pair file pairs.path; set algo.offline=true "
+             "(algo=reward_model, which rlpost-train-rm uses, does)")
+    _require(algo.objective in PAIR_OBJECTIVES, f"algo.offline=true trains on pairs, but algo.objective="
+             f"{algo.objective}; choose algo=dpo_offline or algo=reward_model")
+    resolve_data_path(pc.path, "pairs.path")
+    if pc.eval_path:
+        resolve_data_path(pc.eval_path, "pairs.eval_path")
+    _require(0 <= pc.eval_fraction < 1, f"pairs.eval_fraction={pc.eval_fraction}: must be in [0, 1) (0 = no "
+             "held-out pairs unless pairs.eval_path is set)")
+    _require(pc.on_bad_row in BAD_ROW_ACTIONS,
+             f"pairs.on_bad_row={pc.on_bad_row!r}: choose one of {', '.join(BAD_ROW_ACTIONS)}")
+    _require(cfg.trainer.resume is None, f"trainer.resume={cfg.trainer.resume}: offline training does not resume "
+             "yet; set trainer.resume=null")
+    _require(not cfg.critic.enabled, f"critic.enabled=true with algo.objective={algo.objective}, which uses no "
+             "values; set critic.enabled=false")
+    _require(cfg.learner.micro_batch_size % 2 == 0,
+             f"learner.micro_batch_size={cfg.learner.micro_batch_size}: a micro-batch holds whole (chosen, rejected) "
+             "pairs; make it even")
+    if algo.objective == "rm":
+        REWARD_MODEL_LOSSES.get(algo.rm_loss)
+        _require(cfg.learner.max_tokens_per_micro == 0, f"learner.max_tokens_per_micro="
+                 f"{cfg.learner.max_tokens_per_micro}: the reward model's head reads each padded row's last token, "
+                 "so its batches are not packed; set learner.max_tokens_per_micro=0")
+
+
 def _validate_dpo(cfg: DictConfig) -> None:
     algo = cfg.algo
-    _require(algo.group_size >= 2, f"algo.group_size={algo.group_size}: online DPO (algo.objective=dpo) needs at "
-             "least 2 completions per prompt to form a pair; set algo.group_size>=2")
+    _require(algo.offline or algo.group_size >= 2, f"algo.group_size={algo.group_size}: online DPO (algo.objective="
+             "dpo) needs at least 2 completions per prompt to form a pair; set algo.group_size>=2")
     PAIR_SELECTORS.get(algo.pairs)
+    DPO_LOSSES.get(algo.dpo_loss)
     _require(algo.off_policy_correction == "none", f"algo.off_policy_correction={algo.off_policy_correction} "
              "corrects the policy-gradient loss, not DPO's; set algo.off_policy_correction=none")
     _require(algo.dpo_beta > 0, f"algo.dpo_beta={algo.dpo_beta}: must be > 0")
@@ -261,7 +296,8 @@ def _validate_batches(cfg: DictConfig, section: str, num_ranks: int) -> None:
     algo = cfg.algo
     micro = cfg.learner.micro_batch_size
     samples = train_sequences_per_step(cfg)
-    what = "2 x trainer.prompts_per_step" if algo.objective == "dpo" else "trainer.prompts_per_step x algo.group_size"
+    what = ("2 x trainer.prompts_per_step" if algo.objective in PAIR_OBJECTIVES
+            else "trainer.prompts_per_step x algo.group_size")
     _require(samples % algo.num_minibatches == 0,
              f"algo.num_minibatches={algo.num_minibatches} does not divide the {samples} training sequences per "
              f"step ({what}); pick a divisor of {samples}")

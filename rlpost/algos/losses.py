@@ -1,5 +1,5 @@
 """Loss pieces for post-training: policy losses (PPO-clip, dual clip, GSPO), KL estimators, aggregation, the
-critic's clipped value loss and the DPO loss.
+critic's clipped value loss, the preference losses of DPO (sigmoid, IPO) and the reward model's (Bradley-Terry).
 
 Shapes: B sequences (completions) by T tokens; `mask` [B, T] is 1 (or True) on completion tokens that count
 and 0 on prompt and padding tokens. Every function here masks with `torch.where`, not by multiplying, so a
@@ -16,6 +16,10 @@ from rlpost.algos.registry import Registry
 KL_ESTIMATORS = Registry("KL estimator", "algo.kl_estimator")
 LOSS_AGGREGATIONS = Registry("loss aggregation", "algo.loss_agg")
 POLICY_LOSSES = Registry("policy loss", "algo.policy_loss")
+# fn(chosen, rejected, ref_chosen, ref_rejected, beta) -> (loss [P], implicit reward margin [P], detached)
+DPO_LOSSES = Registry("DPO loss", "algo.dpo_loss")
+# fn(chosen_scores, rejected_scores) -> (loss [P], score margin [P], detached)
+REWARD_MODEL_LOSSES = Registry("reward-model loss", "algo.rm_loss")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -225,6 +229,7 @@ def sequence_logprob(logprobs: Tensor, mask: Tensor, length_normalize: bool = Fa
     return masked_mean(logprobs, mask, dim=-1) if length_normalize else masked_sum(logprobs, mask, dim=-1)
 
 
+@DPO_LOSSES.register("sigmoid")
 def dpo_loss(chosen: Tensor, rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float
              ) -> tuple[Tensor, Tensor]:
     """DPO (Rafailov et al., arXiv 2305.18290), sigmoid form, per pair [P]:
@@ -235,4 +240,30 @@ def dpo_loss(chosen: Tensor, rejected: Tensor, ref_chosen: Tensor, ref_rejected:
     pair whose two log ratios are equal (e.g. identical completions), the loss is log 2.
     """
     margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+    return -torch.nn.functional.logsigmoid(margin), margin.detach()
+
+
+@DPO_LOSSES.register("ipo")
+def ipo_loss(chosen: Tensor, rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float
+             ) -> tuple[Tensor, Tensor]:
+    """IPO (Azar et al., arXiv 2310.12036, eq. 17) per pair [P]: (h - 1 / (2 beta))^2 with
+    h = (log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l)).
+
+    A squared loss regresses the log-ratio gap to the fixed target 1 / (2 beta) instead of pushing it to infinity
+    as DPO's log-sigmoid does on pairs it already ranks right, which is IPO's remedy for DPO overfitting
+    deterministic preferences. The paper's h sums token logprobs; TRL's IPO averages them
+    (`algo.dpo_length_norm=true`). The margin returned is DPO's implicit reward gap beta * h (so
+    `dpo/accuracy` means the same under both losses).
+    """
+    h = (chosen - ref_chosen) - (rejected - ref_rejected)
+    return (h - 1.0 / (2.0 * beta)) ** 2, (beta * h).detach()
+
+
+@REWARD_MODEL_LOSSES.register("bradley_terry")
+def bradley_terry_loss(chosen: Tensor, rejected: Tensor) -> tuple[Tensor, Tensor]:
+    """Bradley-Terry (Ouyang et al., arXiv 2203.02155, eq. 1) per pair [P]: -log sigmoid(r(y_w) - r(y_l)), the
+    negative log-likelihood that the chosen completion wins under P(w > l) = sigmoid(r_w - r_l). Only score
+    differences are learnt, so a trained RM's absolute level is arbitrary (`reward.models[i].normalize` exists
+    for that). Returns (loss [P], margin r_w - r_l [P], detached: accuracy = margin > 0)."""
+    margin = chosen - rejected
     return -torch.nn.functional.logsigmoid(margin), margin.detach()

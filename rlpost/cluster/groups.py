@@ -14,6 +14,7 @@ from rlpost.config import ConfigError, RewardConfig, RewardModelConfig, RunError
 from rlpost.experience import MiniBatch
 from rlpost.learner.actor import LearnerRank
 from rlpost.learner.critic import CriticRank
+from rlpost.learner.reward_model import RewardModelRank
 from rlpost.rewards.manager import RewardManager, RewardResult, component_labels
 from rlpost.rewards.reward_model import RewardModelScorer, RunningMeanStd
 from rlpost.rollout.engine import Sample, SamplingParams
@@ -192,6 +193,13 @@ class CriticGroup(LearnerGroup):
 
     rank_class = CriticRank
     section = "critic"
+
+
+class RewardModelLearnerGroup(LearnerGroup):
+    """Reward-model training: `learner.num_ranks` DeepSpeed ranks of a one-output head (`algo.objective=rm`);
+    `score` gives one number per sequence."""
+
+    rank_class = RewardModelRank
 
 
 class RolloutGroup(ActorGroup):

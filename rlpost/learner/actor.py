@@ -8,7 +8,8 @@ it is not loaded at all.
 A step has two calls: `experience` (the experience phase: reference and sampling-policy logprobs of the batch,
 forward passes only, no_grad) and `train_step` (the updates, which read those numbers from the items). The
 objective decides the loss of a micro-batch: the clipped policy loss on advantages (pg), or DPO on consecutive
-(chosen, rejected) items (dpo). `rlpost.learner.critic.CriticRank` reuses this class for PPO's value function.
+(chosen, rejected) items (dpo; `algo.dpo_loss`). `rlpost.learner.critic.CriticRank` reuses this class for PPO's
+value function, `rlpost.learner.reward_model.RewardModelRank` for reward-model training.
 
 Loss normalisation: the driver passes, per mini-batch, the global token and sequence counts. DeepSpeed divides
 each micro-batch loss by the accumulation steps and averages gradients over ranks, so we hand the aggregation
@@ -33,11 +34,11 @@ from contextlib import contextmanager, redirect_stdout
 import torch
 
 from rlpost.algos import (
+    DPO_LOSSES,
     KL_ESTIMATORS,
     LOSS_AGGREGATIONS,
     POLICY_LOSSES,
     decoupled_ppo_loss,
-    dpo_loss,
     importance_ratio_stats,
     masked_mean,
     sequence_logprob,
@@ -372,7 +373,8 @@ class LearnerRank(CheckpointMixin):
         ref = repack([it.ref_logprobs for it in micro], mask)
         seq = sequence_logprob(logprobs, mask, algo["dpo_length_norm"])
         ref_seq = sequence_logprob(ref, mask, algo["dpo_length_norm"])
-        per_pair, margin = dpo_loss(seq[0::2], seq[1::2], ref_seq[0::2], ref_seq[1::2], algo["dpo_beta"])
+        per_pair, margin = DPO_LOSSES.get(algo["dpo_loss"])(seq[0::2], seq[1::2], ref_seq[0::2], ref_seq[1::2],
+                                                           algo["dpo_beta"])
         _, num_seqs = self._normalisers(mb)
         loss = per_pair.sum() / (num_seqs / 2)
         with torch.no_grad():
@@ -387,8 +389,9 @@ class LearnerRank(CheckpointMixin):
 
     def _check_rollout_logprobs(self, micro: list[TrainItem], batch: Batch, logprobs: torch.Tensor,
                                 means: WeightedMeans, first_pass: bool) -> None:
-        """On the first update the policy still equals the one that sampled: engine and learner must agree."""
-        if first_pass:
+        """On the first update the policy still equals the one that sampled: engine and learner must agree.
+        Offline pairs were sampled by no engine here (their items carry no rollout logprobs)."""
+        if first_pass and micro[0].rollout_logprobs:
             mask = batch.completion_mask
             rollout = repack([it.rollout_logprobs for it in micro], mask)
             means.add("rollout/logprob_diff", masked_mean((logprobs - rollout).abs(), mask), float(mask.sum()))

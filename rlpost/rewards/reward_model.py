@@ -61,6 +61,15 @@ def check_reward_model(spec: RewardModelConfig, index: int, device: str) -> None
                           "set pad_token_id in its config.json")
 
 
+def conversation_ids(tokenizer, messages: list[list[dict]], completions: list[str]) -> list[list[int]]:
+    """Each conversation, completion as the assistant turn, through the tokenizer's chat template: what a reward
+    model reads, in training (`rlpost.offline`) and in scoring alike. The template writes every special token, so
+    the tokenizer must add none of its own."""
+    texts = [tokenizer.apply_chat_template([*m, {"role": "assistant", "content": c}], tokenize=False)
+             for m, c in zip(messages, completions, strict=True)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
 def token_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     """Indices of `lengths` grouped into batches, shortest first, each with len(batch) * longest <= batch_tokens
     (a sequence longer than `batch_tokens` alone)."""
@@ -123,11 +132,7 @@ class RewardModelScorer:
         return True
 
     def tokenize(self, messages: list[list[dict]], completions: list[str]) -> list[list[int]]:
-        """Each conversation, completion as the assistant turn, through the RM's chat template. The template
-        writes every special token, so the tokenizer must add none of its own."""
-        texts = [self.tokenizer.apply_chat_template([*m, {"role": "assistant", "content": c}], tokenize=False)
-                 for m, c in zip(messages, completions, strict=True)]
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return conversation_ids(self.tokenizer, messages, completions)
 
     def score(self, messages: list[list[dict]], completions: list[str]) -> list[float]:
         import torch

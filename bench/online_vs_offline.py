@@ -1,0 +1,223 @@
+"""Online or offline? Four ways to spend the same sampling budget on GSM8K, from the same model and prompts.
+
+    python -m bench.online_vs_offline --model /models/qwen2.5-coder-0.5b-instruct            # one H200
+    python -m bench.online_vs_offline --model TINY --engine hf --cluster debug_cpu --samples 32 --group 4 \\
+        --prompts-per-step 2 --limit 4 --dpo-experiment gsm8k_grpo_debug --grpo-experiment gsm8k_grpo_debug \\
+        --verifier tests/rewards_for_tests.py --verifier-name text_length \
+        -- rollout.max_new_tokens=16 learner.num_ranks=1 rollout.num_engines=1 eval.limit=4     # CPU smoke test
+
+The question of arXiv 2503.01067 ("All Roads Lead to Likelihood"): does online RL beat offline preference
+learning, and does a learnt verifier (the generation-verification gap) explain it? The arms, each from `--model`,
+on the first P = SAMPLES / GROUP prompts of GSM8K train, each drawing SAMPLES completions in all:
+- (a) offline DPO: `python -m rlpost.pairs` samples GROUP completions per prompt from the initial policy, the
+  verifier (`--verifier`: the math check by default; the CPU smoke test uses a dense stand-in) scores them, best
+  vs worst (ties skipped) is a pair; `algo=dpo_offline` trains `--offline-epochs` passes over them, no engines.
+- (b) online DPO (`algo=online_dpo`) with the verifier; dynamic sampling off, so it draws exactly SAMPLES.
+- (c) GRPO (`algo=grpo`) with the verifier.
+- (d) the two-stage route: `rlpost-train-rm` on (a)'s pairs from the first `--rm-share` of the prompts (those
+  samples count towards (d)'s budget), then GRPO on the rest of the budget with that RM as the only reward; the
+  verifier only evaluates (a weight-0 reward component that `reward.accuracy` names).
+Online arms run `trainer.steps = budget / (prompts_per_step x GROUP)`; every training run also stops at
+`--minutes` of training. Recipes: `--dpo-experiment` for (a) and (b), `--grpo-experiment` for (c) and (d)
+(the qwen05b ones by default; their comments give sources); `-- overrides` go to every run.
+
+Measured: GSM8K test pass@1 before (once) and after (each arm's exported policy) by `bench/gsm8k.py`'s protocol
+(`--limit N`: the first N problems); minutes of training (`time/wall`); samples drawn; held-out pair accuracy of
+(a)'s DPO implicit reward and of (d)'s RM (the "verification" side of the gap). One section with the table and
+the plot (pass@1 against samples seen: the full-test before/after of every arm, and the online arms' in-run
+`eval/pass@1` curves, on `eval.limit` problems) goes to `--results`; each phase's log is `RUN/<phase>.log`.
+
+Open on one GPU: (d)'s RM actor asks for a GPU bundle of its own (`reward.models[0].num_gpus`, `--rm-gpus`),
+which a colocated `cluster=single_gpu` run has already given to learner and vLLM; `--rm-gpus 0` (default)
+scores on the CPU, slowly for a 0.5B RM. On a two-GPU host `--rm-gpus 1` puts the RM on the second GPU (then
+(d)'s minutes are not comparable with the other arms'); on one GPU the RM has to join the colocated bundle, which
+`rlpost.cluster.groups.Placement` does not do yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from bench.common import append_section, machine, markdown_table
+from bench.learn_gsm8k import gsm8k_accuracy, run_phase, summarize
+
+ROOT = Path(__file__).resolve().parent.parent
+ARMS = {"a": "offline DPO", "b": "online DPO", "c": "GRPO", "d": "RM + GRPO"}
+
+
+def read_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def last_value(rows: list[dict], key: str) -> float | None:
+    return next((r[key] for r in reversed(rows) if r.get(key) is not None), None)
+
+
+def subset(pairs: Path, out: Path, prompts: int) -> int:
+    """The rows of `pairs` whose prompt is among the first `prompts` sampled, written to `out`; their number."""
+    rows = [line for line in pairs.read_text().splitlines() if json.loads(line)["prompt_index"] < prompts]
+    out.write_text("".join(line + "\n" for line in rows))
+    return len(rows)
+
+
+def plot(arms: dict[str, dict], before: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, arm in arms.items():
+        line, = ax.plot([0, arm["samples"]], [before, arm["after"]], "o--",
+                        label=f"({key}) {ARMS[key]}, bench/gsm8k.py")
+        if arm["curve"]:
+            ax.plot(*zip(*arm["curve"], strict=True), "-", color=line.get_color(), alpha=0.6,
+                    label=f"({key}) in-run eval/pass@1")
+    ax.set_xlabel("completions sampled")
+    ax.set_ylabel("GSM8K pass@1")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def online_curve(rows: list[dict], group: int, offset: int) -> list[tuple[int, float]]:
+    """(samples seen, eval/pass@1) of an online run's evaluations: samples are the prompts sampled so far x group."""
+    seen, curve = 0, []
+    for r in rows:
+        seen += int(r.get("sampling/prompts", 0)) * group
+        if r.get("eval/pass@1") is not None:
+            curve.append((offset + seen, r["eval/pass@1"]))
+    return curve
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--engine", choices=("vllm", "hf"), default="vllm", help="bench/gsm8k.py's engine")
+    parser.add_argument("--cluster", default="single_gpu")
+    parser.add_argument("--samples", type=int, default=16384, help="completions each arm samples in all")
+    parser.add_argument("--group", type=int, default=8, help="completions per prompt, in every arm")
+    parser.add_argument("--prompts-per-step", type=int, default=64)
+    parser.add_argument("--offline-epochs", type=float, default=2.0, help="passes over the pairs: (a) and the RM")
+    parser.add_argument("--rm-share", type=float, default=0.5, help="(d): the budget's share spent on RM pairs")
+    parser.add_argument("--rm-gpus", type=float, default=0.0, help="(d): reward.models[0].num_gpus")
+    parser.add_argument("--minutes", type=float, default=10.0, help="each training run's budget")
+    parser.add_argument("--limit", type=int, default=0, help="GSM8K before/after on the first N problems (0 = all)")
+    parser.add_argument("--verifier", default="rewards/gsm8k.py", help="the verifier's reward file (and label)")
+    parser.add_argument("--verifier-name", default="score", help="the function in --verifier")
+    parser.add_argument("--dpo-experiment", default="gsm8k_online_dpo_qwen05b")
+    parser.add_argument("--grpo-experiment", default="gsm8k_grpo_qwen05b")
+    parser.add_argument("--arms", default="abcd", help="which arms to run, e.g. ac")
+    parser.add_argument("--run-dir", default="/tmp/rlpost-online-vs-offline")
+    parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
+    parser.add_argument("--plot", default=str(ROOT / "bench" / "runs" / "online_vs_offline.png"))
+    argv = sys.argv[1:] if argv is None else argv
+    ours, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    args = parser.parse_args(ours)
+
+    run = Path(args.run_dir).resolve()
+    if run.exists():
+        raise SystemExit(f"bench/online_vs_offline.py: error: --run-dir {run} exists; remove it or pick another")
+    run.mkdir(parents=True)
+    n, pps, prompts = args.group, args.prompts_per_step, args.samples // args.group
+    per_step = pps * n
+    common = [f"cluster={args.cluster}", f"model.path={Path(args.model).resolve()}", f"data.limit={prompts}",
+              f"trainer.prompts_per_step={pps}", f"trainer.max_minutes={args.minutes:g}", "logger.progress=false",
+              f"reward.accuracy={Path(args.verifier).stem}", *extra]
+
+    def verifier(weight: float) -> str:
+        return f"reward.functions=[{{path: {args.verifier}, name: {args.verifier_name}, weight: {weight:g}}}]"
+
+    online = [f"algo.group_size={n}", "algo.dynamic_sampling=false"]
+    gsm8k = [sys.executable, "-m", "bench.gsm8k", "--engine", args.engine, "--limit", str(args.limit),
+             "--results", str(Path(args.results).resolve())] + (["--enforce-eager"] if args.engine == "vllm" else [])
+    train = [sys.executable, "-m", "rlpost.train"]
+
+    before = gsm8k_accuracy(run_phase("before", gsm8k + ["--model", args.model, "--label", "before"],
+                                      run / "before.log"))[0]
+    pairs = run / "pairs.jsonl"
+    if set(args.arms) & {"a", "d"}:
+        run_phase("pairs", [sys.executable, "-m", "rlpost.pairs", f"experiment={args.dpo_experiment}", *common,
+                            verifier(1), f"pairs.samples_per_prompt={n}", f"pairs.path={pairs}"], run / "pairs.log")
+
+    def offline_steps(count: int) -> int:  # `--offline-epochs` passes over `count` pairs
+        return max(1, math.ceil(args.offline_epochs * count / pps))
+
+    grpo_budget = args.samples - (int(args.rm_share * prompts) * n if "d" in args.arms else 0)
+    commands = {
+        "a": train + [f"experiment={args.dpo_experiment}", "algo=dpo_offline", *common, verifier(1),
+                      f"pairs.path={pairs}",
+                      f"trainer.steps={offline_steps(len(pairs.read_text().splitlines())) if pairs.exists() else 1}"],
+        "b": train + [f"experiment={args.dpo_experiment}", "algo=online_dpo", *common, *online, verifier(1),
+                      f"trainer.steps={max(1, args.samples // per_step)}"],
+        "c": train + [f"experiment={args.grpo_experiment}", "algo=grpo", *common, *online, verifier(1),
+                      f"trainer.steps={max(1, args.samples // per_step)}"],
+    }
+    arms: dict[str, dict] = {}
+    for key in args.arms:
+        t0 = time.perf_counter()
+        out = run / key
+        arm: dict = {"curve": [], "pair_accuracy": None}
+        if key == "d":
+            rm_pairs = subset(pairs, run / "pairs_rm.jsonl", int(args.rm_share * prompts))
+            run_phase("d_rm", [sys.executable, "-m", "rlpost.train_rm", *common, verifier(1),
+                               f"pairs.path={run / 'pairs_rm.jsonl'}",
+                               f"trainer.steps={offline_steps(rm_pairs)}", f"trainer.run_dir={run / 'd_rm'}"],
+                      run / "d_rm.log")
+            arm["pair_accuracy"] = last_value(read_rows(run / "d_rm"), "eval/pair_accuracy")
+            dtype = "bfloat16" if args.rm_gpus > 0 else "float32"
+            reward = (f"reward.models=[{{path: {run / 'd_rm' / 'hf_model'}, normalize: true, num_gpus: "
+                      f"{args.rm_gpus:g}, dtype: {dtype}}}]")
+            commands["d"] = train + [f"experiment={args.grpo_experiment}", "algo=grpo", *common, *online,
+                                     verifier(0), reward, f"trainer.steps={max(1, grpo_budget // per_step)}"]
+        run_phase(key, commands[key] + [f"trainer.run_dir={out}"], run / f"{key}.log")
+        rows = read_rows(out)
+        offset = int(args.rm_share * prompts) * n if key == "d" else 0
+        if key == "a":
+            arm["samples"], arm["pair_accuracy"] = prompts * n, last_value(rows, "eval/pair_accuracy")
+            arm["train_minutes"] = last_value(rows, "time/wall") / 60
+        else:
+            done = summarize(rows, n)
+            arm["samples"], arm["train_minutes"] = offset + done["samples"], done["train_minutes"]
+            arm["curve"] = online_curve(rows, n, offset)
+        if key == "d":
+            arm["train_minutes"] += last_value(read_rows(run / "d_rm"), "time/wall") / 60
+        arm["after"] = gsm8k_accuracy(run_phase(f"{key}_after", gsm8k + ["--model", str(out / "hf_model"), "--label",
+                                                                      f"after ({key}) {ARMS[key]}"],
+                                                run / f"{key}_after.log"))[0]
+        arm["job_minutes"] = (time.perf_counter() - t0) / 60
+        arms[key] = arm
+
+    table = markdown_table(
+        ["arm", "GSM8K pass@1 before -> after", "train min", "job min", "samples", "held-out pair accuracy"],
+        [[f"({k}) {ARMS[k]}", f"{before:.4f} -> {a['after']:.4f}", f"{a['train_minutes']:.1f}",
+          f"{a['job_minutes']:.1f}", str(a["samples"]),
+          "" if a["pair_accuracy"] is None else f"{a['pair_accuracy']:.3f}"] for k, a in arms.items()])
+    verdict = ""
+    if "a" in arms and set(arms) & {"b", "c", "d"}:
+        best = max((k for k in arms if k != "a"), key=lambda k: arms[k]["after"])
+        gap = arms[best]["after"] - arms["a"]["after"]
+        outcome = "beat" if gap > 0 else "tied with" if gap == 0 else "did not beat"
+        verdict = (f"Online {outcome} offline here: the best online arm, ({best}) "
+                   f"{ARMS[best]}, ended at {arms[best]['after']:.4f} against offline DPO's {arms['a']['after']:.4f} "
+                   f"({gap:+.4f}).")
+    plot(arms, before, Path(args.plot))
+    print(table + "\n" + verdict, flush=True)
+    append_section(Path(args.results), "Online vs offline (`bench/online_vs_offline.py`)",
+                   f"{machine('cuda' if args.engine == 'vllm' else 'cpu')}, model {Path(args.model).name}, "
+                   f"{prompts} GSM8K train prompts x {n} samples, {args.samples} samples per arm",
+                   "python -m bench.online_vs_offline " + " ".join(argv), table,
+                   f"{verdict}\n\nPlot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
