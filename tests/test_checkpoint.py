@@ -310,6 +310,7 @@ if {stage} == 0:  # without ZeRO the module's parameters are the optimizer's: Na
 """
 
 
+@pytest.mark.slow  # DeepSpeed ranks
 @pytest.mark.parametrize("stage", [0, 2])
 def test_learner_loads_are_weights_only(tmp_path: Path, stage: int) -> None:
     """A real DeepSpeed engine (CPU, one rank): its checkpoint round-trips, and a planted model-state, optimizer

@@ -52,6 +52,7 @@ except RunError as err:
 """
 
 
+@pytest.mark.slow  # DeepSpeed ranks
 @pytest.mark.parametrize("stage", [0, 2])
 def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tiny_model_dir: str, stage: int) -> None:
     script = SCRIPT.format(root=str(ROOT), model=tiny_model_dir, stage=stage)
