@@ -116,7 +116,9 @@ def test_synchronous_loop_is_unchanged(local_ray, tiny_model_dir: str, task_path
     recorded = json.loads(RECORDED.read_text())
     assert len(history) == len(recorded)
     for step, (got, want) in enumerate(zip(history, recorded, strict=True), 1):
-        assert {k: got[k] for k in want} == want, f"step {step}"
+        # Recorded on the dev machine: equal up to float noise, so another CPU's kernels don't fail it (on the
+        # machine that recorded it, the values are bit-identical).
+        assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-5, abs=1e-7), f"step {step}"
         assert got["staleness/max"] == 0.0
 
 
@@ -127,7 +129,8 @@ def test_one_step_stale_pipeline_runs(local_ray, tiny_model_dir: str, task_path:
     history = run(cfg, tiny_model_dir, tmp_path)
     assert [(m["staleness/mean"], m["staleness/max"]) for m in history] == [(0.0, 0.0), (1.0, 1.0), (1.0, 1.0)]
     recorded = json.loads(RECORDED.read_text())
-    assert history[0]["reward/mean"] == recorded[0]["reward/mean"]  # step 1: the same prompts, seeds and weights
+    # Step 1: the same prompts, seeds and weights as the recorded synchronous run.
+    assert history[0]["reward/mean"] == pytest.approx(recorded[0]["reward/mean"], rel=1e-5, abs=1e-7)
     # Stale samples: the learner's proximal logprobs are a step ahead of the engine's behaviour ones.
     assert history[1]["off_policy/ratio_max"] > 1.0001
 
