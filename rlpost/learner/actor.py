@@ -322,6 +322,18 @@ class LearnerRank(CheckpointMixin):
         norm = self.accum * self.world_size
         return max(mb.global_tokens, 1) / norm, max(mb.global_seqs, 1) / norm
 
+    def _pair_loss(self, per_pair: torch.Tensor, margin: torch.Tensor, mb: MiniBatch, means: WeightedMeans,
+                   prefix: str) -> torch.Tensor:
+        """A preference loss (DPO, the reward model's) summed over this micro-batch's pairs and normalised by the
+        mini-batch's global pair count; logs `<prefix>/loss`, `/margin` and `/accuracy` (margin > 0) per pair."""
+        _, num_seqs = self._normalisers(mb)
+        with torch.no_grad():
+            pairs = float(len(per_pair))
+            means.add(f"{prefix}/loss", per_pair.mean(), pairs)
+            means.add(f"{prefix}/margin", margin.mean(), pairs)
+            means.add(f"{prefix}/accuracy", (margin > 0).float().mean(), pairs)
+        return per_pair.sum() / (num_seqs / 2)
+
     def _micro_loss(self, micro: list[TrainItem], batch: Batch, mb: MiniBatch, means: WeightedMeans,
                     first_pass: bool) -> torch.Tensor:
         objective = self._dpo_loss if self.cfg["algo"]["objective"] == "dpo" else self._pg_loss
@@ -375,13 +387,8 @@ class LearnerRank(CheckpointMixin):
         ref_seq = sequence_logprob(ref, mask, algo["dpo_length_norm"])
         per_pair, margin = DPO_LOSSES.get(algo["dpo_loss"])(seq[0::2], seq[1::2], ref_seq[0::2], ref_seq[1::2],
                                                            algo["dpo_beta"])
-        _, num_seqs = self._normalisers(mb)
-        loss = per_pair.sum() / (num_seqs / 2)
+        loss = self._pair_loss(per_pair, margin, mb, means, "dpo")
         with torch.no_grad():
-            pairs = float(len(per_pair))
-            means.add("dpo/loss", per_pair.mean(), pairs)
-            means.add("dpo/margin", margin.mean(), pairs)
-            means.add("dpo/accuracy", (margin > 0).float().mean(), pairs)
             means.add("actor/entropy", _completion_entropy(logits, batch.select(mask), self.temperature),
                       float(mask.sum()))
             self._check_rollout_logprobs(micro, batch, logprobs, means, first_pass)

@@ -47,14 +47,9 @@ class RewardModelRank(LearnerRank):
                     first_pass: bool) -> torch.Tensor:
         scores = self._scores(batch)
         per_pair, margin = REWARD_MODEL_LOSSES.get(self.cfg["algo"]["rm_loss"])(scores[0::2], scores[1::2])
-        _, num_seqs = self._normalisers(mb)
-        loss = per_pair.sum() / (num_seqs / 2)
+        loss = self._pair_loss(per_pair, margin, mb, means, "rm")
         with torch.no_grad():
-            pairs = float(len(per_pair))
-            means.add("rm/loss", per_pair.mean(), pairs)
-            means.add("rm/margin", margin.mean(), pairs)
-            means.add("rm/accuracy", (margin > 0).float().mean(), pairs)
-            means.add("rm/chosen_score", scores[0::2].mean(), pairs)
+            means.add("rm/chosen_score", scores[0::2].mean(), float(len(per_pair)))
         return loss
 
     def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[float]:
