@@ -54,7 +54,13 @@ case "$mode" in
     echo "started learn $* in the background (pid $(cat "$bg/pid")); follow it with: bash bench/gpu_verify.sh wait S" ;;
   wait)
     bg=/tmp/rlpost-bg
+    [ -f "$bg/pid" ] || { echo "no background run on this machine (a fresh machine: the lease was lost)"; exit 3; }
     end=$((SECONDS + ${1:-540}))
+    # /tmp/lease_t0 (epoch seconds, written by the first call of a lease): return 40 s before the 30-minute end.
+    if [ -f /tmp/lease_t0 ]; then
+      left=$(( $(cat /tmp/lease_t0) + 1760 - $(date +%s) ))
+      [ $((SECONDS + left)) -lt $end ] && end=$((SECONDS + left))
+    fi
     while kill -0 "$(cat "$bg/pid")" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
     grep -E "\[rlpost\]|\[learn_gsm8k\]|rror" "$bg/console.log" | tail -n 25 || true
     kill -0 "$(cat "$bg/pid")" 2>/dev/null && echo "still running" || echo "finished"

@@ -13,7 +13,9 @@
    ("qwen2.5-coder-0.5b-instruct after gsm8k_grpo_qwen05b, 60 steps").
 4. The report card (`RUN/report.md` and its plots) is copied to `--runs/NAME` (default bench/runs/NAME), and
    one row lands in the learning-runs table of `--results` (default bench/RESULTS.md): GSM8K before -> after,
-   minutes of training (evaluations included) and of the whole job, steps, samples generated, peak GPU memory.
+   minutes of training (evaluations included) and of the whole job, steps, samples generated, peak GPU memory,
+   and the collapse check: the best and the last 10-step mean of train accuracy (issue 14's criterion: the last
+   within 3 points of the best).
 
 Each phase's output goes to `RUN/learn_<phase>.log` as well as to the console. A failed phase stops the script
 with one line naming the phase and its log; what finished stays (the run folder, rows already written).
@@ -45,8 +47,8 @@ new tokens) before and after. Train minutes: training as the run's `time/wall` c
 training included, start-up not); job minutes: the whole `rlpost-train` process. Samples: completions generated
 for training. One row per run."""
 RUNS_HEADER = ("| date | machine | run | algorithm | model | GSM8K before -> after | train min | job min | steps "
-               "| samples | peak GPU memory GB | command |\n"
-               "| --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |\n")
+               "| samples | peak GPU memory GB | train acc best / last 10 steps | command |\n"
+               "| --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |\n")
 
 
 class GpuMemoryPeak:
@@ -110,6 +112,18 @@ def summarize(rows: list[dict], group_size: int) -> dict[str, float]:
             "train_minutes": walls[-1] / 60 if walls else float("nan")}
 
 
+def accuracy_hold(rows: list[dict], window: int = 10) -> tuple[float, float]:
+    """(best, last) `window`-step mean of train accuracy. A single step's accuracy is noisy (64 prompts: +-6
+    points), so collapse is judged on window means: the run holds when the last is within 3 points of the best.
+    Fewer steps than `window`: both are the mean of all of them."""
+    acc = [r["accuracy"] for r in rows if r["step"] > 0 and r.get("accuracy") is not None]
+    if not acc:
+        return float("nan"), float("nan")
+    w = min(window, len(acc))
+    means = [sum(acc[i:i + w]) / w for i in range(len(acc) - w + 1)]
+    return max(means), means[-1]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      usage="python -m bench.learn_gsm8k NAME --model DIR [options] [-- overrides]")
@@ -156,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     algo = OmegaConf.load(run / "config.yaml").algo
     done = summarize(rows, algo.group_size)
+    best, last = accuracy_hold(rows)
     label = f"{base} after {args.experiment}, {done['steps']} steps"
     out = run_phase("after", gsm8k + ["--model", str(run / "hf_model"), "--label", label], run / "learn_after.log")
     after = gsm8k_accuracy(out)
@@ -173,10 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     cells = [time.strftime("%Y-%m-%d"), machine(device), args.name, algo.name, label,
              f"{before[0]:.4f} ({before[1]}/{before[2]}) -> {after[0]:.4f} ({after[1]}/{after[2]})",
              f"{done['train_minutes']:.1f}", f"{job_minutes:.1f}", str(done["steps"]), str(done["samples"]), peak,
-             command]
+             f"{best:.3f} / {last:.3f}" + (" (held)" if last >= best - 0.03 else " (fell)"), command]
     append_row(Path(results), RUNS_HEADER, RUNS_SECTION, cells)
     print(f"[learn_gsm8k] {args.name}: GSM8K {before[0]:.4f} -> {after[0]:.4f} after {done['steps']} steps "
-          f"({done['train_minutes']:.1f} min of training, {done['samples']} samples, peak GPU memory {peak} GB); "
+          f"({done['train_minutes']:.1f} min of training, {done['samples']} samples, peak GPU memory {peak} GB; "
+          f"train accuracy best/last 10-step mean {best:.3f}/{last:.3f}); "
           f"report card in {card}", flush=True)
     return 0
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.learn_gsm8k import RUNS_HEADER, summarize
+from bench.learn_gsm8k import RUNS_HEADER, accuracy_hold, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,6 +21,12 @@ def test_summarize_counts_steps_samples_and_minutes() -> None:
             {"step": 1, "sampling/prompts": 64.0, "time/wall": 65.0},
             {"step": 2, "sampling/prompts": 80.0, "time/wall": 125.0}]  # dynamic sampling drew 16 more prompts
     assert summarize(rows, group_size=8) == {"steps": 2, "samples": 1152, "train_minutes": 125.0 / 60}
+
+
+def test_accuracy_hold_compares_the_last_window_with_the_best() -> None:
+    rows = [{"step": 0}] + [{"step": i + 1, "accuracy": a} for i, a in enumerate([0.1, 0.3, 0.5, 0.3, 0.2])]
+    assert accuracy_hold(rows, window=2) == pytest.approx((0.4, 0.25))  # windows 0.2, 0.4, 0.4, 0.25
+    assert accuracy_hold(rows[:3], window=10) == pytest.approx((0.2, 0.2))  # fewer steps than the window
 
 
 @pytest.mark.slow
@@ -57,5 +63,6 @@ def test_learn_gsm8k_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     assert cells[3:5] == ["grpo", f"{name} after gsm8k_grpo_debug, 1 steps"]
     assert cells[5].count("/4)") == 2  # before and after on the same 4 problems
     assert cells[8:11] == ["1", "4", "n/a"]  # steps, samples (2 prompts x 2), no GPU
+    assert cells[11].endswith("(held)")  # one step: its accuracy is both the best and the last window
     # bench/gsm8k.py's own rows name the model and the run too.
     assert f"| {name} after gsm8k_grpo_debug, 1 steps |" in text and f"| {name} (before) |" in text
