@@ -36,6 +36,7 @@ from rlpost.config import RewardModelConfig
 from rlpost.data import PromptLoader
 from rlpost.data.preferences import load_preference_pairs, pair_sequences, split_held_out
 from rlpost.experience import TrainItem, padded
+from rlpost.loop import stop_if_collapsed
 from rlpost.metrics import MetricsLogger, timed
 from rlpost.models import load_tokenizer, stop_token_ids
 from rlpost.report import read_metrics
@@ -140,6 +141,7 @@ class OfflineTrainer:
                 metrics["time/wall"] = time.perf_counter() - t0
                 logger.log(step, metrics)
                 history.append(metrics)
+                stop_if_collapsed(step, metrics, cfg.trainer.max_kl, cfg.trainer.min_entropy, self.checkpoints)
                 if final or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0):
                     self.save_checkpoint(step)
                 if signals.pending() is not None and not final:  # SIGTERM/SIGINT: stop at this step boundary

@@ -38,6 +38,7 @@ from rlpost.config import RunError, needs_old_logprobs, needs_reference
 from rlpost.data import Prompt, PromptLoader, build_prompts, load_rows, resolve_data_path
 from rlpost.eval import Evaluator
 from rlpost.experience import MiniBatch, TrainItem, pg_items
+from rlpost.loop import last_checkpoint_note, stop_if_collapsed
 from rlpost.metrics import MetricsLogger, timed
 from rlpost.models import load_tokenizer
 from rlpost.pipeline import RolloutPipeline, check_staleness
@@ -344,10 +345,7 @@ class Trainer(TrainerCheckpointing):
             if cfg.trainer.export_hf:
                 self.export_hf()
         except ActorDied as err:  # one line: the dead actor, its node and where to continue from
-            latest = self.checkpoints.complete()
-            where = (f"the last checkpoint is {latest[0]} (trainer.resume=auto continues from it)" if latest
-                     else "no checkpoint was written yet")
-            raise RunError(f"{err}; {where}") from None
+            raise RunError(f"{err}; {last_checkpoint_note(self.checkpoints)}") from None
         return history
 
     def _fit(self, logger: MetricsLogger, history: list[dict[str, float]], t0: float) -> None:
@@ -365,6 +363,7 @@ class Trainer(TrainerCheckpointing):
             metrics["time/wall"] = time.perf_counter() - t0
             logger.log(step, metrics)
             history.append(metrics)
+            stop_if_collapsed(step, metrics, cfg.trainer.max_kl, cfg.trainer.min_entropy, self.checkpoints)
             saved = final or bool(cfg.trainer.save_every and step % cfg.trainer.save_every == 0)
             if saved:
                 self.save_checkpoint(step)
