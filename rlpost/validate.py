@@ -244,8 +244,6 @@ def _validate_offline(cfg: DictConfig) -> None:
              "held-out pairs unless pairs.eval_path is set)")
     _require(pc.on_bad_row in BAD_ROW_ACTIONS,
              f"pairs.on_bad_row={pc.on_bad_row!r}: choose one of {', '.join(BAD_ROW_ACTIONS)}")
-    _require(cfg.trainer.resume is None, f"trainer.resume={cfg.trainer.resume}: offline training does not resume "
-             "yet; set trainer.resume=null")
     _require(not cfg.critic.enabled, f"critic.enabled=true with algo.objective={algo.objective}, which uses no "
              "values; set critic.enabled=false")
     _require(cfg.learner.micro_batch_size % 2 == 0,
