@@ -260,11 +260,16 @@ class CheckpointManager:
 
 def export_final(export: Callable[[str], None], run_dir: str, what: str = "policy") -> Path:
     """The final model as a plain Hugging Face folder, `<run_dir>/hf_model`: `export(tmp)` (a learner group's
-    `export_hf`) writes it into a temp folder that is then renamed, so `hf_model` never holds a partial export."""
+    `export_hf`) writes it into a temp folder that is then renamed, so `hf_model` never holds a partial export.
+    If `export` fails (it refuses non-finite weights), the temp folder goes and an earlier `hf_model` stays."""
     final, tmp = Path(run_dir, "hf_model"), Path(run_dir, ".tmp-hf_model")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    export(str(tmp))
+    try:
+        export(str(tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)

@@ -252,6 +252,11 @@ class TrainerConfig:
     # > 0 requires algo.off_policy_correction=tis or mis (the loss must correct for the stale behaviour policy; no
     # silent default), and refuses dynamic sampling, dpo, and colocated engines that sleep while the learner trains.
     max_staleness: int = 0
+    # Collapse guards (0 = off): a step whose actor/kl (the loss's KL to the reference, per token) is above
+    # max_kl, or whose actor/entropy (nats per completion token) is below min_entropy, stops the run with one line
+    # before that step is checkpointed, so the newest checkpoint is the last one from before the collapse.
+    max_kl: float = 0.0
+    min_entropy: float = 0.0
 
 
 @dataclass

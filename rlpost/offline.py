@@ -10,25 +10,26 @@ or the last `pairs.eval_fraction` of the file; the first `eval.limit` of them) a
 `eval.every` steps and at the end: `eval/pair_accuracy` (the share ranked right), `eval/margin` and `eval/loss`,
 from the RM's scores, or from DPO's implicit reward beta x the log-ratio gap to the reference.
 
-Why a driver of its own rather than a mode of `rlpost.trainer.Trainer`: every phase of the online loop but the
+Why a driver of its own rather than a mode of `rlpost.trainer.Trainer`: every phase of the online step but the
 update (rollout, rewards, dynamic sampling, sync, the engines' evaluation) is absent here, and what remains is
-short. `rlpost.train.run` picks this class when `algo.offline` is set. Checkpoints have the online layout
-(`rlpost.checkpoint`); resuming is not supported yet (validation refuses `trainer.resume`). The final model is
-exported to `<run_dir>/hf_model`: a causal LM for DPO, for the RM a one-output sequence-classification folder
-that `reward.models=[{path: <run_dir>/hf_model}]` loads as is (checked with `check_reward_model` on export).
+short. The loop around the steps is the online one (`rlpost.loop.TrainLoop`): the same evaluations schedule,
+collapse guards, checkpoints, stop on SIGTERM, budget and resume (`trainer.resume`; the checkpoint holds the pair
+loader's position, so a resumed run trains on exactly the pairs the uninterrupted one would have).
+`rlpost.train.run` picks this class when `algo.offline` is set. The final model is exported to
+`<run_dir>/hf_model`: a causal LM for DPO, for the RM a one-output sequence-classification folder that
+`reward.models=[{path: <run_dir>/hf_model}]` loads as is (checked with `check_reward_model` on export).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import ray
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rlpost import checkpoint as ckpt
-from rlpost import signals
 from rlpost.algos import DPO_LOSSES, REWARD_MODEL_LOSSES, sequence_logprob
 from rlpost.cluster.groups import LearnerGroup, Placement, RewardModelLearnerGroup
 from rlpost.cluster.ray_cluster import init_ray
@@ -36,17 +37,17 @@ from rlpost.config import RewardModelConfig
 from rlpost.data import PromptLoader
 from rlpost.data.preferences import load_preference_pairs, pair_sequences, split_held_out
 from rlpost.experience import TrainItem, padded
-from rlpost.metrics import MetricsLogger, timed
+from rlpost.loop import TrainLoop
+from rlpost.metrics import timed
 from rlpost.models import load_tokenizer, stop_token_ids
-from rlpost.report import read_metrics
 from rlpost.rewards.reward_model import check_reward_model
 from rlpost.trainer import deal_minibatches
 
 
-class OfflineTrainer:
+class OfflineTrainer(TrainLoop):
     def __init__(self, cfg: DictConfig, model_path: str, run_dir: str) -> None:
         """Reads, checks and tokenizes the pairs before any actor starts (a bad row stops here, or is skipped)."""
-        self.cfg, self.model_path, self.run_dir = cfg, model_path, run_dir
+        super().__init__(cfg, model_path, run_dir)
         self.rm = cfg.algo.objective == "rm"
         self.tokenizer = load_tokenizer(model_path)
         pc, limit = cfg.pairs, cfg.data.max_prompt_tokens
@@ -67,12 +68,9 @@ class OfflineTrainer:
         self.loader = PromptLoader(list(range(len(train))), shuffle=cfg.data.shuffle, seed=cfg.data.seed)
         self.summary = (f"{len(train)} training pairs, {len(held_out)} held out"
                         + (f" ({self.skipped} bad rows skipped)" if self.skipped else ""))
-        self.checkpoints = ckpt.CheckpointManager(run_dir, cfg.trainer.keep_checkpoints)
-        self.fingerprint = ckpt.fingerprint(cfg, model_path)
-        self.group_name = "reward_model" if self.rm else "policy"
+        self.export_name = "reward model" if self.rm else "policy"
         self.learners: LearnerGroup | None = None
         self.placement: Placement | None = None
-        self.cluster_resources: dict[str, float] = {}
 
     def start(self) -> None:
         cfg = self.cfg
@@ -83,6 +81,7 @@ class OfflineTrainer:
         group = RewardModelLearnerGroup if self.rm else LearnerGroup
         total_optimizer_steps = cfg.trainer.steps * cfg.algo.num_minibatches * cfg.algo.epochs
         self.learners = group(plain, self.model_path, total_optimizer_steps, self.placement)
+        self.checkpoint_groups["reward_model" if self.rm else "policy"] = self.learners
         self.cluster_resources = ray.cluster_resources()
 
     def step(self, step: int) -> dict[str, float]:
@@ -120,51 +119,17 @@ class OfflineTrainer:
         return {"eval/pair_accuracy": float((margin > 0).float().mean()), "eval/margin": float(margin.mean()),
                 "eval/loss": float(loss.mean()), "time/eval": time.perf_counter() - t0}
 
-    def fit(self) -> list[dict[str, float]]:
-        """Train `trainer.steps` steps (or until `trainer.max_minutes` of training have passed), evaluate,
-        checkpoint every `trainer.save_every` steps and at the last, export the final model."""
-        cfg, last = self.cfg, self.cfg.trainer.steps
-        logger = MetricsLogger(self.run_dir, last, cfg.logger.wandb.mode, cfg.logger.wandb.project,
-                               OmegaConf.to_container(cfg, resolve=True), progress=cfg.logger.progress)
-        evaluates = cfg.eval.enabled and bool(self.eval_prompts)
-        history: list[dict[str, float]] = []
-        budget, t0 = cfg.trainer.max_minutes * 60, time.perf_counter()
-        try:
-            if evaluates:
-                logger.log(0, self.evaluate() | {"time/wall": time.perf_counter() - t0}, advance=False)
-            for step in range(1, last + 1):
-                metrics = self.step(step)
-                final = step == last or 0 < budget <= time.perf_counter() - t0
-                if evaluates and (final or (cfg.eval.every and step % cfg.eval.every == 0)):
-                    metrics |= self.evaluate()
-                metrics["time/wall"] = time.perf_counter() - t0
-                logger.log(step, metrics)
-                history.append(metrics)
-                if final or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0):
-                    self.save_checkpoint(step)
-                if signals.pending() is not None and not final:  # SIGTERM/SIGINT: stop at this step boundary
-                    raise signals.Stopped(signals.pending())
-                if final:
-                    break
-        finally:
-            logger.close()
-        if cfg.trainer.export_hf:
-            final = ckpt.export_final(self.learners.export_hf, self.run_dir,
-                                      "reward model" if self.rm else "policy")
-            if self.rm:  # what `reward.models` will check at start-up, checked now
-                check_reward_model(RewardModelConfig(path=str(final)), 0, "cpu")
-        return history
+    def evaluation(self, step: int, final: bool) -> dict[str, float]:
+        """The held-out pairs at the start, every `eval.every` steps and at the last."""
+        every = self.cfg.eval.every
+        due = step == 0 or final or (every > 0 and step % every == 0)
+        return self.evaluate() if due and self.cfg.eval.enabled and self.eval_prompts else {}
 
-    def save_checkpoint(self, step: int) -> None:
-        state = {"step": step, "loader": self.loader.state_dict(), "rng": ckpt.rng_state(),
-                 "metrics": read_metrics(self.run_dir)}
-
-        def write(folder) -> None:
-            (folder / self.group_name).mkdir()
-            self.learners.save_checkpoint(str(folder / self.group_name))
-            torch.save(state, folder / ckpt.DRIVER)
-
-        self.checkpoints.save(step, write, {"fingerprint": self.fingerprint, "groups": [self.group_name]})
+    def export_hf(self) -> Path:
+        final = super().export_hf()
+        if self.rm:  # what `reward.models` will check at start-up, checked now
+            check_reward_model(RewardModelConfig(path=str(final)), 0, "cpu")
+        return final
 
     def close(self) -> None:
         for group in (self.learners, self.placement):

@@ -12,7 +12,8 @@ With `trainer.max_staleness=k > 0` the rollout of the next k steps is generated 
 rloo, reinforce_pp, ppo, dapo) or `dpo_experience` (pairs, for online_dpo); every other phase is shared.
 
 The driver holds no model: it owns the data, the tokenizer (to decode completions for the rewards) and the
-loop; everything heavy is a Ray actor behind the groups in `rlpost.cluster.groups`.
+step; everything heavy is a Ray actor behind the groups in `rlpost.cluster.groups`. The loop around the steps
+(evaluations, checkpoints, guards, resume) is `rlpost.loop.TrainLoop`, shared with the offline driver.
 """
 
 from __future__ import annotations
@@ -21,30 +22,28 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rlpost import checkpoint as ckpt
-from rlpost import signals
 from rlpost.algos import adaptive_kl_coef, overlong_penalty, repeat_to, select_pairs
 from rlpost.algos.dynamic_sampling import informative_groups, refill_size
-from rlpost.cluster.groups import ActorDied, CriticGroup, LearnerGroup, Placement, RewardGroup, RolloutGroup, WeightSync
+from rlpost.cluster.groups import CriticGroup, LearnerGroup, Placement, RewardGroup, RolloutGroup, WeightSync
 from rlpost.cluster.ray_cluster import init_ray
-from rlpost.config import RunError, needs_old_logprobs, needs_reference
+from rlpost.config import needs_old_logprobs, needs_reference
 from rlpost.data import Prompt, PromptLoader, build_prompts, load_rows, resolve_data_path
 from rlpost.eval import Evaluator
 from rlpost.experience import MiniBatch, TrainItem, pg_items
-from rlpost.metrics import MetricsLogger, timed
+from rlpost.loop import TrainLoop
+from rlpost.metrics import timed
 from rlpost.models import load_tokenizer
 from rlpost.pipeline import RolloutPipeline, check_staleness
 from rlpost.rewards.manager import RewardResult, accuracy_component, check_reward_functions, component_labels
 from rlpost.rollout.engine import Sample, SamplingParams
 from rlpost.sync.transport import choose_transport
-from rlpost.trainer_checkpointing import TrainerCheckpointing
 
 
 @dataclass
@@ -78,11 +77,11 @@ def shuffled(items: list[TrainItem], unit: int, rng: np.random.Generator) -> lis
     return [items[b * unit + j] for b in order for j in range(unit)]
 
 
-class Trainer(TrainerCheckpointing):
+class Trainer(TrainLoop):
     def __init__(self, cfg: DictConfig, model_path: str, run_dir: str) -> None:
         """Everything that can fail on bad input (data, tokenizer, chat template, reward functions) happens
         before any actor."""
-        self.cfg, self.model_path, self.run_dir = cfg, model_path, run_dir
+        super().__init__(cfg, model_path, run_dir)
         self.tokenizer = load_tokenizer(model_path)
         rows = load_rows(resolve_data_path(cfg.data.train_path))
         if cfg.data.limit:
@@ -103,15 +102,6 @@ class Trainer(TrainerCheckpointing):
         check_reward_functions(OmegaConf.to_object(cfg.reward), [p.text for p in first], [p.columns for p in first])
         self.accuracy = accuracy_component(cfg.reward, component_labels(cfg.reward))  # None: the total reward
         self.evaluator = Evaluator(cfg, self.tokenizer) if cfg.eval.enabled else None
-        self.checkpoints = ckpt.CheckpointManager(run_dir, cfg.trainer.keep_checkpoints)
-        self.fingerprint = ckpt.fingerprint(cfg, model_path)
-        self.start_step = 0  # the last finished step (a resumed run continues after it)
-        self.resume_from: Path | None = None
-        self.resume_state: dict = {}
-        self.resume_groups: list[str] = []
-        # Learner groups whose state a checkpoint holds, by name (a critic group registers as "critic").
-        self.checkpoint_groups: dict[str, LearnerGroup] = {}
-        self.cluster_resources: dict[str, float] = {}
 
     def start(self) -> None:
         cfg = self.cfg
@@ -143,6 +133,23 @@ class Trainer(TrainerCheckpointing):
         seed = self.cfg.trainer.seed * 100_003 + step + round_ * 1_000_003  # dynamic sampling's rounds differ
         return SamplingParams(temperature=rc.temperature, top_p=rc.top_p, top_k=rc.top_k,
                               max_new_tokens=rc.max_new_tokens, seed=seed)
+
+    def evaluation(self, step: int, final: bool) -> dict[str, float]:
+        """Through the engines: at the start, every `eval.every` steps and at the last; pass@k at the first and
+        the last."""
+        if self.evaluator is None or not (final or self.evaluator.due(step, self.cfg.trainer.steps)):
+            return {}
+        return self.evaluator.run(self.rollout, self.rewards, step, sampled_metrics=step == 0 or final)
+
+    def driver_state(self) -> dict[str, Any]:
+        # The loader as before the in-flight batches (rlpost.pipeline): a resumed run generates them again.
+        return {"loader": self.pipeline.loader_state(), "kl_coef": self.kl_coef,
+                "pair_rng": self.pair_rng.bit_generator.state}
+
+    def restore_driver(self, state: dict[str, Any]) -> None:
+        self.sync.sync()  # the engines get the loaded weights
+        self.kl_coef = state["kl_coef"]  # the adaptive KL controller's state
+        self.pair_rng.bit_generator.state = state["pair_rng"]
 
     def step(self, step: int) -> dict[str, float]:
         cfg, t_step = self.cfg, time.perf_counter()
@@ -321,60 +328,3 @@ class Trainer(TrainerCheckpointing):
                       for name in ("rewards", "rollout", "learners", "critic", "placement")):
             if group is not None:
                 group.shutdown()
-
-    def fit(self) -> list[dict[str, float]]:
-        """Train from `start_step + 1` to `trainer.steps`, or until `trainer.max_minutes` of training have passed
-        (then the step that crossed the budget is the last): evaluate at the start, every `eval.every` steps and
-        at the last step; checkpoint every `trainer.save_every` steps and at the last; export the final policy.
-
-        `time/wall` is the seconds since the start of training (the step-0 evaluation included, start-up not),
-        continued across resumes, so the budget and the report's wall-clock axis cover the whole run."""
-        cfg, last = self.cfg, self.cfg.trainer.steps
-        logger = MetricsLogger(self.run_dir, last, cfg.logger.wandb.mode, cfg.logger.wandb.project,
-                               OmegaConf.to_container(cfg, resolve=True), progress=cfg.logger.progress,
-                               start_step=self.start_step)
-        past = self.resume_state.get("metrics", [])
-        history = [{k: v for k, v in row.items() if k != "step"} for row in past if row["step"] > 0]
-        t0 = time.perf_counter() - (past[-1].get("time/wall", 0.0) if past else 0.0)
-        try:
-            try:
-                self._fit(logger, history, t0)
-            finally:
-                logger.close()
-            if cfg.trainer.export_hf:
-                self.export_hf()
-        except ActorDied as err:  # one line: the dead actor, its node and where to continue from
-            latest = self.checkpoints.complete()
-            where = (f"the last checkpoint is {latest[0]} (trainer.resume=auto continues from it)" if latest
-                     else "no checkpoint was written yet")
-            raise RunError(f"{err}; {where}") from None
-        return history
-
-    def _fit(self, logger: MetricsLogger, history: list[dict[str, float]], t0: float) -> None:
-        """`fit`'s loop: steps (appended to `history`), evaluations and checkpoints."""
-        cfg, last = self.cfg, self.cfg.trainer.steps
-        budget = cfg.trainer.max_minutes * 60
-        if self.start_step == 0 and self.evaluator is not None:
-            metrics = self.evaluator.run(self.rollout, self.rewards, 0)
-            logger.log(0, metrics | {"time/wall": time.perf_counter() - t0}, advance=False)
-        for step in range(self.start_step + 1, last + 1):
-            metrics = self.step(step)
-            final = step == last or 0 < budget <= time.perf_counter() - t0
-            if self.evaluator is not None and (final or self.evaluator.due(step, last)):
-                metrics.update(self.evaluator.run(self.rollout, self.rewards, step, sampled_metrics=final))
-            metrics["time/wall"] = time.perf_counter() - t0
-            logger.log(step, metrics)
-            history.append(metrics)
-            saved = final or bool(cfg.trainer.save_every and step % cfg.trainer.save_every == 0)
-            if saved:
-                self.save_checkpoint(step)
-            stop = signals.pending()  # SIGTERM/SIGINT asked for a stop at this boundary (rlpost.signals)
-            if stop is not None and not final:
-                if not saved:
-                    self.save_checkpoint(step)
-                raise signals.Stopped(stop)
-            if final:
-                if step < last:
-                    print(f"[rlpost] trainer.max_minutes={cfg.trainer.max_minutes:g} reached: step {step} "
-                          f"was the last of {last}", flush=True)
-                break

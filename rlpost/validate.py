@@ -92,6 +92,7 @@ def validate(cfg: DictConfig) -> None:
     _require(rw.batch_timeout_s > 0, f"reward.batch_timeout_s={rw.batch_timeout_s}: must be > 0")
     _require(cfg.learner.max_skipped_updates >= 0, f"learner.max_skipped_updates={cfg.learner.max_skipped_updates}: "
              "must be >= 0 (0 = never stop)")
+    _validate_collapse_guards(cfg)
     _require(rw.max_abs_score > 0, f"reward.max_abs_score={rw.max_abs_score}: must be > 0 (scores beyond it are "
              "errors)")
     _require(rw.max_worker_memory_mb >= 0, f"reward.max_worker_memory_mb={rw.max_worker_memory_mb}: must be >= 0 "
@@ -216,6 +217,19 @@ def _validate_pg(cfg: DictConfig) -> None:
     _require(algo.overlong_penalty >= 0, f"algo.overlong_penalty={algo.overlong_penalty}: must be >= 0")
 
 
+def _validate_collapse_guards(cfg: DictConfig) -> None:
+    """A guard must watch a metric the run logs: otherwise it would silently never fire."""
+    tc, algo = cfg.trainer, cfg.algo
+    _require(tc.max_kl >= 0, f"trainer.max_kl={tc.max_kl}: must be >= 0 (0 = off)")
+    _require(tc.min_entropy >= 0, f"trainer.min_entropy={tc.min_entropy}: must be >= 0 (0 = off)")
+    _require(tc.max_kl == 0 or (algo.objective == "pg" and algo.kl_mode == "loss" and algo.kl_coef > 0),
+             f"trainer.max_kl={tc.max_kl} watches actor/kl, the loss's KL term, which this config does not compute "
+             f"(algo.objective={algo.objective}, algo.kl_mode={algo.kl_mode}, algo.kl_coef={algo.kl_coef}); use it "
+             "with algo.objective=pg, algo.kl_mode=loss and algo.kl_coef>0, or set trainer.max_kl=0")
+    _require(tc.min_entropy == 0 or algo.objective != "rm", f"trainer.min_entropy={tc.min_entropy} watches the "
+             "policy's actor/entropy, and a reward model (algo.objective=rm) has none; set trainer.min_entropy=0")
+
+
 def _validate_offline(cfg: DictConfig) -> None:
     """Training on a fixed pair file (`rlpost.offline`): dpo or rm, with a readable pair file."""
     algo, pc = cfg.algo, cfg.pairs
@@ -230,8 +244,6 @@ def _validate_offline(cfg: DictConfig) -> None:
              "held-out pairs unless pairs.eval_path is set)")
     _require(pc.on_bad_row in BAD_ROW_ACTIONS,
              f"pairs.on_bad_row={pc.on_bad_row!r}: choose one of {', '.join(BAD_ROW_ACTIONS)}")
-    _require(cfg.trainer.resume is None, f"trainer.resume={cfg.trainer.resume}: offline training does not resume "
-             "yet; set trainer.resume=null")
     _require(not cfg.critic.enabled, f"critic.enabled=true with algo.objective={algo.objective}, which uses no "
              "values; set critic.enabled=false")
     _require(cfg.learner.micro_batch_size % 2 == 0,

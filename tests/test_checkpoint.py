@@ -21,6 +21,7 @@ from rlpost.checkpoint import (
     CheckpointManager,
     check_compatible,
     check_intact,
+    export_final,
     file_records,
     find_resume,
     load_driver_state,
@@ -297,6 +298,11 @@ if {stage} == 0:  # without ZeRO the module's parameters are the optimizer's: Na
         print("SAVED non-finite")
     except Exception as err:
         print("refused save:", str(err).splitlines()[0], (folder.parent / (folder.name + "-nan")).exists())
+    try:
+        rank.export_hf(str(folder) + "-hf")
+        print("EXPORTED non-finite")
+    except Exception as err:
+        print("refused export:", str(err).splitlines()[0], (folder.parent / (folder.name + "-hf")).exists())
     rank.engine.save_checkpoint(str(folder) + "-nan", tag="state", save_latest=False)  # written around the guard
     shutil.copy(folder / "rng_rank0.pt", str(folder) + "-nan")
     with torch.no_grad():
@@ -314,8 +320,8 @@ if {stage} == 0:  # without ZeRO the module's parameters are the optimizer's: Na
 @pytest.mark.parametrize("stage", [0, 2])
 def test_learner_loads_are_weights_only(tmp_path: Path, stage: int) -> None:
     """A real DeepSpeed engine (CPU, one rank): its checkpoint round-trips, and a planted model-state, optimizer
-    or RNG file is refused by the learner without its payload running. Weights with NaN are neither saved nor
-    loaded."""
+    or RNG file is refused by the learner without its payload running. Weights with NaN are neither saved, nor
+    exported, nor loaded."""
     marker = tmp_path / "payload-ran"
     targets = ["state/mp_rank_00_model_states.pt", "rng_rank0.pt"]
     if stage:
@@ -326,8 +332,10 @@ def test_learner_loads_are_weights_only(tmp_path: Path, stage: int) -> None:
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith(("round trip", "refused", "LOADED",
-                                                                          "SAVED"))]
+                                                                          "SAVED", "EXPORTED"))]
     nonfinite = ["refused save: learner: 1 parameter tensor(s) hold NaN or inf, so they are not checkpointed (the run "
+                 "diverged); lower learner.lr, check the rewards, and resume from the last checkpoint False",
+                 "refused export: learner: 1 parameter tensor(s) hold NaN or inf, so they are not exported (the run "
                  "diverged); lower learner.lr, check the rewards, and resume from the last checkpoint False",
                  "refused load: learner: 1 parameter tensor(s) of the checkpoint hold NaN or inf"] if stage == 0 else []
     assert lines == ["round trip ok"] + [f"refused {name} UnpicklingError" for name in targets] + nonfinite, \
@@ -351,3 +359,22 @@ def test_a_refused_save_keeps_the_last_finite_checkpoint(tmp_path: Path) -> None
     assert str(err.value).endswith("(RunError: learner: 3 parameter tensor(s) hold NaN or inf, so they are not "
                                    "checkpointed); the previous checkpoint step_000002 is intact")
     assert find_resume("auto", str(tmp_path)).name == "step_000002"
+
+
+def test_a_refused_export_leaves_no_partial_folder_and_keeps_the_earlier_one(tmp_path: Path) -> None:
+    """`export_final` with a learner that refuses non-finite weights: the refusal propagates as it is (one line),
+    the temp folder is gone, and an `hf_model` from an earlier export is untouched."""
+    from rlpost.config import RunError
+
+    def good(folder: str) -> None:
+        Path(folder, "model.safetensors").write_bytes(b"finite")
+
+    def diverged(folder: str) -> None:
+        Path(folder, "partial").write_bytes(b"")  # as if a rank had begun writing
+        raise RunError("learner: 1 parameter tensor(s) hold NaN or inf, so they are not exported")
+
+    final = export_final(good, str(tmp_path))
+    with pytest.raises(RunError, match="so they are not exported$"):
+        export_final(diverged, str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf_model"]
+    assert sorted(p.name for p in final.iterdir()) == ["model.safetensors"]

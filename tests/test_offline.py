@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rlpost.config import RewardModelConfig
+from rlpost.config import RewardModelConfig, RunError
 from rlpost.pairs import generate_pairs
 from rlpost.rewards.reward_model import RewardModelScorer, check_reward_model
 from rlpost.train import compose_config, run
@@ -91,6 +92,42 @@ def test_offline_dpo_raises_the_margin(local_ray, tiny_model_dir: str, tmp_path:
     assert before["step"] == 0 and abs(before["eval/margin"]) < 1e-4
     assert after["eval/margin"] > 0.1 and after["eval/pair_accuracy"] > 0.8, after
     assert history[-1]["dpo/margin"] > history[0]["dpo/margin"]
+
+
+def test_offline_resume_is_exact_and_a_collapse_stops_before_its_checkpoint(local_ray, tiny_model_dir: str,
+                                                                             tmp_path: Path) -> None:
+    """Offline DPO for 4 steps (checkpoints at 2 and 4; 18 training pairs, 8 a step, so step 3 starts a new epoch),
+    then a second run resumed with `trainer.resume=auto` from a copy of step 2's checkpoint (a damaged step-3
+    folder beside it is skipped): steps 3 and 4 see the same pairs and give the same metrics as the uninterrupted
+    run. Then `trainer.min_entropy` above any entropy stops the next step with one line, and the collapsed step is
+    not checkpointed."""
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", marker_pairs(24, seed=0))
+    common = ("algo=dpo_offline", "pairs.eval_fraction=0.25", "trainer.save_every=2", "eval.every=2",
+              "trainer.export_hf=false")
+    full = run(offline_cfg("config", tiny_model_dir, pairs, tmp_path / "a", "trainer.steps=4", *common))
+    resumed_dir = tmp_path / "b" / "checkpoints"
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "step_000002", resumed_dir / "step_000002")
+    shutil.copytree(resumed_dir / "step_000002", resumed_dir / "step_000003")
+    (resumed_dir / "step_000003" / "driver.pt").write_bytes(b"")  # truncated: auto must skip this one
+    resumed = run(offline_cfg("config", tiny_model_dir, pairs, tmp_path / "b", "trainer.steps=4",
+                              "trainer.resume=auto", *common))
+
+    def comparable(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in row.items() if not k.startswith(("time/", "perf/", "learner/seconds"))}
+                for row in rows]  # wall-clock numbers differ run to run
+
+    assert len(full) == len(resumed) == 4 and full[2]["data/epoch"] == 1.0
+    assert comparable(resumed) == comparable(full)  # steps 1-2 from the checkpoint's record, 3-4 trained again
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+
+    with pytest.raises(RunError) as err:
+        run(offline_cfg("config", tiny_model_dir, pairs, tmp_path / "b", "trainer.steps=5", "trainer.resume=auto",
+                        "trainer.min_entropy=1000", *common))
+    message = str(err.value)
+    assert message.startswith("step 5: actor/entropy=") and "is below trainer.min_entropy=1000: " in message
+    assert f"the last checkpoint is {resumed_dir / 'step_000004'} " in message and "\n" not in message
+    assert sorted(p.name for p in resumed_dir.iterdir()) == ["step_000002", "step_000003", "step_000004"]
 
 
 def test_generated_pairs_round_trip(local_ray, tiny_model_dir: str, tmp_path: Path) -> None:

@@ -132,7 +132,6 @@ def test_rm_and_dpo_offline_configs(tmp_path):
     refused = {
         "algo.offline=false": "algo.objective=rm trains on the fixed pair file",
         "learner.max_tokens_per_micro=64": "learner.max_tokens_per_micro=64: the reward model's head",
-        "trainer.resume=auto": "trainer.resume=auto: offline training does not resume",
         "pairs.path=/nowhere.jsonl": "pairs.path: /nowhere.jsonl does not exist",
         "pairs.on_bad_row=fix": "pairs.on_bad_row='fix'",
         "algo.rm_loss=hinge": "algo.rm_loss='hinge'",

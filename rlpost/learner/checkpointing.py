@@ -62,14 +62,18 @@ class CheckpointMixin:
         torch.distributed.all_reduce(count)
         return int(count.item())
 
-    def save_checkpoint(self, path: str) -> None:
-        """Write this rank's part of the group's checkpoint into `path` (a folder every rank can reach). Weights
-        with NaN or inf are never written: the run has diverged, and the last finite checkpoint must stay the
-        newest one (every rank sees the same count, so all of them refuse)."""
+    def refuse_nonfinite(self, refused: str) -> None:
+        """RunError when any parameter holds NaN or inf: the run has diverged, and such weights are never written
+        out (`refused` says what is not done). Every rank sees the same count, so all of them refuse."""
         bad = self.nonfinite_tensors()
         if bad:
-            raise RunError(f"learner: {bad} parameter tensor(s) hold NaN or inf, so they are not checkpointed (the "
-                           "run diverged); lower learner.lr, check the rewards, and resume from the last checkpoint")
+            raise RunError(f"learner: {bad} parameter tensor(s) hold NaN or inf, so {refused} (the run diverged); "
+                           "lower learner.lr, check the rewards, and resume from the last checkpoint")
+
+    def save_checkpoint(self, path: str) -> None:
+        """Write this rank's part of the group's checkpoint into `path` (a folder every rank can reach). Weights
+        with NaN or inf are never written, so the last finite checkpoint stays the newest one."""
+        self.refuse_nonfinite("they are not checkpointed")
         self.engine.save_checkpoint(path, tag=TAG, save_latest=False)
         torch.save(rng_state(), os.path.join(path, f"rng_rank{self.rank}.pt"))
         fsync_tree(path)  # this rank's bytes are on disk before the driver declares the checkpoint complete
@@ -89,7 +93,9 @@ class CheckpointMixin:
     def export_hf(self, path: str) -> None:
         """Rank 0 writes the policy as a plain Hugging Face folder (weights + config + tokenizer) into `path`.
         Every rank must call this: under ZeRO-3 parameters are gathered one at a time, collectively, so peak
-        extra memory is one parameter and the folder holds the full weights in the training dtype."""
+        extra memory is one parameter and the folder holds the full weights in the training dtype. Weights with
+        NaN or inf are refused before anything is written, as for a checkpoint."""
+        self.refuse_nonfinite("they are not exported")
         state = {}
         for name in self._params:
             with self._gathered([name]) as (tensor,):
