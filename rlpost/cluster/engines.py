@@ -165,7 +165,11 @@ class RolloutGroup(ActorGroup):
             print(f"[rlpost] {why}; restarting it ({self.restarts} of rollout.max_restarts={self.max_restarts})",
                   flush=True)
         self.name_actors("rollout engine")
-        self.get([self.engines[i].ready.remote() for i in failed])
+        try:  # a replacement that hangs while starting is bounded like a generation
+            self.get([self.engines[i].ready.remote() for i in failed], timeout=self.timeout_s or None)
+        except ray.exceptions.GetTimeoutError:
+            raise ActorDied(f"rollout engine(s) {sorted(failed)} restarted but not ready within rollout.timeout_s="
+                            f"{self.timeout_s:g}s") from None
         if self.on_restart is not None:
             self.on_restart()
         for g in self.outstanding:
