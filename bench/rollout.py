@@ -68,7 +68,8 @@ def build_ours(model_dir: str, args: argparse.Namespace):
     """The engine actor as `cluster=single_gpu` builds it."""
     from omegaconf import OmegaConf
 
-    from rlpost.cluster.groups import Placement, RolloutGroup
+    from rlpost.cluster.engines import RolloutGroup
+    from rlpost.cluster.groups import Placement
     from rlpost.cluster.ray_cluster import init_ray
     from rlpost.train import compose_config
 

@@ -25,7 +25,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from rlpost.algos import select_pairs
-from rlpost.cluster.groups import Placement, RewardGroup, RolloutGroup
+from rlpost.cluster.engines import RolloutGroup
+from rlpost.cluster.groups import Placement, RewardGroup
 from rlpost.cluster.ray_cluster import init_ray
 from rlpost.config import ConfigError
 from rlpost.data import Prompt, build_prompts, load_rows

@@ -38,9 +38,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import ray
-
-from rlpost.cluster.groups import RolloutGroup
+from rlpost.cluster.engines import Generation, RolloutGroup
 from rlpost.config import RunError
 from rlpost.data import Prompt, PromptLoader
 from rlpost.rollout.engine import Sample, SamplingParams
@@ -53,7 +51,7 @@ class InFlight:
     step: int  # the training step it is for
     version: int  # the policy version generating it
     prompts: list[Prompt]
-    refs: list[ray.ObjectRef]  # one per engine, in order
+    generations: list[Generation]  # one per engine, in order
     loader_state: dict[str, int]  # the prompt loader before these prompts were drawn
 
 
@@ -93,9 +91,9 @@ class RolloutPipeline:
     def _submit(self, step: int, version: int) -> None:
         state = self.loader.state_dict()
         prompts = self.loader.next_batch(self.prompts_per_step)
-        refs = self.rollout.submit([p.ids for p in prompts for _ in range(self.group_size)],
-                                   self.sampling_params(step))
-        self.queue.append(InFlight(step, version, prompts, refs, state))
+        generations = self.rollout.submit([p.ids for p in prompts for _ in range(self.group_size)],
+                                          self.sampling_params(step))
+        self.queue.append(InFlight(step, version, prompts, generations, state))
 
     def take(self, step: int) -> tuple[list[Prompt], list[Sample]]:
         """Step `step`'s first-round prompts and samples (each sample's `policy_version` set); first queues the
@@ -106,17 +104,16 @@ class RolloutPipeline:
         if batch.step != step:  # the queue runs ahead of the loop: a caller skipped or repeated a step
             raise RunError(f"rollout pipeline: step {step} found the batch of step {batch.step} first; this is a bug "
                            "in rlpost/pipeline.py, please report it")
-        samples = self.rollout.collect(batch.refs)
+        samples = self.rollout.collect(batch.generations)
         for s in samples:
             s.policy_version = batch.version
         return batch.prompts, samples
 
     def wait(self) -> None:
         """Block until every in-flight generation has finished (their results stay queued): before a weight
-        sync, and so before any evaluation or checkpoint, which come after the step's sync."""
-        refs = [r for batch in self.queue for r in batch.refs]
-        if refs:
-            ray.wait(refs, num_returns=len(refs))
+        sync, and so before any evaluation or checkpoint, which come after the step's sync. An engine that dies or
+        hangs meanwhile is replaced (`rlpost.cluster.engines`)."""
+        self.rollout.wait([g for batch in self.queue for g in batch.generations])
 
     def loader_state(self) -> dict[str, int]:
         """The prompt loader's state for a checkpoint: rewound to before the oldest in-flight batch, whose prompts

@@ -31,7 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlpost.algos import adaptive_kl_coef, overlong_penalty, repeat_to, select_pairs
 from rlpost.algos.dynamic_sampling import informative_groups, refill_size
-from rlpost.cluster.groups import CriticGroup, LearnerGroup, Placement, RewardGroup, RolloutGroup, WeightSync
+from rlpost.cluster.engines import RolloutGroup
+from rlpost.cluster.groups import CriticGroup, LearnerGroup, Placement, RewardGroup, WeightSync
 from rlpost.cluster.ray_cluster import init_ray
 from rlpost.config import needs_old_logprobs, needs_reference
 from rlpost.data import Prompt, PromptLoader, build_prompts, load_rows, resolve_data_path
@@ -180,7 +181,7 @@ class Trainer(TrainLoop):
         # overlapped training), so this rate is the rate as the loop sees it, above the engines' own.
         perf = {"perf/rollout_tokens_per_s": rollout.metrics["response/tokens"] / max(timings["time/generate"], 1e-9),
                 "perf/step_seconds": time.perf_counter() - t_step, "data/epoch": float(self.loader.epoch),
-                "kl/coef": kl_coef}
+                "kl/coef": kl_coef, "rollout/restarts": float(self.rollout.restarts)}
         if "learner/tokens" in train:
             perf["perf/learner_tokens_per_s"] = train["learner/tokens"] / max(train["learner/seconds"], 1e-9)
         return {**rollout.metrics, **experience, **train, **sync, **timings, **perf}

@@ -79,6 +79,9 @@ def validate(cfg: DictConfig) -> None:
     _require(rc.top_k >= 0, f"rollout.top_k={rc.top_k}: must be >= 0 (0 = off)")
     _require(rc.max_new_tokens >= 1, f"rollout.max_new_tokens={rc.max_new_tokens}: must be >= 1")
     _require(rc.batch_size >= 1, f"rollout.batch_size={rc.batch_size}: must be >= 1")
+    _require(rc.timeout_s >= 0, f"rollout.timeout_s={rc.timeout_s}: must be >= 0 (0 = no limit)")
+    _require(rc.max_restarts >= 0, f"rollout.max_restarts={rc.max_restarts}: must be >= 0 (0 = a dead engine ends "
+             "the run)")
 
     _validate_placement(cfg)
     _require(cfg.sync.bucket_mb > 0, f"sync.bucket_mb={cfg.sync.bucket_mb}: must be > 0")

@@ -49,6 +49,8 @@ def test_wrong_type_rejected() -> None:
     (["algo.advantage=nope"], "algo.advantage"),
     (["algo.loss_agg=nope"], "algo.loss_agg"),
     (["rollout.top_p=0"], "rollout.top_p"),
+    (["rollout.max_restarts=-1"], "rollout.max_restarts"),
+    (["rollout.timeout_s=-5"], "rollout.timeout_s"),
     (["model.dtype=float8"], "model.dtype"),
     (["reward.functions=[{path: rewards/missing.py, name: score}]"], "reward.functions[0]"),
     (["reward.functions=[{path: rewards/gsm8k.py, name: nope}]"], "reward.functions[0]"),

@@ -1,10 +1,11 @@
-"""Actor groups: the learner ranks, the rollout engines and the reward workers, each in its placement group,
-and the weight-sync wiring between learners and engines. This is the only module that knows the topology; the
-trainer sees three groups with plain methods."""
+"""Actor groups: the learner ranks and the reward workers, each in its placement group, and the weight-sync
+wiring between learners and engines (the rollout engines' group is `rlpost.cluster.engines`). These two modules
+are the only ones that know the topology; the trainer sees groups with plain methods."""
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import ray
 from ray.util.placement_group import PlacementGroup, remove_placement_group
@@ -17,9 +18,10 @@ from rlpost.learner.critic import CriticRank
 from rlpost.learner.reward_model import RewardModelRank
 from rlpost.rewards.manager import RewardManager, RewardResult, component_labels
 from rlpost.rewards.reward_model import RewardModelScorer, RunningMeanStd
-from rlpost.rollout.engine import Sample, SamplingParams
-from rlpost.rollout.hf_engine import HFEngine
 from rlpost.sync.transport import SyncGroupInfo, broadcast_layout
+
+if TYPE_CHECKING:  # engines.py builds on this module
+    from rlpost.cluster.engines import RolloutGroup
 
 
 def _split(items: list, parts: int) -> list[list]:
@@ -202,65 +204,6 @@ class RewardModelLearnerGroup(LearnerGroup):
     rank_class = RewardModelRank
 
 
-class RolloutGroup(ActorGroup):
-    def __init__(self, cfg: dict, model_path: str, placement: Placement) -> None:
-        rc = cfg["rollout"]
-        device = cfg["cluster"]["device"]
-        pg, self.pg = placement.group("rollout")
-        self.colocated = placement.colocated
-        if rc["engine"] == "vllm":
-            from rlpost.rollout.vllm_engine import VLLMEngine
-
-            actor = ray.remote(VLLMEngine)
-            max_len = rc["max_model_len"] or cfg["data"]["max_prompt_tokens"] + rc["max_new_tokens"]
-            args = [dict(model_path=model_path, dtype=cfg["model"]["dtype"],
-                         tensor_parallel_size=rc["tensor_parallel_size"],
-                         gpu_memory_utilization=rc["gpu_memory_utilization"], max_model_len=max_len,
-                         enforce_eager=rc["enforce_eager"], sleep_level=rc["sleep_level"] if self.colocated else 0,
-                         seed=cfg["trainer"]["seed"] + i, sync_timeout_s=cfg["sync"]["timeout_s"])
-                    for i in range(rc["num_engines"])]
-        else:
-            actor = ray.remote(HFEngine)
-            args = [dict(model_path=model_path, dtype=cfg["model"]["dtype"], batch_size=rc["batch_size"],
-                         device=device)] * rc["num_engines"]
-        self.engines = self.actors = [actor.options(num_cpus=1, num_gpus=placement.gpus["rollout"],
-                                                    scheduling_strategy=in_bundle(pg, i),
-                                                    runtime_env={"env_vars": actor_env(device)}).remote(**args[i])
-                                      for i in range(rc["num_engines"])]
-        self.name_actors("rollout engine")
-        self.get([e.ready.remote() for e in self.engines])
-
-    def sleep(self) -> None:
-        """Colocated vLLM: free the engines' GPU memory for the learner (no-op otherwise)."""
-        if self.colocated:
-            self.get([e.sleep.remote() for e in self.engines])
-
-    def wake_up(self, tags: list[str]) -> None:
-        if self.colocated:
-            self.get([e.wake_up.remote(tags) for e in self.engines])
-
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Sample]:
-        return self.collect(self.submit(prompts, params))
-
-    def submit(self, prompts: list[list[int]], params: SamplingParams) -> list[ray.ObjectRef]:
-        """Start generating without waiting (one ref per engine); `collect` gets the samples, in prompt order."""
-        chunks = _split(prompts, len(self.engines))
-        futures = []
-        for i, (engine, chunk) in enumerate(zip(self.engines, chunks, strict=True)):
-            seed = None if params.seed is None else params.seed * 1000 + i  # engines must not sample alike
-            futures.append(engine.generate.remote(chunk, SamplingParams(**{**params.__dict__, "seed": seed})))
-        return futures
-
-    def collect(self, refs: list[ray.ObjectRef]) -> list[Sample]:
-        return [s for part in self.get(refs) for s in part]
-
-    def score(self, prompts: list[list[int]], completions: list[list[int]], temperature: float) -> list[list[float]]:
-        return self.get(self.engines[0].score.remote(prompts, completions, temperature))
-
-    def weights_digests(self) -> list[str]:
-        return self.get([e.weights_digest.remote() for e in self.engines])
-
-
 class RewardWorker:
     """A Ray actor owning a RewardManager (and so a pool of verifier processes)."""
 
@@ -362,20 +305,32 @@ class WeightSync:
     def __init__(self, learners: LearnerGroup, rollout: RolloutGroup, transport: str, bucket_mb: float,
                  timeout_s: float, tensor_parallel_size: int = 1) -> None:
         self.learners, self.rollout, self.transport, self.timeout_s = learners, rollout, transport, timeout_s
-        plan = ray.get([r.sync_plan.remote(bucket_mb) for r in learners.ranks])[0]
-        engines = rollout.engines
-        if transport == "ipc":
-            info = self._ipc_info(plan)
+        self.tensor_parallel_size = tensor_parallel_size
+        self.plan = ray.get([r.sync_plan.remote(bucket_mb) for r in learners.ranks])[0]
+        self.num_buckets = len(self.plan)
+        self._connect()
+        rollout.on_restart = self.reconnect
+
+    def _connect(self) -> None:
+        """Every learner rank and engine joins a new sync group (a second call replaces the first everywhere)."""
+        engines = self.rollout.engines
+        if self.transport == "ipc":
+            info = self._ipc_info(self.plan)
             first_ranks = [1] * len(engines)  # any rank > 0 receives; IPC matches peers by GPU, not rank
         else:
-            host, port = ray.get(learners.ranks[0].address.remote())
-            world_size, first_ranks = broadcast_layout(len(engines), tensor_parallel_size)
-            info = SyncGroupInfo(transport, host, port, world_size, timeout_s)
+            host, port = ray.get(self.learners.ranks[0].address.remote())
+            world_size, first_ranks = broadcast_layout(len(engines), self.tensor_parallel_size)
+            info = SyncGroupInfo(self.transport, host, port, world_size, self.timeout_s)
         # Every member joins at once: group construction blocks until all of them are there.
-        self._get([r.init_weight_sync.remote(info) for r in learners.ranks]
-                  + [e.init_weight_sync.remote(info, k, plan) for e, k in zip(engines, first_ranks, strict=True)],
+        self._get([r.init_weight_sync.remote(info) for r in self.learners.ranks]
+                  + [e.init_weight_sync.remote(info, k, self.plan) for e, k in zip(engines, first_ranks, strict=True)],
                   "setting up the sync group")
-        self.num_buckets = len(plan)
+
+    def reconnect(self) -> None:
+        """A restarted engine joins: the group it replaces a member of is rebuilt (a broadcast group's members are
+        fixed at its creation; an IPC sender counts its receivers), then every engine gets the current weights."""
+        self._connect()
+        self.sync()
 
     def _ipc_info(self, plan: list) -> SyncGroupInfo:
         learner_uuids = ray.get([r.gpu_uuid.remote() for r in self.learners.ranks])

@@ -86,6 +86,8 @@ class HFEngine(RolloutEngine):
         unknown = [s.name for b in plan for s in b.specs if s.name not in self._params]
         if unknown:
             raise ValueError(f"learner sends parameters this engine's model lacks: {unknown[:5]}")
+        if self._transport is not None:  # a new group (a restarted peer engine): leave the old one first
+            self._transport.close()
         self._plan = plan
         self._direct = DirectCopy(plan, self._params)
         self._transport = create_transport(info, rank)
