@@ -80,6 +80,7 @@ def build_ours(model_dir: str, args: argparse.Namespace):
     init_ray("local", os.cpu_count() or 2)
     placement = Placement(plain)
     group = RolloutGroup(plain, model_dir, placement)
+    group.ready()
     engine_args = dict(dtype=plain["model"]["dtype"], gpu_memory_utilization=args.gpu_memory_utilization,
                        max_model_len=plain["data"]["max_prompt_tokens"] + args.new_tokens,
                        enforce_eager=args.enforce_eager, enable_sleep_mode=plain["rollout"]["sleep_level"] > 0)

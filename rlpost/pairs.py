@@ -81,6 +81,8 @@ def generate_pairs(cfg: DictConfig) -> dict[str, int]:
     try:
         groups.append(RolloutGroup(plain, model_path, placement))
         rewards, rollout = groups
+        rollout.ready()
+        rewards.ready()
         with open(tmp, "w") as out:
             for start in range(0, len(prompts), chunk):
                 batch = [p for p in prompts[start:start + chunk] for _ in range(n)]

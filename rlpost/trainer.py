@@ -112,15 +112,21 @@ class Trainer(TrainLoop):
                   + sum(m.num_actors for m in cfg.reward.models)
                   + (cfg.critic.num_ranks if cfg.critic.enabled else 0))
         init_ray(cfg.cluster.address, cfg.cluster.num_cpus or max(needed, os.cpu_count() or 1))
+        # Reward workers, engines and learner ranks start side by side (each group's constructor starts its
+        # actors; `ready` waits), except that a vLLM engine sharing its GPU with a learner rank is up first: it
+        # sizes its KV cache from the memory free at its start-up, before the learner's arrives.
         self.rewards = RewardGroup(OmegaConf.to_object(cfg.reward), cfg.cluster.device)
         self.placement = Placement(plain)
-        # Engines first: vLLM sizes its KV cache from the memory free at start-up, before the learner's arrives.
         self.rollout = RolloutGroup(plain, self.model_path, self.placement)
+        if self.placement.colocated and cfg.cluster.device == "cuda":
+            self.rollout.ready()
         self.pipeline = RolloutPipeline(self.rollout, self.loader, cfg.trainer.prompts_per_step, cfg.algo.group_size,
                                         cfg.trainer.max_staleness, cfg.trainer.steps, self.sampling_params)
         self.learners = LearnerGroup(plain, self.model_path, total_optimizer_steps, self.placement)
         if cfg.critic.enabled:
             self.critic = CriticGroup(plain, self.model_path, total_optimizer_steps, self.placement)
+        self.rollout.ready()
+        self.rewards.ready()
         transport = choose_transport(cfg.sync.transport, cfg.cluster.device, cfg.cluster.colocate)
         self.sync = WeightSync(self.learners, self.rollout, transport, cfg.sync.bucket_mb, cfg.sync.timeout_s,
                                cfg.rollout.tensor_parallel_size)

@@ -79,6 +79,10 @@ class RolloutGroup(ActorGroup):
         self.outstanding: list[Generation] = []  # submitted and not collected yet
         self.engines = self.actors = [self._start(i) for i in range(rc["num_engines"])]
         self.name_actors("rollout engine")
+
+    def ready(self) -> None:
+        """Wait until every engine is up. The constructor only starts them, so that the other actors of a run
+        start meanwhile (start-up is mostly imports and model loading, on separate processes)."""
         self.get([e.ready.remote() for e in self.engines])
 
     def _start(self, index: int) -> ray.actor.ActorHandle:

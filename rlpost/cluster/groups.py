@@ -265,13 +265,18 @@ class RewardGroup(ActorGroup):
                                           runtime_env={"env_vars": actor_env(device)}).remote(reward_cfg)
                             for i in range(n)]
         self.name_actors("reward actor")
-        num_fns = len(reward_cfg.functions)
+        self.num_fns = len(reward_cfg.functions)
         self.labels = component_labels(reward_cfg)
-        for labels in self.get([w.labels.remote() for w in self.workers]):  # also: every worker is up
-            assert labels == self.labels[:num_fns], (labels, self.labels)
+        # Reward models are up when this returns (a GPU one holds its memory before any vLLM engine sizes its
+        # cache); the function workers only start: `ready` waits for them.
         self.models = []
-        for spec, label in zip(reward_cfg.models, self.labels[num_fns:], strict=True):
+        for spec, label in zip(reward_cfg.models, self.labels[self.num_fns:], strict=True):
             self.models.append(RewardModelGroup(spec, label, device))
+
+    def ready(self) -> None:
+        """Wait until every reward function worker is up."""
+        for labels in self.get([w.labels.remote() for w in self.workers]):
+            assert labels == self.labels[:self.num_fns], (labels, self.labels)
 
     def score(self, prompts: list[str], completions: list[str], columns: list[dict],
               messages: list[list[dict]] | None = None, update_stats: bool = True) -> RewardResult:
