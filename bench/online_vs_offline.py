@@ -27,11 +27,10 @@ Measured: GSM8K test pass@1 before (once) and after (each arm's exported policy)
 the plot (pass@1 against samples seen: the full-test before/after of every arm, and the online arms' in-run
 `eval/pass@1` curves, on `eval.limit` problems) goes to `--results`; each phase's log is `RUN/<phase>.log`.
 
-Open on one GPU: (d)'s RM actor asks for a GPU bundle of its own (`reward.models[0].num_gpus`, `--rm-gpus`),
-which a colocated `cluster=single_gpu` run has already given to learner and vLLM; `--rm-gpus 0` (default)
-scores on the CPU, slowly for a 0.5B RM. On a two-GPU host `--rm-gpus 1` puts the RM on the second GPU (then
-(d)'s minutes are not comparable with the other arms'); on one GPU the RM has to join the colocated bundle, which
-`rlpost.cluster.groups.Placement` does not do yet.
+Where (d)'s RM runs: `--rm-gpus` (`reward.models[0].num_gpus`, default 1). On a colocated `cluster=single_gpu`
+run any value > 0 puts the RM actor in the GPU bundle of learner and vLLM (it loads first, so vLLM sizes its
+cache around it); on a split cluster it gets that many GPUs of its own; `--rm-gpus 0` scores on the CPU (slowly for
+a 0.5B RM); on a CPU cluster the RM is on the CPU anyway.
 """
 
 from __future__ import annotations
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts-per-step", type=int, default=64)
     parser.add_argument("--offline-epochs", type=float, default=2.0, help="passes over the pairs: (a) and the RM")
     parser.add_argument("--rm-share", type=float, default=0.5, help="(d): the budget's share spent on RM pairs")
-    parser.add_argument("--rm-gpus", type=float, default=0.0, help="(d): reward.models[0].num_gpus")
+    parser.add_argument("--rm-gpus", type=float, default=1.0, help="(d): reward.models[0].num_gpus")
     parser.add_argument("--minutes", type=float, default=10.0, help="each training run's budget")
     parser.add_argument("--limit", type=int, default=0, help="GSM8K before/after on the first N problems (0 = all)")
     parser.add_argument("--verifier", default="rewards/gsm8k.py", help="the verifier's reward file (and label)")

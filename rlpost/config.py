@@ -202,7 +202,7 @@ class RewardModelConfig:
     normalize: bool = False  # divide out a running mean and std of its scores (raw mean logged as <label>/raw)
     batch_tokens: int = 8192  # padded tokens per forward pass
     num_actors: int = 1
-    num_gpus: float = 0.0  # per actor; 0 = CPU (debug)
+    num_gpus: float = 0.0  # per actor; 0 = CPU (debug); colocated clusters: > 0 = in the learners' GPU bundles
     dtype: str = "float32"  # float32 on CPU; bfloat16 on GPU
 
 

@@ -72,7 +72,7 @@ def generate_pairs(cfg: DictConfig) -> dict[str, int]:
     init_ray(cfg.cluster.address, cfg.cluster.num_cpus or max(rc.num_engines + cfg.reward.num_actors,
                                                               os.cpu_count() or 1))
     placement = Placement(plain)
-    groups = [RewardGroup(OmegaConf.to_object(cfg.reward), cfg.cluster.device)]
+    groups = [RewardGroup(OmegaConf.to_object(cfg.reward), cfg.cluster.device, placement)]
     rng = np.random.default_rng([cfg.trainer.seed, 1])
     keys = (pc.prompt_key, pc.chosen_key, pc.rejected_key)
     os.makedirs(os.path.dirname(os.path.abspath(pc.path)), exist_ok=True)

@@ -115,8 +115,8 @@ class Trainer(TrainLoop):
         # Reward workers, engines and learner ranks start side by side (each group's constructor starts its
         # actors; `ready` waits), except that a vLLM engine sharing its GPU with a learner rank is up first: it
         # sizes its KV cache from the memory free at its start-up, before the learner's arrives.
-        self.rewards = RewardGroup(OmegaConf.to_object(cfg.reward), cfg.cluster.device)
         self.placement = Placement(plain)
+        self.rewards = RewardGroup(OmegaConf.to_object(cfg.reward), cfg.cluster.device, self.placement)
         self.rollout = RolloutGroup(plain, self.model_path, self.placement)
         if self.placement.colocated and cfg.cluster.device == "cuda":
             self.rollout.ready()

@@ -96,11 +96,20 @@ class ActorGroup:
             remove_placement_group(self.pg)
 
 
+def colocated_members(groups: int, gpu_reward_model_actors: int, gpus: int) -> int:
+    """Actors per GPU bundle of a colocated cluster: one per rank group (learner, critic), the engine, and an
+    even share of the GPU reward-model actors (spread round-robin over the bundles). Each gets 1/members of the
+    GPU in Ray's books."""
+    return groups + 1 + -(-gpu_reward_model_actors // gpus)
+
+
 class Placement:
     """Where each group's actors go. CPU: one bundle per actor. GPU, split: one GPU per learner (and critic) rank,
-    `tensor_parallel_size` GPUs per engine, each group in its own placement group. GPU, colocated: one bundle per
-    GPU holding a learner rank, an engine (and a critic rank), sharing the GPU in Ray's books (the engine sleeps
-    while the learners train, so they take turns for real)."""
+    `tensor_parallel_size` GPUs per engine, each group in its own placement group; a reward model gets
+    `num_gpus` per actor in a group of its own. GPU, colocated: one bundle per GPU holding a learner rank, an
+    engine (and a critic rank), sharing the GPU in Ray's books (the engine sleeps while the learners train, so
+    they take turns for real), and the GPU reward-model actors join these bundles: on one GPU there is no other
+    place, and a 0.5B scorer needs ~2 GB beside vLLM's share and the learner."""
 
     def __init__(self, cfg: dict) -> None:
         self.device, self.colocated = cfg["cluster"]["device"], cfg["cluster"]["colocate"]
@@ -115,8 +124,10 @@ class Placement:
             self.gpus = dict.fromkeys([*ranks, "rollout"], 0.0)
         elif self.colocated:
             require_gpus(ranks["learner"], cfg["cluster"]["name"])
-            self.shared = create_placement_group("gpus", [{"GPU": 1, "CPU": len(ranks) + 1}] * ranks["learner"])
-            self.gpus = dict.fromkeys([*ranks, "rollout"], 1.0 / (len(ranks) + 1))
+            scorers = sum(m["num_actors"] for m in cfg["reward"]["models"] if m["num_gpus"] > 0)
+            members = colocated_members(len(ranks), scorers, ranks["learner"])
+            self.shared = create_placement_group("gpus", [{"GPU": 1, "CPU": members}] * ranks["learner"])
+            self.gpus = dict.fromkeys([*ranks, "rollout", "reward_model"], 1.0 / members)
         else:
             tp = rc["tensor_parallel_size"]
             require_gpus(sum(ranks.values()) + rc["num_engines"] * tp, cfg["cluster"]["name"])
@@ -221,15 +232,24 @@ class RewardModelGroup(ActorGroup):
     """The actors serving one `reward.models` entry, in a placement group of their own (with `num_gpus` each on
     a GPU cluster); the running statistics for its normalisation live here, shared by its actors."""
 
-    def __init__(self, spec: RewardModelConfig, label: str, device: str) -> None:
+    def __init__(self, spec: RewardModelConfig, label: str, device: str, placement: Placement,
+                 first: int = 0) -> None:
+        """`first`: the number of GPU reward-model actors placed before this group's (colocated: they take the
+        shared bundles round-robin)."""
         gpus = float(spec.num_gpus) if device != "cpu" else 0.0
-        bundle = {"CPU": 1, "GPU": gpus} if gpus else {"CPU": 1}
-        self.pg = create_placement_group(f"reward_model_{label}", [bundle] * spec.num_actors)
+        if gpus and placement.shared is not None:  # colocated: in the learners' GPU bundles
+            pg, gpus = placement.shared, placement.gpus["reward_model"]
+            n = len(pg.bundle_specs)
+            bundles = [(first + i) % n for i in range(spec.num_actors)]
+        else:
+            bundle = {"CPU": 1, "GPU": gpus} if gpus else {"CPU": 1}
+            pg = self.pg = create_placement_group(f"reward_model_{label}", [bundle] * spec.num_actors)
+            bundles = list(range(spec.num_actors))
         actor = ray.remote(RewardModelScorer)
-        self.actors = [actor.options(num_cpus=1, num_gpus=gpus, scheduling_strategy=in_bundle(self.pg, i),
+        self.actors = [actor.options(num_cpus=1, num_gpus=gpus, scheduling_strategy=in_bundle(pg, b),
                                      runtime_env={"env_vars": actor_env(device)})
                        .remote(spec.path, spec.dtype, spec.batch_tokens, "cuda" if gpus else "cpu")
-                       for i in range(spec.num_actors)]
+                       for b in bundles]
         self.name_actors(f"reward model {label} actor")
         self.get([a.ready.remote() for a in self.actors])
         self.label, self.weight = label, float(spec.weight)
@@ -255,7 +275,7 @@ class RewardModelGroup(ActorGroup):
 class RewardGroup(ActorGroup):
     """Reward functions (verifier workers) and reward models (`RewardModelGroup`s), scored together."""
 
-    def __init__(self, reward_cfg: RewardConfig, device: str) -> None:
+    def __init__(self, reward_cfg: RewardConfig, device: str, placement: Placement) -> None:
         n = reward_cfg.num_actors if reward_cfg.functions else 0
         self.actors = self.workers = []
         if n:
@@ -269,9 +289,10 @@ class RewardGroup(ActorGroup):
         self.labels = component_labels(reward_cfg)
         # Reward models are up when this returns (a GPU one holds its memory before any vLLM engine sizes its
         # cache); the function workers only start: `ready` waits for them.
-        self.models = []
+        self.models, placed = [], 0
         for spec, label in zip(reward_cfg.models, self.labels[self.num_fns:], strict=True):
-            self.models.append(RewardModelGroup(spec, label, device))
+            self.models.append(RewardModelGroup(spec, label, device, placement, placed))
+            placed += spec.num_actors if spec.num_gpus > 0 else 0
 
     def ready(self) -> None:
         """Wait until every reward function worker is up."""
