@@ -27,10 +27,10 @@ Measured: GSM8K test pass@1 before (once) and after (each arm's exported policy)
 the plot (pass@1 against samples seen: the full-test before/after of every arm, and the online arms' in-run
 `eval/pass@1` curves, on `eval.limit` problems) goes to `--results`; each phase's log is `RUN/<phase>.log`.
 
-Where (d)'s RM runs: `--rm-gpus` (`reward.models[0].num_gpus`, default 1). On a colocated `cluster=single_gpu`
-run any value > 0 puts the RM actor in the GPU bundle of learner and vLLM (it loads first, so vLLM sizes its
-cache around it); on a split cluster it gets that many GPUs of its own; `--rm-gpus 0` scores on the CPU (slowly for
-a 0.5B RM); on a CPU cluster the RM is on the CPU anyway.
+Where (d)'s RM runs: `--rm-gpus` (`reward.models[0].num_gpus`; default 1 on a GPU cluster, 0 on a CPU one). On
+a colocated `cluster=single_gpu` run any value > 0 puts the RM actor in the GPU bundle of learner and vLLM (it
+loads first, so vLLM sizes its cache around it); on a split cluster it gets that many GPUs of its own; 0 scores on
+the CPU (slowly for a 0.5B RM).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from pathlib import Path
 
 from bench.common import append_section, machine, markdown_table
 from bench.learn_gsm8k import gsm8k_accuracy, run_phase, summarize
+from rlpost.train import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = {"a": "offline DPO", "b": "online DPO", "c": "GRPO", "d": "RM + GRPO"}
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts-per-step", type=int, default=64)
     parser.add_argument("--offline-epochs", type=float, default=2.0, help="passes over the pairs: (a) and the RM")
     parser.add_argument("--rm-share", type=float, default=0.5, help="(d): the budget's share spent on RM pairs")
-    parser.add_argument("--rm-gpus", type=float, default=1.0, help="(d): reward.models[0].num_gpus")
+    parser.add_argument("--rm-gpus", type=float, default=None,
+                        help="(d): reward.models[0].num_gpus (default: 1 on a GPU cluster, 0 on a CPU one)")
     parser.add_argument("--minutes", type=float, default=10.0, help="each training run's budget")
     parser.add_argument("--limit", type=int, default=0, help="GSM8K before/after on the first N problems (0 = all)")
     parser.add_argument("--verifier", default="rewards/gsm8k.py", help="the verifier's reward file (and label)")
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ours, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args = parser.parse_args(ours)
 
+    if args.rm_gpus is None:
+        args.rm_gpus = 0.0 if compose_config([f"cluster={args.cluster}"]).cluster.device == "cpu" else 1.0
     run = Path(args.run_dir).resolve()
     if run.exists():
         raise SystemExit(f"bench/online_vs_offline.py: error: --run-dir {run} exists; remove it or pick another")
