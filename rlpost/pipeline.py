@@ -19,9 +19,11 @@ the engines before any batch submitted in step t+1. Consequences:
   The finished in-flight batches are kept. A checkpoint records the prompt loader as it was before they were
   drawn (`loader_state`), so a resumed run regenerates them with the checkpoint's weights: its first step is
   on-policy (staleness 0), the next ones stale again, the same prompts and sampling seeds throughout.
-- Colocated GPUs whose engines sleep while the learner trains cannot overlap; validation refuses that. The
-  co-resident no-sleep mode (engine and learner on one GPU, both awake) needs a GPU to measure whether it pays and
-  is not built yet.
+- Colocated GPUs whose engines sleep while the learner trains cannot overlap; validation refuses that. With
+  `rollout.sleep_level=0` they stay awake beside the learner (co-resident: host-bound decode overlapping
+  GPU-bound training on one GPU); the learner checks at start-up that a training step fits in what the engines
+  leave (`rlpost.learner.memory`). Whether it pays against sleeping engines is for `bench/vs_trl.py` on a GPU to
+  say: not measured yet.
 
 Later, fully asynchronous. Everything the trainer knows about in-flight work goes through `take` and `wait`, and
 every sample carries its `policy_version`. A streaming mode replaces the `InFlight` queue by per-sample streams

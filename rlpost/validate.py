@@ -303,7 +303,8 @@ def _validate_staleness(cfg: DictConfig) -> None:
     _require(not (cfg.cluster.colocate and cfg.rollout.sleep_level > 0),
              f"trainer.max_staleness={k} with cluster.colocate=true and rollout.sleep_level="
              f"{cfg.rollout.sleep_level}: sleeping engines cannot generate while the learner trains; use "
-             "cluster=split or trainer.max_staleness=0")
+             "rollout.sleep_level=0 (engines stay awake beside the learner), cluster=split or "
+             "trainer.max_staleness=0")
 
 
 def _validate_batches(cfg: DictConfig, section: str, num_ranks: int) -> None:

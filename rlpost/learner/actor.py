@@ -48,6 +48,7 @@ from rlpost.digest import weights_digest
 from rlpost.experience import MiniBatch, TrainItem
 from rlpost.learner.checkpointing import CheckpointMixin
 from rlpost.learner.ds_config import build_ds_config, build_ref_ds_config, lr_multiplier
+from rlpost.learner.memory import check_rank_fits
 from rlpost.logprobs import (
     PackedBatch,
     pack,
@@ -151,6 +152,7 @@ class LearnerRank(CheckpointMixin):
                 f"learner: the model does not fit on the GPU at learner.zero_stage={lc['zero_stage']} "
                 f"({str(e).splitlines()[0][:120]}); raise learner.zero_stage to 3, add learner.num_ranks, set "
                 "learner.gradient_checkpointing=true or lower rollout.gpu_memory_utilization") from None
+        check_rank_fits(self)  # engines that stay awake beside it leave the learner a fixed share of the GPU
 
     def _build_models(self, deepspeed, lc: dict, algo: dict) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
