@@ -5,8 +5,10 @@ and against the decode memory-bandwidth bound, at several batch sizes, on one GP
 
 Ours is the product's engine exactly as a `cluster=single_gpu` run builds it (`RolloutGroup`: a Ray actor holding a
 `VLLMEngine`, sleep mode on, prefix caching on, processed logprobs), called the way the trainer calls it:
-`ray.get(engine.generate.remote(prompt_ids, SamplingParams))`, which returns rlpost `Sample`s with a logprob per
-token. The peer is `vllm.LLM` built in this process with the same engine arguments (dtype, memory share,
+`RolloutGroup.generate(prompt_ids, SamplingParams)` (a `generate` call on each engine actor, a share of the prompts
+each), which returns rlpost `Sample`s with a logprob per token. `--engines-per-gpu K` puts K engine actors on the
+GPU (`rollout.engines_per_gpu`): then ours/peer is what K engines gain over one where decode is host-bound.
+The peer is `vllm.LLM` built in this process with the same engine arguments (dtype, memory share,
 max_model_len, CUDA graphs or eager, sleep mode, prefix caching, logprobs mode), given the same token-id prompts and
 the same per-request sampling parameters (including `logprobs=0`, the sampled token's logprob, which ours asks
 for too). So ours/peer is the cost of the actor layer: the Ray call, argument and result transfer, and turning
@@ -75,7 +77,9 @@ def build_ours(model_dir: str, args: argparse.Namespace):
 
     cfg = compose_config(["cluster=single_gpu", f"model.path={model_dir}", f"rollout.max_new_tokens={args.new_tokens}",
                           f"rollout.gpu_memory_utilization={args.gpu_memory_utilization}",
-                          f"rollout.enforce_eager={str(args.enforce_eager).lower()}"])
+                          f"rollout.enforce_eager={str(args.enforce_eager).lower()}",
+                          f"rollout.engines_per_gpu={args.engines_per_gpu}",
+                          f"rollout.num_engines={args.engines_per_gpu}"])
     plain = OmegaConf.to_container(cfg, resolve=True)
     init_ray("local", os.cpu_count() or 2)
     placement = Placement(plain)
@@ -94,9 +98,8 @@ def build_peer(model_dir: str, engine_args: dict):
                **engine_args)
 
 
-def time_both(engine, peer, prompts: list[list[int]], new_tokens: int, reps: int) -> dict[str, list[float]]:
+def time_both(group, peer, prompts: list[list[int]], new_tokens: int, reps: int) -> dict[str, list[float]]:
     """Wall seconds of `reps` calls of each side, alternating, after one warm-up call each."""
-    import ray
     from vllm import SamplingParams as VllmSamplingParams
     from vllm import TokensPrompt
 
@@ -108,7 +111,7 @@ def time_both(engine, peer, prompts: list[list[int]], new_tokens: int, reps: int
                                       logprobs=0, seed=i) for i in range(len(prompts))]
     peer_prompts = [TokensPrompt(prompt_token_ids=p) for p in prompts]
     calls = {
-        "ours": lambda: sum(len(s.completion_ids) for s in ray.get(engine.generate.remote(prompts, ours_params))),
+        "ours": lambda: sum(len(s.completion_ids) for s in group.generate(prompts, ours_params)),
         "peer": lambda: sum(len(o.outputs[0].token_ids)
                             for o in peer.generate(peer_prompts, peer_params, use_tqdm=False)),
     }
@@ -135,7 +138,7 @@ def bench_model(model_dir: str, args: argparse.Namespace, copy_gbs: float) -> li
     try:
         for batch in args.batches:
             prompts = random_prompts(batch, args.prompt_tokens, vocab, seed=batch)
-            times = time_both(group.engines[0], peer, prompts, args.new_tokens, args.reps)
+            times = time_both(group, peer, prompts, args.new_tokens, args.reps)
             ours_tps = [batch * args.new_tokens / t for t in times["ours"]]
             peer_tps = [batch * args.new_tokens / t for t in times["peer"]]
             bound = decode_bound_tokens_per_s(batch, nbytes, copy_gbs)
@@ -160,6 +163,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.3, help="each engine's share")
     parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (default: graphs, as served)")
+    parser.add_argument("--engines-per-gpu", type=int, default=1,
+                        help="ours: this many engine actors on the GPU, each prompt batch split across them "
+                             "(rollout.engines_per_gpu); the peer stays one vllm.LLM")
     add_results_argument(parser)
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
@@ -177,7 +183,8 @@ def main() -> None:
         gc.collect()  # the peer's engine (and its engine-core process) goes with its last reference
         torch.cuda.empty_cache()
     ray.shutdown()
-    header = ["model", "weights GB", "batch", "rlpost actor tok/s median (min-max)", "vllm.LLM tok/s median (min-max)",
+    ours = f"rlpost, {args.engines_per_gpu} engine actor(s)," if args.engines_per_gpu > 1 else "rlpost actor"
+    header = ["model", "weights GB", "batch", f"{ours} tok/s median (min-max)", "vllm.LLM tok/s median (min-max)",
               "decode bound tok/s", "rlpost / vllm.LLM", "rlpost / bound"]
     title = (f"{torch.cuda.get_device_name()}: copy_ {copy_gbs:.0f} GB/s; {args.prompt_tokens}-token prompts, "
              f"{args.new_tokens} new tokens, {'eager' if args.enforce_eager else 'CUDA graphs'}")

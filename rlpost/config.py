@@ -134,6 +134,10 @@ class RolloutConfig:
     max_model_len: int = 0  # 0 = data.max_prompt_tokens + rollout.max_new_tokens
     enforce_eager: bool = False  # true skips CUDA graphs and compilation: faster start, slower decoding
     sleep_level: int = 2  # colocated: free vLLM's memory while the learner trains (1 keeps weights on CPU, 0 off)
+    # Colocated: vLLM engines per learner GPU (rollout.num_engines = learner.num_ranks x this). A small model's
+    # decode is host-bound (its scheduler, not the GPU, sets the pace), so two engines on one GPU can generate
+    # nearly twice as fast; each takes rollout.gpu_memory_utilization of it. bench/rollout.py --engines-per-gpu.
+    engines_per_gpu: int = 1
     # Recovery (rlpost.cluster.engines): an engine that dies, or finishes no generation within timeout_s while
     # the driver waits for it (hung: it is killed; 0 = wait forever), is restarted in its placement bundle, handed
     # the current weights and given its prompts again, up to max_restarts times in a run; one more ends the run.

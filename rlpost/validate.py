@@ -144,6 +144,19 @@ def _validate_placement(cfg: DictConfig) -> None:
     _require(cl.device in ("cpu", "cuda"), f"cluster.device={cl.device!r}: choose cpu or cuda")
     _require(cfg.sync.transport in ("auto", *TRANSPORTS),
              f"sync.transport={cfg.sync.transport!r}: choose auto or one of {', '.join(TRANSPORTS)}")
+    k = rc.engines_per_gpu
+    _require(k >= 1, f"rollout.engines_per_gpu={k}: must be >= 1")
+    _require(k == 1 or (cl.colocate and rc.engine == "vllm"), f"rollout.engines_per_gpu={k} shares a learner GPU "
+             "between vLLM engines, which needs cluster.colocate=true and rollout.engine=vllm (NCCL, the split "
+             "layout's sync, refuses two ranks on one GPU); set rollout.engines_per_gpu=1")
+    share = k * rc.gpu_memory_utilization
+    _require(k == 1 or share <= 0.9, f"rollout.engines_per_gpu={k} engines of rollout.gpu_memory_utilization="
+             f"{rc.gpu_memory_utilization:g} each take {share:g} of the GPU; keep their product at most 0.9")
+    if cl.colocate:  # engines and learner ranks per GPU (the device is checked below)
+        _require(rc.tensor_parallel_size == 1 and rc.num_engines == lc.num_ranks * k,
+                 f"cluster.colocate=true puts rollout.engines_per_gpu={k} engine(s) on each learner GPU: set "
+                 f"rollout.num_engines={lc.num_ranks * k} (learner.num_ranks x rollout.engines_per_gpu) and "
+                 "rollout.tensor_parallel_size=1, or use cluster=split")
     if cl.device == "cpu":
         _require(rc.engine == "hf", f"rollout.engine={rc.engine!r} needs GPUs; on cluster.device=cpu use "
                  "rollout.engine=hf (cluster=debug_cpu), or pick cluster=single_gpu / cluster=split")
@@ -165,9 +178,6 @@ def _validate_placement(cfg: DictConfig) -> None:
              f"rollout.gpu_memory_utilization={rc.gpu_memory_utilization}: must be in (0, 1]")
     _require(rc.sleep_level in (0, 1, 2), f"rollout.sleep_level={rc.sleep_level}: choose 0, 1 or 2")
     if cl.colocate:
-        _require(rc.tensor_parallel_size == 1 and rc.num_engines == lc.num_ranks,
-                 f"cluster.colocate=true puts one engine on each learner GPU: set rollout.num_engines="
-                 f"learner.num_ranks ({lc.num_ranks}) and rollout.tensor_parallel_size=1, or use cluster=split")
         _require(not cfg.critic.enabled or cfg.critic.num_ranks == lc.num_ranks,
                  f"cluster.colocate=true puts a critic rank beside each learner rank: set critic.num_ranks="
                  f"learner.num_ranks ({lc.num_ranks})")

@@ -86,6 +86,11 @@ def test_wrong_type_rejected() -> None:
     (["algo=dapo", "trainer.max_staleness=1", "algo.off_policy_correction=tis"], "algo.dynamic_sampling"),
     (["cluster=single_gpu", "trainer.max_staleness=1", "algo.off_policy_correction=tis"], "rollout.sleep_level=2"),
     (["algo.overlong_buffer=1.5"], "algo.overlong_buffer"),
+    (["rollout.engines_per_gpu=0"], "rollout.engines_per_gpu=0: must be >= 1"),
+    (["rollout.engines_per_gpu=2", "rollout.num_engines=2"], "needs cluster.colocate=true"),  # debug_cpu
+    (["cluster=single_gpu", "rollout.engines_per_gpu=3"], "keep their product at most 0.9"),  # 3 x 0.35
+    (["cluster=single_gpu", "rollout.engines_per_gpu=2", "rollout.gpu_memory_utilization=0.3"],
+     "set rollout.num_engines=2 (learner.num_ranks x rollout.engines_per_gpu)"),
     (["reward.accuracy=nope"], "reward.accuracy"),  # names no component: refused before any actor
     # keys the schema does not know, added with Hydra's `+` (which it suggests for them)
     (["+data.path=/tmp/x.jsonl"], "data.path: not an option of rlpost-train (did you mean data.train_path?)"),

@@ -147,6 +147,27 @@ def test_colocated_ipc_sync_and_logprob_agreement(local_ray, smollm_dir: str, tm
         trainer.close()
 
 
+def test_two_awake_engines_per_gpu_overlap_training(local_ray, smollm_dir: str, tmp_path) -> None:
+    """Co-resident and two engines per GPU at once: both vLLM engines stay awake beside the learner
+    (`rollout.sleep_level=0`, started one after the other), generate the next step's batch while it trains
+    (`trainer.max_staleness=1`), and take every sync over CUDA IPC from the same learner rank; the learner's
+    start-up memory check passes. After the run both engines hold exactly the learner's weights."""
+    run_dir = str(tmp_path / "run")
+    cfg = gpu_cfg(smollm_dir, run_dir, "rollout.engines_per_gpu=2", "rollout.num_engines=2",
+                  "rollout.gpu_memory_utilization=0.2", "rollout.sleep_level=0", "trainer.max_staleness=1",
+                  "algo.off_policy_correction=tis", "algo.kl_coef=0.0", "trainer.steps=3")
+    validate(cfg)
+    trainer = Trainer(cfg, smollm_dir, run_dir)
+    try:
+        trainer.start()
+        assert trainer.sync.transport == "ipc"
+        history = trainer.fit()
+        assert [m["staleness/max"] for m in history] == [0.0, 1.0, 1.0]
+        assert trainer.rollout.weights_digests() == [trainer.learners.weights_digest()] * 2
+    finally:
+        trainer.close()
+
+
 def test_reward_model_scorer_on_gpu(smollm_dir: str, tmp_path) -> None:
     """A small real-size reward model on the GPU: SmolLM2-135M's backbone with a fresh one-output head (what a
     user's RM checkpoint looks like to the scorer), bf16, batched by tokens; prints sequences/s."""

@@ -15,6 +15,7 @@ def test_colocated_members_counts_an_even_share_of_reward_model_actors() -> None
     assert colocated_members(1, 1, 1) == 3  # + the RM scorer
     assert colocated_members(2, 3, 2) == 5  # learner, critic, engine + ceil(3 / 2) scorers per GPU
     assert colocated_members(1, 4, 4) == 3
+    assert colocated_members(1, 1, 1, engines_per_gpu=2) == 4  # learner, 2 engines, the scorer
 
 
 @pytest.mark.slow
@@ -44,6 +45,14 @@ def test_reward_model_actors_fit_in_the_colocated_bundles() -> None:
                   for name, b in members]
         ready, _ = ray.wait([a.gpu.remote() for a in actors], num_returns=len(actors), timeout=60)
         assert len(ready) == len(actors)
+        placement.shutdown()
+
+        # Two engines per learner GPU: engines 0, 1 beside learner rank 0, engines 2, 3 beside rank 1.
+        cfg["rollout"]["engines_per_gpu"], cfg["reward"]["models"] = 2, []
+        placement = Placement(cfg)
+        assert placement.shared.bundle_specs == [{"GPU": 1, "CPU": 3}] * 2
+        assert [placement.engine_bundle(i) for i in range(4)] == [0, 0, 1, 1]
+        assert placement.gpus["rollout"] == pytest.approx(1 / 3)
         placement.shutdown()
     finally:
         ray.shutdown()

@@ -70,15 +70,23 @@ class RolloutGroup(ActorGroup):
             self._actor = ray.remote(HFEngine)
             self._args = [dict(model_path=model_path, dtype=cfg["model"]["dtype"], batch_size=rc["batch_size"],
                                device=device)] * rc["num_engines"]
-        # Engine i, and every engine that replaces it, runs in bundle i (colocated: beside learner rank i).
-        self._options = [dict(num_cpus=1, num_gpus=placement.gpus["rollout"], scheduling_strategy=in_bundle(pg, i),
+        # Engine i, and every engine that replaces it, runs in the same bundle (colocated: beside learner rank
+        # i // rollout.engines_per_gpu).
+        self._options = [dict(num_cpus=1, num_gpus=placement.gpus["rollout"],
+                              scheduling_strategy=in_bundle(pg, placement.engine_bundle(i)),
                               runtime_env={"env_vars": actor_env(device)}) for i in range(rc["num_engines"])]
         self.timeout_s, self.max_restarts = float(rc["timeout_s"]), int(rc["max_restarts"])
         self.restarts = 0  # in this run so far: the rollout/restarts metric
         self.on_restart: Callable[[], None] | None = None  # hands restarted engines the current weights
         self.outstanding: list[Generation] = []  # submitted and not collected yet
-        self.engines = self.actors = [self._start(i) for i in range(rc["num_engines"])]
-        self.name_actors("rollout engine")
+        # vLLM engines sharing a GPU start one at a time: each profiles the memory free at its start-up.
+        one_by_one = rc["engine"] == "vllm" and placement.engines_per_gpu > 1
+        self.engines = self.actors = []
+        for i in range(rc["num_engines"]):
+            self.engines.append(self._start(i))
+            self.name_actors("rollout engine")
+            if one_by_one:
+                self.get(self.engines[-1].ready.remote())
 
     def ready(self) -> None:
         """Wait until every engine is up. The constructor only starts them, so that the other actors of a run

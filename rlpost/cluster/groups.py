@@ -96,11 +96,11 @@ class ActorGroup:
             remove_placement_group(self.pg)
 
 
-def colocated_members(groups: int, gpu_reward_model_actors: int, gpus: int) -> int:
-    """Actors per GPU bundle of a colocated cluster: one per rank group (learner, critic), the engine, and an
-    even share of the GPU reward-model actors (spread round-robin over the bundles). Each gets 1/members of the
-    GPU in Ray's books."""
-    return groups + 1 + -(-gpu_reward_model_actors // gpus)
+def colocated_members(groups: int, gpu_reward_model_actors: int, gpus: int, engines_per_gpu: int = 1) -> int:
+    """Actors per GPU bundle of a colocated cluster: one per rank group (learner, critic), the engines
+    (`rollout.engines_per_gpu`), and an even share of the GPU reward-model actors (spread round-robin over the
+    bundles). Each gets 1/members of the GPU in Ray's books."""
+    return groups + engines_per_gpu + -(-gpu_reward_model_actors // gpus)
 
 
 class Placement:
@@ -114,6 +114,7 @@ class Placement:
     def __init__(self, cfg: dict) -> None:
         self.device, self.colocated = cfg["cluster"]["device"], cfg["cluster"]["colocate"]
         rc = cfg["rollout"]
+        self.engines_per_gpu = rc.get("engines_per_gpu", 1) if self.colocated else 1
         ranks = {"learner": cfg["learner"]["num_ranks"]}
         if cfg["critic"]["enabled"]:
             ranks["critic"] = cfg["critic"]["num_ranks"]
@@ -125,7 +126,7 @@ class Placement:
         elif self.colocated:
             require_gpus(ranks["learner"], cfg["cluster"]["name"])
             scorers = sum(m["num_actors"] for m in cfg["reward"]["models"] if m["num_gpus"] > 0)
-            members = colocated_members(len(ranks), scorers, ranks["learner"])
+            members = colocated_members(len(ranks), scorers, ranks["learner"], self.engines_per_gpu)
             self.shared = create_placement_group("gpus", [{"GPU": 1, "CPU": members}] * ranks["learner"])
             self.gpus = dict.fromkeys([*ranks, "rollout", "reward_model"], 1.0 / members)
         else:
@@ -134,6 +135,10 @@ class Placement:
             self.bundles = {name: [{"GPU": 1, "CPU": 1}] * n for name, n in ranks.items()}
             self.bundles["rollout"] = [{"GPU": tp, "CPU": 1}] * rc["num_engines"]
             self.gpus = {**dict.fromkeys(ranks, 1.0), "rollout": float(tp)}
+
+    def engine_bundle(self, engine: int) -> int:
+        """The bundle of engine `engine`: its own, or (colocated) its learner GPU's."""
+        return engine // self.engines_per_gpu
 
     def group(self, name: str) -> tuple[PlacementGroup, PlacementGroup | None]:
         """The placement group for `name`'s actors, and the one the group owns (None when shared)."""
