@@ -106,9 +106,10 @@ def colocated_members(groups: int, gpu_reward_model_actors: int, gpus: int, engi
 class Placement:
     """Where each group's actors go. CPU: one bundle per actor. GPU, split: one GPU per learner (and critic) rank,
     `tensor_parallel_size` GPUs per engine, each group in its own placement group; a reward model gets
-    `num_gpus` per actor in a group of its own. GPU, colocated: one bundle per GPU holding a learner rank, an
-    engine (and a critic rank), sharing the GPU in Ray's books (the engine sleeps while the learners train, so
-    they take turns for real), and the GPU reward-model actors join these bundles: on one GPU there is no other
+    `num_gpus` per actor in a group of its own. GPU, colocated: one bundle per GPU holding a learner rank, its
+    `rollout.engines_per_gpu` engines (and a critic rank), sharing the GPU in Ray's books (sleeping engines take
+    turns with the learner for real; awake ones leave it a fixed share), and the GPU reward-model actors join
+    these bundles: on one GPU there is no other
     place, and a 0.5B scorer needs ~2 GB beside vLLM's share and the learner."""
 
     def __init__(self, cfg: dict) -> None:
