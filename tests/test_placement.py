@@ -30,6 +30,7 @@ def test_reward_model_actors_fit_in_the_colocated_bundles() -> None:
         placement = Placement(cfg)
         assert placement.shared.bundle_specs == [{"GPU": 1, "CPU": 4}] * 2  # learner, engine, 2 scorers
         assert placement.gpus == {"learner": 0.25, "rollout": 0.25, "reward_model": 0.25}
+        assert [placement.reward_model_bundle(j) for j in range(3)] == [0, 1, 0]
 
         @ray.remote
         class Member:
@@ -39,7 +40,7 @@ def test_reward_model_actors_fit_in_the_colocated_bundles() -> None:
         # Every member of both bundles at once: learner rank and engine per bundle, the 3 GPU scorers
         # round-robin (as RewardModelGroup places them).
         members = [(name, b) for b in range(2) for name in ("learner", "rollout")]
-        members += [("reward_model", j % 2) for j in range(3)]
+        members += [("reward_model", placement.reward_model_bundle(j)) for j in range(3)]
         actors = [Member.options(num_cpus=1, num_gpus=placement.gpus[name],
                                  scheduling_strategy=in_bundle(placement.shared, b)).remote()
                   for name, b in members]

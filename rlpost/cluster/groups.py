@@ -141,6 +141,11 @@ class Placement:
         """The bundle of engine `engine`: its own, or (colocated) its learner GPU's."""
         return engine // self.engines_per_gpu
 
+    def reward_model_bundle(self, actor: int) -> int:
+        """Colocated: the shared bundle of the `actor`-th GPU reward-model actor (round-robin over the GPUs, the
+        spread `colocated_members` counts)."""
+        return actor % len(self.shared.bundle_specs)
+
     def group(self, name: str) -> tuple[PlacementGroup, PlacementGroup | None]:
         """The placement group for `name`'s actors, and the one the group owns (None when shared)."""
         if self.shared is not None:
@@ -245,8 +250,7 @@ class RewardModelGroup(ActorGroup):
         gpus = float(spec.num_gpus) if device != "cpu" else 0.0
         if gpus and placement.shared is not None:  # colocated: in the learners' GPU bundles
             pg, gpus = placement.shared, placement.gpus["reward_model"]
-            n = len(pg.bundle_specs)
-            bundles = [(first + i) % n for i in range(spec.num_actors)]
+            bundles = [placement.reward_model_bundle(first + i) for i in range(spec.num_actors)]
         else:
             bundle = {"CPU": 1, "GPU": gpus} if gpus else {"CPU": 1}
             pg = self.pg = create_placement_group(f"reward_model_{label}", [bundle] * spec.num_actors)
