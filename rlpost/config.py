@@ -259,7 +259,7 @@ class TrainerConfig:
     # Bounded staleness (rlpost/pipeline.py): the engines generate the batches of up to this many steps ahead while
     # the learner trains, so a sample may come from a policy this many updates old. 0 = the synchronous loop.
     # > 0 requires algo.off_policy_correction=tis or mis (the loss must correct for the stale behaviour policy; no
-    # silent default), and refuses dynamic sampling, dpo, and colocated engines that sleep while the learner trains.
+    # silent default), and refuses dynamic sampling, dpo, and colocated engines (they share the learner's GPUs).
     max_staleness: int = 0
     # Collapse guards (0 = off): a step whose actor/kl (the loss's KL to the reference, per token) is above
     # max_kl, or whose actor/entropy (nats per completion token) is below min_entropy, stops the run with one line

@@ -19,11 +19,11 @@ the engines before any batch submitted in step t+1. Consequences:
   The finished in-flight batches are kept. A checkpoint records the prompt loader as it was before they were
   drawn (`loader_state`), so a resumed run regenerates them with the checkpoint's weights: its first step is
   on-policy (staleness 0), the next ones stale again, the same prompts and sampling seeds throughout.
-- Colocated GPUs whose engines sleep while the learner trains cannot overlap; validation refuses that. With
-  `rollout.sleep_level=0` they stay awake beside the learner (co-resident: host-bound decode overlapping
-  GPU-bound training on one GPU); the learner checks at start-up that a training step fits in what the engines
-  leave (`rlpost.learner.memory`). Whether it pays against sleeping engines is for `bench/vs_trl.py` on a GPU to
-  say: not measured yet.
+- Engines that share the learner's GPUs (colocated) cannot overlap, and validation refuses k > 0 there: asleep
+  they do not run, and awake (`rollout.sleep_level=0`) they were measured at 0.94x of the synchronous step on one
+  H200 (bench/RESULTS.md, 2026-12-03): two processes' kernels time-slice on a GPU, so the host-bound decode
+  queues behind the learner's kernels instead of filling the gaps. The overlap needs engines on GPUs of their own
+  (`cluster=split`).
 
 Later, fully asynchronous. Everything the trainer knows about in-flight work goes through `take` and `wait`, and
 every sample carries its `policy_version`. A streaming mode replaces the `InFlight` queue by per-sample streams

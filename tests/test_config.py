@@ -84,7 +84,9 @@ def test_wrong_type_rejected() -> None:
     (["trainer.max_staleness=1"], "algo.off_policy_correction=tis"),  # stale samples need the correction
     (["algo=online_dpo", "trainer.max_staleness=1"], "algo.objective=dpo"),
     (["algo=dapo", "trainer.max_staleness=1", "algo.off_policy_correction=tis"], "algo.dynamic_sampling"),
-    (["cluster=single_gpu", "trainer.max_staleness=1", "algo.off_policy_correction=tis"], "rollout.sleep_level=2"),
+    (["cluster=single_gpu", "trainer.max_staleness=1", "algo.off_policy_correction=tis"], "cluster=split"),
+    (["cluster=single_gpu", "trainer.max_staleness=1", "algo.off_policy_correction=tis", "rollout.sleep_level=0"],
+     "0.94x"),
     (["algo.overlong_buffer=1.5"], "algo.overlong_buffer"),
     (["rollout.engines_per_gpu=0"], "rollout.engines_per_gpu=0: must be >= 1"),
     (["rollout.engines_per_gpu=2", "rollout.num_engines=2"], "needs cluster.colocate=true"),  # debug_cpu
