@@ -2,10 +2,13 @@
 
     python -m bench.learner --qwen05b /tmp/qwen2-0.5b-random --tokenizer $KIT_MODEL          # GPU, the 0.5B config
     python -m bench.learner --model TINY_DIR --device cpu --seqs 4 --micro 2 --seq-len 64    # CPU smoke run
+    python -m bench.learner --model M --stages 0 --seqs 256 --micro 32 --seq-len 640 --lengths rollout \
+        --orders sorted,arrival     # a rollout batch's spread of lengths, micro-batches by length vs as they came
     ... --results bench/RESULTS.md    # also append a section (date, machine, versions, command, table) there
 
 What is timed is the product's own step: `LearnerRank.train_step` (the class a learner actor runs) on one
-mini-batch of `--seqs` sequences of exactly `--seq-len` tokens (a quarter prompt, the rest completion), micro-batches
+mini-batch of `--seqs` sequences of exactly `--seq-len` tokens (a quarter prompt, the rest completion; with `--lengths
+rollout` each sequence's length is drawn uniformly from [seq-len/4, seq-len], as a rollout batch spreads), micro-batches
 of `--micro`, one optimizer step: forward, GRPO's clipped loss, backward, gradient clipping, AdamW (fp32 masters;
 bf16 compute on the GPU). The KL term is off, so no reference model runs. Token ids and advantages are random
 with a fixed seed. Each ZeRO stage runs in a fresh process (DeepSpeed initialises its process group once per
@@ -18,6 +21,11 @@ own FLOPs left out, the tied embedding counted once as the LM head). The peak is
 (min-max) of `--reps` steps; the clock stops after `torch.cuda.synchronize()`. Tokens are the non-pad tokens the
 step trained on (`learner/tokens`, prompt and completion: all of them go through forward and backward). Peak memory
 is `torch.cuda.max_memory_allocated` of the stage's process (GPU only).
+
+Order: `sorted` is rlpost's (`rlpost.packing.length_order`: a rank's sequences sorted by length before they are cut
+into micro-batches); `arrival` times the same step with that sort switched off in the worker process, the layout
+before it. Padding: the share of the padded micro-batches' positions that are not tokens (what the forward and
+backward compute for nothing); the last column compares tokens/s with the table's first row.
 """
 
 from __future__ import annotations
@@ -78,18 +86,30 @@ def mfu(params: int, tokens: int, seconds: float, peak_tflops: float) -> float:
     return 6 * params * tokens / seconds / (peak_tflops * 1e12)
 
 
-def synthetic_items(num: int, seq_len: int, vocab: int, seed: int = 0) -> list:
-    """`num` training items of exactly `seq_len` tokens: a quarter prompt, the rest completion."""
+def synthetic_items(num: int, seq_len: int, vocab: int, seed: int = 0, lengths: str = "fixed") -> list:
+    """`num` training items of `seq_len` tokens (`lengths="fixed"`) or of a length drawn uniformly from
+    [seq_len / 4, seq_len] (`"rollout"`); a quarter of each is prompt, the rest completion."""
     import numpy as np
 
     from rlpost.experience import TrainItem
 
     rng = np.random.default_rng(seed)
-    prompt, completion = seq_len // 4, seq_len - seq_len // 4
-    return [TrainItem(prompt_ids=rng.integers(10, vocab, prompt).tolist(),
-                      completion_ids=rng.integers(10, vocab, completion).tolist(),
-                      rollout_logprobs=[-1.0] * completion, advantages=rng.standard_normal(completion).tolist())
-            for _ in range(num)]
+    items = []
+    for _ in range(num):
+        n = seq_len if lengths == "fixed" else int(rng.integers(seq_len // 4, seq_len + 1))
+        prompt, completion = n // 4, n - n // 4
+        items.append(TrainItem(prompt_ids=rng.integers(10, vocab, prompt).tolist(),
+                               completion_ids=rng.integers(10, vocab, completion).tolist(),
+                               rollout_logprobs=[-1.0] * completion,
+                               advantages=rng.standard_normal(completion).tolist()))
+    return items
+
+
+def padding_share(micro_batches: list[list]) -> float:
+    """Share of right-padded micro-batches' positions that hold no token (each is as wide as its longest)."""
+    lengths = [[len(it.prompt_ids) + len(it.completion_ids) for it in m] for m in micro_batches]
+    positions = sum(len(m) * max(m) for m in lengths)
+    return 1 - sum(map(sum, lengths)) / positions
 
 
 def run_stage(args: argparse.Namespace) -> dict:
@@ -99,8 +119,12 @@ def run_stage(args: argparse.Namespace) -> dict:
     from transformers import AutoTokenizer
 
     from rlpost.experience import MiniBatch
+    from rlpost.learner import actor
     from rlpost.learner.actor import LearnerRank
     from rlpost.train import compose_config
+
+    if args.order == "arrival":  # the bench's instrument: the layout before rlpost sorted micro-batches by length
+        actor.length_order = lambda lengths, unit=1: list(range(len(lengths)))
 
     cuda = args.device == "cuda"
     cfg = compose_config([
@@ -114,7 +138,8 @@ def run_stage(args: argparse.Namespace) -> dict:
     rank = LearnerRank(OmegaConf.to_container(cfg, resolve=True), 0, 1, args.model, args.warmup + args.reps)
     rank.setup("127.0.0.1", free_port())
     vocab = len(AutoTokenizer.from_pretrained(args.model))
-    items = synthetic_items(args.seqs, args.seq_len, vocab)
+    items = synthetic_items(args.seqs, args.seq_len, vocab, lengths=args.lengths)
+    padding = padding_share(rank._micro_batches(items))
     batch = MiniBatch(items, global_tokens=sum(len(it.completion_ids) for it in items), global_seqs=len(items))
     # ZeRO-3 leaves empty placeholders in the module; ds_numel is the full size. Tied weights are counted once.
     params = sum(getattr(p, "ds_numel", p.numel()) for p in rank.engine.module.parameters() if p.requires_grad)
@@ -130,7 +155,8 @@ def run_stage(args: argparse.Namespace) -> dict:
             seconds.append(time.perf_counter() - t)
         tokens = int(metrics["learner/tokens"])
     peak_mem = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
-    return {"stage": args.stage, "params": params, "tokens": tokens, "seconds": seconds, "peak_mem_gb": peak_mem}
+    return {"stage": args.stage, "order": args.order, "params": params, "tokens": tokens, "seconds": seconds,
+            "peak_mem_gb": peak_mem, "padding": padding}
 
 
 def main() -> None:
@@ -144,14 +170,22 @@ def main() -> None:
     parser.add_argument("--seqs", type=int, default=32, help="sequences per optimizer step")
     parser.add_argument("--micro", type=int, default=8, help="sequences per forward/backward")
     parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--lengths", choices=("fixed", "rollout"), default="fixed",
+                        help="fixed: every sequence --seq-len tokens; rollout: uniform in [seq-len/4, seq-len]")
+    parser.add_argument("--orders", default="sorted",
+                        help="micro-batch orders to time, comma-separated: sorted (rlpost's), arrival (sort off)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--gradient-checkpointing", action="store_true", help="learner.gradient_checkpointing")
     add_results_argument(parser)
     parser.add_argument("--stage", type=int, default=-1, help=argparse.SUPPRESS)  # worker mode
+    parser.add_argument("--order", default="sorted", help=argparse.SUPPRESS)  # worker mode
     args = parser.parse_args()
     if args.seqs % args.micro:
         parser.error(f"--micro {args.micro} must divide --seqs {args.seqs}")
+    orders = args.orders.split(",")
+    if not set(orders) <= {"sorted", "arrival"}:
+        parser.error(f"--orders {args.orders}: a comma-separated list of sorted and arrival")
     if not args.model:
         if not args.qwen05b:
             parser.error("give --model or --qwen05b")
@@ -167,27 +201,30 @@ def main() -> None:
     print(f"{device}: measured matmul peak {peak:.4g} TFLOP/s", flush=True)
     results = []
     for stage in (int(s) for s in args.stages.split(",")):
-        cmd = [sys.executable, "-m", "bench.learner", *sys.argv[1:], "--model", args.model, "--stage", str(stage)]
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-            raise SystemExit(f"learner bench: ZeRO-{stage} failed (exit {proc.returncode}); its output is above")
-        results.append(json.loads(line.removeprefix("RESULT ")))
-    header = ["ZeRO", "params M", "seqs x len", "micro", "tokens/step", "step s median (min-max)", "tokens/s",
-              "TFLOP/s", "peak mem GB", "MFU", "tokens/s vs ZeRO-0"]
-    tokens_per_s = {r["stage"]: r["tokens"] / statistics.median(r["seconds"]) for r in results}
+        for order in orders:
+            cmd = [sys.executable, "-m", "bench.learner", *sys.argv[1:], "--model", args.model, "--stage", str(stage),
+                   "--order", order]
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None:
+                sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
+                raise SystemExit(f"learner bench: ZeRO-{stage} ({order}) failed (exit {proc.returncode}); its output "
+                                 "is above")
+            results.append(json.loads(line.removeprefix("RESULT ")))
+    header = ["ZeRO", "params M", "seqs x len", "micro", "order", "tokens/step", "padding", "step s median (min-max)",
+              "tokens/s", "TFLOP/s", "peak mem GB", "MFU", "tokens/s vs row 1"]
+    first = results[0]["tokens"] / statistics.median(results[0]["seconds"])
+    shape = f"{args.seqs} x {args.seq_len}" + (" (rollout lengths)" if args.lengths == "rollout" else "")
     rows = []
     for r in results:
         med = statistics.median(r["seconds"])
         tps, tflops = r["tokens"] / med, 6 * r["params"] * r["tokens"] / med / 1e12
-        rows.append([str(r["stage"]), f"{r['params'] / 1e6:.0f}", f"{args.seqs} x {args.seq_len}", str(args.micro),
-                     str(r["tokens"]), median_range(r["seconds"]), f"{tps:,.0f}",
+        rows.append([str(r["stage"]), f"{r['params'] / 1e6:.0f}", shape, str(args.micro), r["order"],
+                     str(r["tokens"]), f"{r['padding']:.2f}", median_range(r["seconds"]), f"{tps:,.0f}",
                      # significant digits below 1: the CPU's tiny model would print 0.0 and 0.000
                      f"{tflops:.1f}" if tflops >= 1 else f"{tflops:.3g}",
                      "-" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.1f}",
-                     f"{mfu(r['params'], r['tokens'], med, peak):.3g}",
-                     f"{tps / tokens_per_s[0]:.2f}" if 0 in tokens_per_s else "-"])
+                     f"{mfu(r['params'], r['tokens'], med, peak):.3g}", f"{tps / first:.2f}"])
     title = (f"{device}; {Path(args.model).name}; measured matmul peak {peak:.4g} TFLOP/s; "
              f"{'gradient checkpointing, ' if args.gradient_checkpointing else ''}warm-up {args.warmup}, "
              f"{args.reps} timed steps")

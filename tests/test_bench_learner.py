@@ -26,6 +26,19 @@ def test_synthetic_items_have_the_asked_length(tiny_model_dir: str) -> None:
     assert all(len(it.advantages) == len(it.completion_ids) == len(it.rollout_logprobs) for it in items)
 
 
+def test_rollout_lengths_spread_and_padding_by_hand() -> None:
+    items = bench.synthetic_items(64, 64, 1000, lengths="rollout")
+    lengths = [len(it.prompt_ids) + len(it.completion_ids) for it in items]
+    assert min(lengths) >= 16 and max(lengths) <= 64 and len(set(lengths)) > 10
+    assert all(len(it.prompt_ids) == n // 4 for it, n in zip(items, lengths, strict=True))
+    # Micro-batches of 3 + 1 and 2 + 2 tokens are 4 and 2 wide: 8 positions, 8 tokens -> no padding; 3 + 1 alone
+    # (2 sequences x 3 wide = 6 positions, 4 tokens): a third is padding.
+    def item(n):
+        return bench.synthetic_items(1, n, 1000)[0]
+    assert bench.padding_share([[item(4)], [item(2), item(2)]]) == 0.0
+    assert bench.padding_share([[item(3), item(1)]]) == pytest.approx(1 / 3)
+
+
 @pytest.mark.slow
 def test_learner_bench_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
@@ -38,18 +51,18 @@ def test_learner_bench_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header[0] == "ZeRO" and header[-2:] == ["MFU", "tokens/s vs ZeRO-0"] and len(header) == 11
+    assert header[0] == "ZeRO" and header[-2:] == ["MFU", "tokens/s vs row 1"] and len(header) == 13
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     assert [r[0] for r in rows] == ["0", "3"] and all(len(r) == len(header) for r in rows)
     for cells in rows:
-        assert cells[2] == "4 x 32" and cells[3] == "2"
-        assert cells[4] == "128"  # 4 sequences x 32 tokens, none of them padding
-        median, lo, hi = (float(x) for x in cells[5].replace("(", " ").replace(")", " ").replace("-", " ").split())
+        assert cells[2] == "4 x 32" and cells[3] == "2" and cells[4] == "sorted"
+        assert cells[5] == "128" and cells[6] == "0.00"  # 4 sequences x 32 tokens, none of them padding
+        median, lo, hi = (float(x) for x in cells[7].replace("(", " ").replace(")", " ").replace("-", " ").split())
         assert min(median, lo, hi) > 0
-        for col in (1, 6, 7, 9, 10):  # params M, tokens/s, TFLOP/s, MFU, vs ZeRO-0: numbers, positive
+        for col in (1, 8, 9, 11, 12):  # params M, tokens/s, TFLOP/s, MFU, vs row 1: numbers, positive
             assert float(cells[col].replace(",", "")) > 0, (header[col], cells[col])
-        assert cells[8] == "-"  # peak GPU memory: none on the CPU
-    assert rows[0][10] == "1.00"
+        assert cells[10] == "-"  # peak GPU memory: none on the CPU
+    assert rows[0][12] == "1.00"
     text = results.read_text()
     assert text.startswith("# Benchmark results\n\n### ") and "Learner: tokens/s and MFU" in text.splitlines()[2]
     assert "CPU" in text and "torch " in text and "deepspeed " in text

@@ -7,7 +7,7 @@ from helpers import close
 
 from rlpost.algos import clipped_policy_loss, token_mean
 from rlpost.logprobs import pack, repack, token_logprobs
-from rlpost.packing import pack_sequences, token_budget_chunks
+from rlpost.packing import length_order, pack_sequences, token_budget_chunks
 
 
 def test_pack_sequences_layout():
@@ -120,6 +120,44 @@ def test_learner_token_budget_micro_batches_keep_dpo_pairs():
     assert [len(m) for m in rank._micro_batches(items)] == [2, 2, 2]
     rank.cfg["learner"]["max_tokens_per_micro"] = 21  # 11 + 10 | 11
     assert [len(m) for m in rank._micro_batches(items)] == [4, 2]
+
+
+def test_length_order():
+    assert length_order([5, 2, 9, 2]) == [1, 3, 0, 2]  # shortest first; the two 2s keep their order
+    # Units of 2 (DPO pairs) move together, ordered by their longer member: max 5, 9, 1 -> units 2, 0, 1.
+    assert length_order([5, 2, 9, 2, 1, 1], unit=2) == [4, 5, 0, 1, 2, 3]
+    assert length_order([]) == []
+    with pytest.raises(ValueError, match="units of 2"):
+        length_order([1, 2, 3], unit=2)
+
+
+def _padded_rank(objective: str = "pg"):
+    from rlpost.learner.actor import LearnerRank
+
+    rank = LearnerRank.__new__(LearnerRank)  # only the micro-batch cutting: no model, no DeepSpeed
+    rank.packed, rank.micro, rank.world_size, rank.device, rank.pad_id = False, 2, 1, torch.device("cpu"), 0
+    rank.cfg = {"learner": {"max_tokens_per_micro": 0}, "algo": {"objective": objective}}
+    return rank
+
+
+def test_learner_padded_micro_batches_are_sorted_by_length():
+    from rlpost.experience import TrainItem
+
+    items = [TrainItem([1] * 3, [2] * n, [0.0] * n) for n in (2, 3, 2, 2, 4, 1)]  # 5, 6, 5, 5, 7, 4 tokens
+    ids = {id(it): i for i, it in enumerate(items)}
+    micros = _padded_rank()._micro_batches(items)
+    assert [[ids[id(it)] for it in m] for m in micros] == [[5, 0], [2, 3], [1, 4]]  # 4 5 | 5 5 | 6 7 tokens
+    # DPO: pairs (0, 1), (2, 3), (4, 5) of at most 6, 5, 7 tokens stay whole, shortest pair first.
+    micros = _padded_rank("dpo")._micro_batches(items)
+    assert [[ids[id(it)] for it in m] for m in micros] == [[2, 3], [0, 1], [4, 5]]
+
+
+def test_learner_forward_only_values_come_back_in_the_callers_order():
+    # Per-token values computed in length order must be returned per sequence in the order given: here the value
+    # of each completion token is the token itself.
+    prompts, completions = [[1, 1], [1], [1, 1, 1]], [[7, 8, 9, 10], [5], [6, 6]]
+    out = _padded_rank()._per_token(lambda b: b.targets.float(), prompts, completions)
+    assert out == [[7.0, 8.0, 9.0, 10.0], [5.0], [6.0, 6.0]]
 
 
 def test_critic_values_packed_equal_padded(tiny_model_dir):

@@ -58,7 +58,7 @@ from rlpost.logprobs import (
     token_logprobs,
     unpack,
 )
-from rlpost.packing import PackedSequences, pack_sequences, token_budget_chunks
+from rlpost.packing import PackedSequences, length_order, pack_sequences, token_budget_chunks
 from rlpost.sync.buckets import Bucket, TensorSpec, plan_buckets
 from rlpost.sync.store import free_port, tcp_store
 from rlpost.sync.transport import SyncGroupInfo, WeightTransport, create_transport
@@ -221,7 +221,13 @@ class LearnerRank(CheckpointMixin):
         micro-batches, returned per completion token: `micro_batch_size` sequences padded, or packed within the
         token budget."""
         if not self.packed:
-            return per_completion_token(fn, prompts, completions, self.pad_id, self.device, batch_size=self.micro)
+            order = length_order([len(p) + len(c) for p, c in zip(prompts, completions, strict=True)])
+            values = per_completion_token(fn, [prompts[i] for i in order], [completions[i] for i in order],
+                                          self.pad_id, self.device, batch_size=self.micro)
+            out = [[] for _ in order]
+            for i, v in zip(order, values, strict=True):
+                out[i] = v
+            return out
         out: list[list[float]] = []
         for c in self._token_chunks([len(p) + len(q) for p, q in zip(prompts, completions, strict=True)]):
             batch = pack_sequences(prompts[c.start:c.stop], completions[c.start:c.stop]).to(self.device)
@@ -240,10 +246,13 @@ class LearnerRank(CheckpointMixin):
 
     # ---- training ---------------------------------------------------------------------------------------
     def _micro_batches(self, items: list[TrainItem]) -> list[list[TrainItem]]:
-        """`micro_batch_size` items each, or token-budget chunks; a DPO pair stays in one micro-batch."""
-        if not self.packed:
-            return [items[i:i + self.micro] for i in range(0, len(items), self.micro)]
+        """`micro_batch_size` items each, sorted by length (`rlpost.packing.length_order`), or token-budget chunks
+        in order; a DPO pair stays in one micro-batch."""
         unit = 2 if self.cfg["algo"]["objective"] == "dpo" else 1
+        if not self.packed:
+            order = length_order([len(it.prompt_ids) + len(it.completion_ids) for it in items], unit)
+            items = [items[i] for i in order]
+            return [items[i:i + self.micro] for i in range(0, len(items), self.micro)]
         lengths = [sum(len(it.prompt_ids) + len(it.completion_ids) for it in items[i:i + unit])
                    for i in range(0, len(items), unit)]
         return [items[c.start * unit:c.stop * unit] for c in self._token_chunks(lengths)]
