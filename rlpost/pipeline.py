@@ -107,15 +107,18 @@ class RolloutPipeline:
             raise RunError(f"rollout pipeline: step {step} found the batch of step {batch.step} first; this is a bug "
                            "in rlpost/pipeline.py, please report it")
         samples = self.rollout.collect(batch.generations)
-        for s in samples:
-            s.policy_version = batch.version
+        # A share issued again to a restarted engine during `wait` was sampled by the weights handed to it then.
+        versions = [batch.version if g.version is None else g.version for g in batch.generations for _ in g.prompts]
+        for s, version in zip(samples, versions, strict=True):
+            s.policy_version = version
         return batch.prompts, samples
 
-    def wait(self) -> None:
+    def wait(self, learner_version: int) -> None:
         """Block until every in-flight generation has finished (their results stay queued): before a weight
         sync, and so before any evaluation or checkpoint, which come after the step's sync. An engine that dies or
-        hangs meanwhile is replaced (`rlpost.cluster.engines`)."""
-        self.rollout.wait([g for batch in self.queue for g in batch.generations])
+        hangs meanwhile is replaced (`rlpost.cluster.engines`) and handed the learner's weights, version
+        `learner_version` (the step just trained), which its reissued generations then record."""
+        self.rollout.wait([g for batch in self.queue for g in batch.generations], handed_version=learner_version)
 
     def loader_state(self) -> dict[str, int]:
         """The prompt loader's state for a checkpoint: rewound to before the oldest in-flight batch, whose prompts

@@ -175,7 +175,7 @@ class Trainer(TrainLoop):
         with timed(timings, "time/train"):
             train = self.train(items, step, kl_coef)
         with timed(timings, "time/generate"):  # what the next steps' generation in flight still takes
-            self.pipeline.wait()
+            self.pipeline.wait(learner_version=step)
         # Also when the policy did not move (critic warm-up, no DPO pair): a colocated engine that slept at
         # level 2 dropped its weights and must be handed them again.
         with timed(timings, "time/sync"):

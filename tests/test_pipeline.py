@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from test_learning import learning_cfg, task_path  # noqa: F401 (a fixture)
 
+from rlpost.cluster.engines import Generation
 from rlpost.config import RunError
 from rlpost.data import Prompt, PromptLoader
 from rlpost.pipeline import RolloutPipeline, check_staleness, staleness, steps_to_submit
@@ -46,17 +47,28 @@ def test_staleness_out_of_bounds_stops_the_run(versions: list[int]) -> None:
 
 
 class FakeRollout:
-    """Stands in for `RolloutGroup` in the bookkeeping tests: a ref names the step's seed and prompts."""
+    """Stands in for `RolloutGroup` in the bookkeeping tests: two shares per batch (two engines), a sample's
+    completion is its step's seed. `restart_in_wait`: the second engine dies in the next `wait`, and its share is
+    issued again as `RolloutGroup._replace` does, recording the version handed to the replacement."""
 
     def __init__(self) -> None:
         self.submitted: list[int] = []
+        self.restart_in_wait = False
 
-    def submit(self, prompts: list[list[int]], params: SamplingParams) -> list:
+    def submit(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         self.submitted.append(params.seed)
-        return [(params.seed, prompts)]
+        half = len(prompts) // 2
+        return [Generation(i, chunk, params, None) for i, chunk in enumerate((prompts[:half], prompts[half:]))]
 
-    def collect(self, refs: list) -> list[Sample]:
-        return [Sample(ids, [seed], [0.0], "stop") for seed, prompts in refs for ids in prompts]
+    def wait(self, generations: list[Generation], handed_version: int | None = None) -> None:
+        if self.restart_in_wait and generations:
+            self.restart_in_wait = False
+            for g in generations:
+                if g.engine == 1 and handed_version is not None:
+                    g.version = handed_version
+
+    def collect(self, generations: list[Generation]) -> list[Sample]:
+        return [Sample(ids, [g.params.seed], [0.0], "stop") for g in generations for ids in g.prompts]
 
 
 def pipeline(max_staleness: int, last_step: int = 4) -> tuple[RolloutPipeline, FakeRollout, PromptLoader]:
@@ -88,6 +100,17 @@ def test_one_step_ahead_versions_and_checkpoint_rewind() -> None:
     _, samples = pipe.take(3)
     assert {s.policy_version for s in samples} == {1} and rollout.submitted == [1, 2, 3]  # none past the last
     assert pipe.loader_state() == loader.state_dict()
+
+
+def test_a_share_redone_after_a_restart_in_wait_has_the_handed_version() -> None:
+    pipe, rollout, _ = pipeline(1, last_step=3)
+    pipe.take(1)  # queues step 2's batch, submitted with version 0
+    rollout.restart_in_wait = True
+    pipe.wait(learner_version=1)  # after training step 1: a replacement engine gets version 1
+    _, samples = pipe.take(2)
+    # Engine 0's share was sampled by version 0 (staleness 1); engine 1's was redone by version 1 (staleness 0).
+    assert [s.policy_version for s in samples] == [0, 0, 1, 1]
+    assert check_staleness(2, [s.policy_version for s in samples], 1) == {"staleness/mean": 0.5, "staleness/max": 1.0}
 
 
 def test_taking_a_step_out_of_order_is_a_bug() -> None:

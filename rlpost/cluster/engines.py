@@ -16,8 +16,9 @@ A run restarts engines at most `rollout.max_restarts` times; the next failure en
 
 Versions (`rlpost.pipeline`): the learner holds the engines' weights except between training and the step's sync,
 while `RolloutPipeline.wait` waits for the next step's batch. A generation issued again then is sampled by the
-newer weights but its samples keep the batch's version, so their staleness reads one more than it is; the
-off-policy correction compares the engine's own logprobs with the learner's, so it is exact either way.
+newer weights, so `wait` takes the version the learner holds (`handed_version`) and the reissued share records it
+(`Generation.version`); its samples get that version, not the batch's. (The off-policy correction compares the
+engine's own logprobs with the learner's, so it was exact either way; the staleness metrics and check were not.)
 
 Not recovered: an engine that dies outside generation (in the weight sync, `sleep`, `wake_up` or `score`) ends the
 run with one line naming it.
@@ -46,6 +47,9 @@ class Generation:
     params: SamplingParams
     ref: ray.ObjectRef
     samples: list[Sample] | None = None  # the result, once fetched
+    # The policy version of a share issued again to a restarted engine while the learner held newer weights than
+    # the batch was submitted with (`wait`'s `handed_version`); None: the version the batch was submitted with.
+    version: int | None = None
 
 
 class RolloutGroup(ActorGroup):
@@ -125,12 +129,13 @@ class RolloutGroup(ActorGroup):
         self.outstanding = [g for g in self.outstanding if id(g) not in mine]
         return [s for g in generations for s in g.samples]
 
-    def wait(self, generations: list[Generation]) -> None:
+    def wait(self, generations: list[Generation], handed_version: int | None = None) -> None:
         """Block until every one of `generations` has its samples, replacing engines that die or hang meanwhile
-        (the module's docstring says how)."""
+        (the module's docstring says how). `handed_version`: the policy version a restarted engine gets now,
+        when it is newer than the one the generations were submitted with (recorded on those issued again)."""
         while failed := self._settle(generations):
             failed = self._settle(self.outstanding) | failed  # every engine idle; the first reason wins
-            self._replace(failed)
+            self._replace(failed, handed_version)
 
     def _settle(self, generations: list[Generation]) -> dict[int, ActorDied]:
         """Wait until each of `generations` has its samples or its engine failed; returns, per failed engine, the
@@ -165,7 +170,7 @@ class RolloutGroup(ActorGroup):
                     ray.kill(self.engines[g.engine])
         return failed
 
-    def _replace(self, failed: dict[int, ActorDied]) -> None:
+    def _replace(self, failed: dict[int, ActorDied], handed_version: int | None = None) -> None:
         """Restart the engines in `failed`, hand them the current weights and issue their unfinished generations
         again; past `rollout.max_restarts`, the failure ends the run."""
         for i, why in sorted(failed.items()):
@@ -187,6 +192,8 @@ class RolloutGroup(ActorGroup):
         for g in self.outstanding:
             if g.engine in failed and g.samples is None:
                 g.ref = self.engines[g.engine].generate.remote(g.prompts, g.params)
+                if handed_version is not None:
+                    g.version = handed_version
 
     def score(self, prompts: list[list[int]], completions: list[list[int]], temperature: float) -> list[list[float]]:
         return self.get(self.engines[0].score.remote(prompts, completions, temperature))
