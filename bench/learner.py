@@ -26,6 +26,10 @@ Order: `sorted` is rlpost's (`rlpost.packing.length_order`: a rank's sequences s
 into micro-batches); `arrival` times the same step with that sort switched off in the worker process, the layout
 before it. Padding: the share of the padded micro-batches' positions that are not tokens (what the forward and
 backward compute for nothing); the last column compares tokens/s with the table's first row.
+
+`--profile N`: one more step of each stage under `torch.profiler`, after the timed ones, summarised as two tables:
+its operators' self time (device time on the GPU, CPU time on the CPU) grouped into kinds of work, and the N
+operators that took the most.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import (
@@ -105,6 +110,43 @@ def synthetic_items(num: int, seq_len: int, vocab: int, seed: int = 0, lengths: 
     return items
 
 
+# Kinds of work, by operator name (first match wins): what `--profile` groups the step's self time into.
+PROFILE_KINDS = [
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")),
+    ("attention", ("scaled_dot_product", "flash", "efficient_attention", "cudnn_attention")),
+    ("vocabulary log-softmax", ("logsumexp", "softmax", "gather", "scatter")),
+    ("optimizer", ("adam", "foreach", "multi_tensor")),
+    ("copy / cast", ("aten::copy_", "aten::to", "aten::_to_copy", "aten::clone", "aten::contiguous")),
+]
+
+
+def profile_kinds(op_times: list[tuple[str, float]]) -> list[tuple[str, float, float]]:
+    """(kind, seconds, share of the total) of operators' self times, kinds in PROFILE_KINDS order, then "other"."""
+    seconds = dict.fromkeys([k for k, _ in PROFILE_KINDS] + ["other"], 0.0)
+    for name, s in op_times:
+        kind = next((k for k, keys in PROFILE_KINDS if any(key in name for key in keys)), "other")
+        seconds[kind] += s
+    total = sum(seconds.values()) or 1.0
+    return [(k, s, s / total) for k, s in seconds.items()]
+
+
+def profiled_step(step: Callable[[], object], cuda: bool) -> list[tuple[str, float]]:
+    """(operator, self seconds) of one call of `step` under torch.profiler: device time on the GPU, CPU time on
+    the CPU. Only operators (not the kernels they launch, which carry the same device time again)."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+    ops = [e for e in prof.key_averages() if e.device_type == DeviceType.CPU]
+    times = [(e.key, (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e6) for e in ops]
+    return sorted([x for x in times if x[1] > 0], key=lambda x: -x[1])
+
+
 def padding_share(micro_batches: list[list]) -> float:
     """Share of right-padded micro-batches' positions that hold no token (each is as wide as its longest)."""
     lengths = [[len(it.prompt_ids) + len(it.completion_ids) for it in m] for m in micro_batches]
@@ -155,8 +197,21 @@ def run_stage(args: argparse.Namespace) -> dict:
             seconds.append(time.perf_counter() - t)
         tokens = int(metrics["learner/tokens"])
     peak_mem = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
+    profile = profiled_step(lambda: rank.train_step([batch], 0.0), cuda) if args.profile else []
     return {"stage": args.stage, "order": args.order, "params": params, "tokens": tokens, "seconds": seconds,
-            "peak_mem_gb": peak_mem, "padding": padding}
+            "peak_mem_gb": peak_mem, "padding": padding, "profile": profile}
+
+
+def profile_tables(result: dict, top: int, clock: str) -> str:
+    """The `--profile` tables of one stage's result: self time by kind of work, then the `top` operators."""
+    total = sum(s for _, s in result["profile"])
+    kinds = markdown_table(["kind of work", f"self {clock} s", "share"],
+                           [[k, f"{s:.4f}", f"{share:.2f}"] for k, s, share in profile_kinds(result["profile"])])
+    ops = markdown_table(["operator", f"self {clock} s", "share"],
+                         [[name.replace("|", "/"), f"{s:.4f}", f"{s / total:.2f}"]
+                          for name, s in result["profile"][:top]])
+    return (f"\nZeRO-{result['stage']} ({result['order']}), one profiled step: {total:.3f} s of operator self "
+            f"{clock} time\n\n{kinds}\n\n{ops}")
 
 
 def main() -> None:
@@ -178,6 +233,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--gradient-checkpointing", action="store_true", help="learner.gradient_checkpointing")
     add_results_argument(parser)
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="profile one more step per stage: time by kind of work and the top N operators")
     parser.add_argument("--stage", type=int, default=-1, help=argparse.SUPPRESS)  # worker mode
     parser.add_argument("--order", default="sorted", help=argparse.SUPPRESS)  # worker mode
     args = parser.parse_args()
@@ -230,6 +287,9 @@ def main() -> None:
              f"{args.reps} timed steps")
     table = markdown_table(header, rows)
     print(f"\n{title}\n\n{table}")
+    for r in results:
+        if r["profile"]:
+            print(profile_tables(r, args.profile, "device" if args.device == "cuda" else "CPU"))
     if args.results:
         append_section(Path(args.results), "Learner: tokens/s and MFU of `LearnerRank.train_step`", title,
                        command_line("bench.learner"), table)

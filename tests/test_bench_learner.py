@@ -39,17 +39,29 @@ def test_rollout_lengths_spread_and_padding_by_hand() -> None:
     assert bench.padding_share([[item(3), item(1)]]) == pytest.approx(1 / 3)
 
 
+def test_profile_kinds_by_hand() -> None:
+    ops = [("aten::mm", 3.0), ("aten::addmm", 1.0), ("aten::_efficient_attention_forward", 1.0),
+           ("aten::logsumexp", 0.5), ("aten::_fused_adamw_", 0.5), ("aten::copy_", 1.0), ("aten::mul", 3.0)]
+    kinds = {k: (s, share) for k, s, share in bench.profile_kinds(ops)}
+    assert kinds == {"matmul": (4.0, 0.4), "attention": (1.0, 0.1), "vocabulary log-softmax": (0.5, 0.05),
+                     "optimizer": (0.5, 0.05), "copy / cast": (1.0, 0.1), "other": (3.0, 0.3)}
+
+
 @pytest.mark.slow
 def test_learner_bench_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n")
     cmd = [sys.executable, "-m", "bench.learner", "--model", tiny_model_dir, "--device", "cpu",
            "--stages", "0,3", "--seqs", "4", "--micro", "2", "--seq-len", "32", "--warmup", "1", "--reps", "2",
-           "--results", str(results)]
+           "--profile", "3", "--results", str(results)]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
                          cwd=ROOT)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    lines = [line for line in out.stdout.splitlines() if line.startswith("|")]
+    # --profile: per stage, the kinds-of-work table (six rows) and the top 3 operators, after the main table.
+    assert out.stdout.count("| kind of work | self CPU s | share |") == 2
+    assert out.stdout.count("| operator | self CPU s | share |") == 2
+    lines = [line for line in out.stdout.split("\n\nZeRO-0 (sorted), one profiled step")[0].splitlines()
+             if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[0] == "ZeRO" and header[-2:] == ["MFU", "tokens/s vs row 1"] and len(header) == 13
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
