@@ -1,6 +1,6 @@
 """Step metrics: one printed line per step (on a terminal with `logger.progress=true`, above a live progress
 bar), one JSON object per step in `<run_dir>/metrics.jsonl`, and wandb (offline unless `logger.wandb.mode=online`;
-`disabled` turns it off)."""
+`disabled` turns it off); and `WeightedMeans`, how a learner rank averages its metrics over micro-batches."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    import torch
 
 # What the progress line shows, in order: (metric, short label, format).
 PROGRESS_FIELDS = [("reward/mean", "reward", "{:.3f}"), ("accuracy", "acc", "{:.2f}"),
@@ -84,3 +87,23 @@ class MetricsLogger:
 def _clean(v: float) -> float | None:
     """JSON has no NaN: write null for metrics that have no value this step."""
     return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+class WeightedMeans:
+    """Token-weighted running means of scalar metrics across micro-batches."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+        self.maxima: dict[str, float] = {}
+
+    def add(self, key: str, value: torch.Tensor | float, weight: float) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + float(value) * weight
+        self.weights[key] = self.weights.get(key, 0.0) + weight
+
+    def add_max(self, key: str, value: torch.Tensor | float) -> None:
+        """A running maximum instead of a mean (the key should end in `_max`: ranks then merge it by max)."""
+        self.maxima[key] = max(self.maxima.get(key, float("-inf")), float(value))
+
+    def result(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.weights[k] for k in self.sums if self.weights[k] > 0} | self.maxima

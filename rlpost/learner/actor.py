@@ -58,6 +58,7 @@ from rlpost.logprobs import (
     token_logprobs,
     unpack,
 )
+from rlpost.metrics import WeightedMeans
 from rlpost.packing import PackedSequences, length_order, pack_sequences, token_budget_chunks
 from rlpost.sync.buckets import Bucket, TensorSpec, plan_buckets
 from rlpost.sync.store import free_port, tcp_store
@@ -484,23 +485,3 @@ def _completion_entropy(logits: torch.Tensor, keep: torch.Tensor, temperature: f
     loss mask), computed on those rows only (a vocabulary-wide softmax over every position of the padded batch
     costs more than the forward pass itself)."""
     return token_entropy(logits[keep], temperature).mean() if keep.any() else torch.zeros(())
-
-
-class WeightedMeans:
-    """Token-weighted running means of scalar metrics across micro-batches."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.weights: dict[str, float] = {}
-        self.maxima: dict[str, float] = {}
-
-    def add(self, key: str, value: torch.Tensor | float, weight: float) -> None:
-        self.sums[key] = self.sums.get(key, 0.0) + float(value) * weight
-        self.weights[key] = self.weights.get(key, 0.0) + weight
-
-    def add_max(self, key: str, value: torch.Tensor | float) -> None:
-        """A running maximum instead of a mean (the key should end in `_max`: ranks then merge it by max)."""
-        self.maxima[key] = max(self.maxima.get(key, float("-inf")), float(value))
-
-    def result(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.weights[k] for k in self.sums if self.weights[k] > 0} | self.maxima

@@ -22,8 +22,9 @@ import torch
 
 from rlpost.algos import clipped_value_loss, masked_mean, token_mean
 from rlpost.experience import MiniBatch, TrainItem
-from rlpost.learner.actor import Batch, LearnerRank, WeightedMeans
+from rlpost.learner.actor import Batch, LearnerRank
 from rlpost.logprobs import repack
+from rlpost.metrics import WeightedMeans
 from rlpost.packing import PackedSequences
 
 

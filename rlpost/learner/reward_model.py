@@ -18,8 +18,9 @@ import torch
 
 from rlpost.algos import REWARD_MODEL_LOSSES
 from rlpost.experience import MiniBatch, TrainItem
-from rlpost.learner.actor import Batch, LearnerRank, WeightedMeans
+from rlpost.learner.actor import Batch, LearnerRank
 from rlpost.logprobs import PackedBatch, pack
+from rlpost.metrics import WeightedMeans
 
 
 class RewardModelRank(LearnerRank):
