@@ -221,8 +221,9 @@ class LearnerRank(CheckpointMixin):
         """`fn` (a batch -> per-token values in the [B, T] loss layout) over this rank's sequences in forward-only
         micro-batches, returned per completion token: `micro_batch_size` sequences padded, or packed within the
         token budget."""
+        lengths = [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
         if not self.packed:
-            order = length_order([len(p) + len(c) for p, c in zip(prompts, completions, strict=True)])
+            order = length_order(lengths)
             values = per_completion_token(fn, [prompts[i] for i in order], [completions[i] for i in order],
                                           self.pad_id, self.device, batch_size=self.micro)
             out = [[] for _ in order]
@@ -230,7 +231,7 @@ class LearnerRank(CheckpointMixin):
                 out[i] = v
             return out
         out: list[list[float]] = []
-        for c in self._token_chunks([len(p) + len(q) for p, q in zip(prompts, completions, strict=True)]):
+        for c in self._token_chunks(lengths):
             batch = pack_sequences(prompts[c.start:c.stop], completions[c.start:c.stop]).to(self.device)
             with torch.no_grad():
                 out.extend(unpack(fn(batch), batch.completion_mask))
