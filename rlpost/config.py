@@ -85,6 +85,11 @@ class AlgoConfig:
     # (1 = strictly on-policy, as in nanochat; >1 makes the importance ratio and clipping matter).
     num_minibatches: int = 1
     epochs: int = 1  # passes over the rollout batch
+    # The importance ratio's denominator when the policy moves within one batch (num_minibatches or epochs > 1):
+    # learner (a forward pass over the batch before the updates: the policy's exact logprobs) | rollout (the engine's
+    # sampled-token logprobs stand in, no forward pass; they differ from the learner's by the engine's numerics, the
+    # logged rollout/logprob_diff). veRL's rollout-correction "bypass mode" and slime make the same trade.
+    old_logprobs: str = "learner"
     # DAPO extras
     dynamic_sampling: bool = False  # drop prompts whose completions all score the same; refill from the next
     max_sampled_prompts: int = 0  # dynamic sampling's cap on prompts sampled per step; 0 = 3 x prompts_per_step
@@ -351,9 +356,9 @@ def needs_old_logprobs(algo: Any) -> bool:
     """Whether the experience phase must compute the sampling policy's logprobs on the learner: when the policy
     moves between its updates of one batch (the ratio's denominator), or when the KL of the samples is needed
     (as a reward penalty, or to steer an adaptive coefficient), or when an off-policy correction compares them with
-    the rollout engine's. Otherwise the learner's detached logprobs of the
-    first update are the same numbers, one forward pass cheaper."""
-    if algo["objective"] != "pg":
+    the rollout engine's. Otherwise the learner's detached logprobs of the first update are the same numbers, one
+    forward pass cheaper. With `algo.old_logprobs=rollout` the engine's logprobs serve every one of these uses."""
+    if algo["objective"] != "pg" or algo["old_logprobs"] == "rollout":
         return False
     kl_of_samples = algo["kl_coef"] > 0 and (algo["kl_mode"] == "reward" or algo["kl_target"] > 0)
     corrected = algo["off_policy_correction"] != "none"  # the decoupled loss's proximal policy

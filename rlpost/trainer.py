@@ -271,6 +271,8 @@ class Trainer(TrainLoop):
         completions = [s.completion_ids for s in rollout.samples]
         old = needs_old_logprobs(algo)
         logprobs = self.learners.experience(prompts, completions, old) if old or needs_reference(algo) else {}
+        if algo.old_logprobs == "rollout":
+            logprobs["old_logprobs"] = [s.logprobs for s in rollout.samples]
         values = self.critic.experience(prompts, completions)["values"] if self.critic is not None else None
         return pg_items(rollout.samples, rollout.scores, algo, kl_coef, logprobs.get("ref_logprobs"),
                         logprobs.get("old_logprobs"), values)

@@ -196,6 +196,17 @@ def _validate_pg(cfg: DictConfig) -> None:
     KL_ESTIMATORS.get(algo.kl_estimator)
     OFF_POLICY_CORRECTIONS.get(algo.off_policy_correction)
     _require(algo.tis_cap > 0, f"algo.tis_cap={algo.tis_cap}: the importance-weight cap must be > 0 (e.g. 2)")
+    _require(algo.old_logprobs in ("learner", "rollout"),
+             f"algo.old_logprobs={algo.old_logprobs!r}: choose learner (a forward pass) or rollout (the engine's)")
+    _require(algo.old_logprobs == "learner" or algo.off_policy_correction == "none",
+             f"algo.old_logprobs=rollout with algo.off_policy_correction={algo.off_policy_correction}: the correction "
+             "weighs the learner's old logprobs against the engine's, so they must be the learner's; set "
+             "algo.old_logprobs=learner")
+    rc = cfg.rollout
+    _require(algo.old_logprobs == "learner" or (rc.top_p == 1 and rc.top_k == 0),
+             f"algo.old_logprobs=rollout with rollout.top_p={rc.top_p} rollout.top_k={rc.top_k}: vLLM's logprobs are "
+             "taken after that truncation, so they are not the policy's; set rollout.top_p=1 rollout.top_k=0 or "
+             "algo.old_logprobs=learner")
     _require(algo.group_size >= 2 or not traits.get("group_baseline"),
              f"algo.group_size={algo.group_size}: algo.advantage={algo.advantage} needs at least 2 completions per "
              "prompt to form its group baseline; set algo.group_size>=2")

@@ -76,6 +76,9 @@ def test_wrong_type_rejected() -> None:
     (["algo.off_policy_correction=is"], "algo.off_policy_correction"),
     (["algo.off_policy_correction=tis", "algo.tis_cap=0"], "algo.tis_cap"),
     (["algo.tis_cap=-1"], "algo.tis_cap"),
+    (["algo.old_logprobs=engine"], "algo.old_logprobs='engine'"),
+    (["algo.old_logprobs=rollout", "algo.off_policy_correction=tis"], "set algo.old_logprobs=learner"),
+    (["algo.old_logprobs=rollout", "rollout.top_k=50"], "rollout.top_k=50: vLLM's logprobs"),
     (["learner.max_tokens_per_micro=-1"], "learner.max_tokens_per_micro"),
     (["algo=online_dpo", "algo.off_policy_correction=mis"], "algo.off_policy_correction"),
     (["algo.lam=1.5"], "algo.lam"),
@@ -176,3 +179,7 @@ def test_off_policy_correction_needs_the_learners_old_logprobs() -> None:
 
     assert not needs_old_logprobs(make().algo)  # on-policy grpo: the first update's own logprobs serve
     assert needs_old_logprobs(make("algo.off_policy_correction=tis").algo)
+    assert needs_old_logprobs(make("algo.num_minibatches=2").algo)  # the policy moves within the batch
+    # the engine's sampled-token logprobs stand in: no forward pass, for mini-batches and the samples' KL alike
+    assert not needs_old_logprobs(make("algo.num_minibatches=2", "algo.old_logprobs=rollout").algo)
+    assert not needs_old_logprobs(make("algo.kl_mode=reward", "algo.old_logprobs=rollout").algo)

@@ -103,8 +103,12 @@ def test_grpo_zero2_minibatches_and_epochs(local_ray, tiny_model_dir: str, tmp_p
 
 
 def test_grpo_zero1(local_ray, tiny_model_dir: str, tmp_path) -> None:
-    cfg = debug_cfg(tiny_model_dir, str(tmp_path / "run"), "learner.zero_stage=1")
-    run_and_check(cfg, tiny_model_dir, str(tmp_path / "run"))
+    """Two mini-batches whose old logprobs are the engine's (algo.old_logprobs=rollout): no learner forward for
+    them, and the second mini-batch's ratio still moves off 1 (lr is large on purpose)."""
+    cfg = debug_cfg(tiny_model_dir, str(tmp_path / "run"), "learner.zero_stage=1", "algo.num_minibatches=2",
+                    "algo.old_logprobs=rollout", "learner.micro_batch_size=1", "learner.lr=3e-3")
+    history = run_and_check(cfg, tiny_model_dir, str(tmp_path / "run"))
+    assert max(m["actor/clip_frac"] for m in history) > 0
 
 
 def test_grpo_zero3_two_engines(local_ray, tiny_model_dir: str, tmp_path) -> None:

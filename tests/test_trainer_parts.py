@@ -121,3 +121,28 @@ def test_pack_keeps_positions_from_the_shortest_prompt_on() -> None:
     # padding after the shorter sequence is masked out
     batch = pack([[1, 2], [3, 4]], [[5], [6, 7, 8]], pad_id=0)
     assert batch.completion_mask.tolist() == [[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
+
+
+class NoForwards:
+    """Learners that must not be asked for a forward pass."""
+
+    def experience(self, *args, **kwargs):
+        raise AssertionError("the experience phase ran a learner forward")
+
+
+def test_rollout_old_logprobs_skip_the_learner_forward() -> None:
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from rlpost.trainer import Rollout, Trainer
+
+    samples = [Sample([1], [5, 6], [-0.5, -1.5], "stop"), Sample([1], [7], [-2.0], "stop")]
+    rollout = Rollout(samples, torch.tensor([1.0, 0.0]), {})
+    algo = OmegaConf.structured(AlgoConfig(group_size=2, kl_coef=0.0, num_minibatches=2, old_logprobs="rollout"))
+    driver = SimpleNamespace(cfg=OmegaConf.create({"algo": algo}), learners=NoForwards(), critic=None)
+    items, _ = Trainer.pg_experience(driver, rollout, kl_coef=0.0)
+    assert [it.old_logprobs for it in items] == [[-0.5, -1.5], [-2.0]]  # the engine's, as sampled
+    driver.cfg.algo.old_logprobs = "learner"
+    with pytest.raises(AssertionError, match="learner forward"):  # two mini-batches need the learner's
+        Trainer.pg_experience(driver, rollout, kl_coef=0.0)
