@@ -30,6 +30,7 @@ def debug_cfg(model_dir: str, run_dir: str, *overrides: str):
             "experiment=gsm8k_grpo_debug", f"model.path={model_dir}", f"trainer.run_dir={run_dir}",
             "trainer.steps=2", "trainer.prompts_per_step=2", "algo.group_size=4", "rollout.max_new_tokens=24",
             "learner.micro_batch_size=2", "learner.lr=1e-3", "algo.kl_coef=0.05", "data.limit=64",
+            "rollout.num_engines=1",  # each engine costs ~5 s of start-up; test_grpo_zero3_two_engines has two
             "logger.progress=false", "logger.wandb.mode=offline", "eval.enabled=false",
             "trainer.save_every=1",
             "reward.functions=[{path: rewards/gsm8k.py, name: score}, "
