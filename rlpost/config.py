@@ -92,6 +92,10 @@ class AlgoConfig:
     old_logprobs: str = "learner"
     # DAPO extras
     dynamic_sampling: bool = False  # drop prompts whose completions all score the same; refill from the next
+    # The learner skips the groups whose scores all tie (their advantages are zero; without a KL term so is their
+    # gradient) while counting them in the loss normalisers: every update is what it would have been, for less
+    # learner time late in a run, when many groups are all right or all wrong (rlpost.algos.dynamic_sampling).
+    skip_tied_groups: bool = False
     max_sampled_prompts: int = 0  # dynamic sampling's cap on prompts sampled per step; 0 = 3 x prompts_per_step
     overlong_buffer: float = 0.0  # soft overlong penalty over this fraction of max_new_tokens before it; 0 = off
     overlong_penalty: float = 1.0  # the penalty at max_new_tokens

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from rlpost.algos import ADVANTAGES, KL_ESTIMATORS, masked_sum, token_level_rewards
+from rlpost.algos.dynamic_sampling import tied_samples
 from rlpost.rollout.engine import Sample
 
 
@@ -30,6 +31,7 @@ class TrainItem:
     values: list[float] | None = None  # the critic's, at experience time (ppo)
     returns: list[float] | None = None  # the critic's targets (ppo)
     in_loss: bool = True  # False: trained on by no loss and counted in no normaliser (algo.mask_truncated)
+    tied: bool = False  # algo.skip_tied_groups: its group's scores all tie, so it is counted but not computed
 
 
 @dataclass
@@ -79,6 +81,7 @@ def pg_items(samples: list[Sample], scores: Tensor, algo: Any, kl_coef: float,
     value_tensor = padded(values)[0] if values is not None else None
     advantages, returns = ADVANTAGES.get(algo.advantage)(rewards, mask, algo, value_tensor)
 
+    tied = tied_samples(scores.tolist(), algo.group_size) if algo.skip_tied_groups else [False] * len(samples)
     adv_rows = ragged(advantages, lengths)
     return_rows = ragged(returns, lengths) if returns is not None else None
     items = [TrainItem(s.prompt_ids, s.completion_ids, s.logprobs, advantages=adv_rows[i],
@@ -86,7 +89,7 @@ def pg_items(samples: list[Sample], scores: Tensor, algo: Any, kl_coef: float,
                        ref_logprobs=ref_logprobs[i] if ref_logprobs is not None else None,
                        values=values[i] if values is not None else None,
                        returns=return_rows[i] if return_rows is not None else None,
-                       in_loss=not (algo.mask_truncated and s.finish_reason == "length"))
+                       in_loss=not (algo.mask_truncated and s.finish_reason == "length"), tied=tied[i])
              for i, s in enumerate(samples)]
     keep = mask.bool()
     metrics["advantage/mean"] = float(advantages[keep].mean()) if keep.any() else 0.0

@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlpost.algos import adaptive_kl_coef, overlong_penalty, repeat_to, select_pairs
-from rlpost.algos.dynamic_sampling import informative_groups, refill_size
+from rlpost.algos.dynamic_sampling import informative_groups, refill_size, tied_samples, untied_subset
 from rlpost.cluster.engines import RolloutGroup
 from rlpost.cluster.groups import CriticGroup, LearnerGroup, Placement, RewardGroup, WeightSync
 from rlpost.cluster.ray_cluster import init_ray
@@ -56,16 +56,20 @@ class Rollout:
     metrics: dict[str, float]  # rewards and responses over everything sampled this step, dropped groups included
 
 
-def deal_minibatches(items: list[TrainItem], num_minibatches: int, num_ranks: int) -> list[list[MiniBatch]]:
+def deal_minibatches(items: list[TrainItem], num_minibatches: int, num_ranks: int, skip_tied: bool = False
+                     ) -> list[list[MiniBatch]]:
     """Cut `items` into `num_minibatches` consecutive mini-batches and deal each evenly across ranks.
     Returns, per rank, its share of every mini-batch; each share carries the mini-batch's global completion-token
     and sequence counts (of the items in the loss), which the learner needs to normalise the loss as if the
-    mini-batch were one batch."""
+    mini-batch were one batch. `skip_tied`: the tied items (`algo.skip_tied_groups`) stay in those counts and
+    leave the shares, but for the few that even the shares out (`untied_subset`)."""
     size = len(items) // num_minibatches
     per_rank: list[list[MiniBatch]] = [[] for _ in range(num_ranks)]
     for m in range(num_minibatches):
         mb = items[m * size:(m + 1) * size]
         counted = [it for it in mb if it.in_loss]
+        if skip_tied:
+            mb = [mb[i] for i in untied_subset([it.tied for it in mb], num_ranks)]
         tokens, share = sum(len(it.completion_ids) for it in counted), len(mb) // num_ranks
         for r in range(num_ranks):
             per_rank[r].append(MiniBatch(mb[r * share:(r + 1) * share], tokens, len(counted)))
@@ -270,7 +274,16 @@ class Trainer(TrainLoop):
         prompts = [s.prompt_ids for s in rollout.samples]
         completions = [s.completion_ids for s in rollout.samples]
         old = needs_old_logprobs(algo)
-        logprobs = self.learners.experience(prompts, completions, old) if old or needs_reference(algo) else {}
+        if not (old or needs_reference(algo)):
+            logprobs = {}
+        elif algo.skip_tied_groups:  # validation: old logprobs only, no reference; the tied ones are never used
+            chosen = untied_subset(tied_samples(rollout.scores.tolist(), algo.group_size), self.cfg.learner.num_ranks)
+            computed = self.learners.experience([prompts[i] for i in chosen], [completions[i] for i in chosen], old)
+            logprobs = {"old_logprobs": [s.logprobs for s in rollout.samples]}
+            for i, row in zip(chosen, computed["old_logprobs"], strict=True):
+                logprobs["old_logprobs"][i] = row
+        else:
+            logprobs = self.learners.experience(prompts, completions, old)
         if algo.old_logprobs == "rollout":
             logprobs["old_logprobs"] = [s.logprobs for s in rollout.samples]
         values = self.critic.experience(prompts, completions)["values"] if self.critic is not None else None
@@ -305,8 +318,11 @@ class Trainer(TrainLoop):
             metrics |= self.critic.train_step(deal_minibatches(items, cfg.algo.num_minibatches, cfg.critic.num_ranks))
             if step <= cfg.critic.warmup_steps:
                 return metrics
-        metrics |= self.learners.train_step(deal_minibatches(items, cfg.algo.num_minibatches, cfg.learner.num_ranks),
-                                            kl_coef)
+        skip_tied = cfg.algo.objective == "pg" and cfg.algo.skip_tied_groups
+        per_rank = deal_minibatches(items, cfg.algo.num_minibatches, cfg.learner.num_ranks, skip_tied)
+        metrics |= self.learners.train_step(per_rank, kl_coef)
+        if skip_tied:
+            metrics["batch/trained_frac"] = sum(len(mb.items) for mbs in per_rank for mb in mbs) / len(items)
         return metrics
 
     def sample_metrics(self, samples: list[Sample], rewards: RewardResult, scores: torch.Tensor

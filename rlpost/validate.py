@@ -202,6 +202,12 @@ def _validate_pg(cfg: DictConfig) -> None:
              f"algo.old_logprobs=rollout with algo.off_policy_correction={algo.off_policy_correction}: the correction "
              "weighs the learner's old logprobs against the engine's, so they must be the learner's; set "
              "algo.old_logprobs=learner")
+    _require(not algo.skip_tied_groups or traits.get("group_baseline"), f"algo.skip_tied_groups=true with "
+             f"algo.advantage={algo.advantage}: only a group baseline (grpo, dr_grpo, rloo) gives a tied group zero "
+             "advantages; set algo.skip_tied_groups=false")
+    _require(not algo.skip_tied_groups or algo.kl_coef == 0, f"algo.skip_tied_groups=true with algo.kl_coef="
+             f"{algo.kl_coef}: the KL term gives tied groups a gradient too; set algo.kl_coef=0 or "
+             "algo.skip_tied_groups=false")
     rc = cfg.rollout
     _require(algo.old_logprobs == "learner" or (rc.top_p == 1 and rc.top_k == 0),
              f"algo.old_logprobs=rollout with rollout.top_p={rc.top_p} rollout.top_k={rc.top_k}: vLLM's logprobs are "
@@ -288,6 +294,8 @@ def _validate_dpo(cfg: DictConfig) -> None:
     DPO_LOSSES.get(algo.dpo_loss)
     _require(algo.off_policy_correction == "none", f"algo.off_policy_correction={algo.off_policy_correction} "
              "corrects the policy-gradient loss, not DPO's; set algo.off_policy_correction=none")
+    _require(not algo.skip_tied_groups, "algo.skip_tied_groups=true: DPO trains on pairs, which never tie; set "
+             "algo.skip_tied_groups=false")
     _require(algo.dpo_beta > 0, f"algo.dpo_beta={algo.dpo_beta}: must be > 0")
     _require(algo.kl_coef == 0, f"algo.kl_coef={algo.kl_coef} has no effect with algo.objective=dpo (its KL "
              "strength is algo.dpo_beta); set algo.kl_coef=0")

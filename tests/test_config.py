@@ -79,6 +79,9 @@ def test_wrong_type_rejected() -> None:
     (["algo.old_logprobs=engine"], "algo.old_logprobs='engine'"),
     (["algo.old_logprobs=rollout", "algo.off_policy_correction=tis"], "set algo.old_logprobs=learner"),
     (["algo.old_logprobs=rollout", "rollout.top_k=50"], "rollout.top_k=50: vLLM's logprobs"),
+    (["algo.skip_tied_groups=true"], "algo.kl_coef=0.04: the KL term"),  # grpo's preset keeps a k3 KL
+    (["algo.skip_tied_groups=true", "algo.kl_coef=0", "algo.advantage=reinforce_pp"], "only a group baseline"),
+    (["algo=online_dpo", "algo.skip_tied_groups=true"], "DPO trains on pairs"),
     (["learner.max_tokens_per_micro=-1"], "learner.max_tokens_per_micro"),
     (["algo=online_dpo", "algo.off_policy_correction=mis"], "algo.off_policy_correction"),
     (["algo.lam=1.5"], "algo.lam"),

@@ -89,6 +89,21 @@ def test_packed_and_corrected_ppo_learns(local_ray, tiny_model_dir: str, task_pa
         assert m["off_policy/capped_frac"] == 0.0, m
 
 
+def test_grpo_learns_computing_untied_groups_only(local_ray, tiny_model_dir: str, task_path: str, tmp_path) -> None:
+    """`algo.skip_tied_groups` with two mini-batches (so the old-logprob forward runs too): the learner computes
+    exactly the groups whose rewards differ, which shrink as the policy learns (a group all capitalised ties at
+    1), and GRPO learns as it does computing everything."""
+    cfg = learning_cfg("grpo", tiny_model_dir, task_path, str(tmp_path), "algo.kl_coef=0",
+                       "algo.skip_tied_groups=true", "algo.num_minibatches=2")
+    history = learns("grpo skip_tied_groups", cfg, tiny_model_dir, tmp_path)
+    trained = [m["batch/trained_frac"] for m in history]
+    # Each of the 2 mini-batches of 32 runs its untied sequences, or 1 when it has none (an optimizer step moves
+    # the weights even on a zero gradient, so it is never skipped).
+    informative = [m["sampling/informative_frac"] for m in history]
+    assert all(i <= f <= i + 2 / 64 for f, i in zip(trained, informative, strict=True)), (trained, informative)
+    assert min(trained) < 0.25, trained
+
+
 @pytest.mark.parametrize("algo", ["grpo", "ppo"])
 def test_one_step_stale_pipeline_learns(algo: str, local_ray, tiny_model_dir: str, task_path: str, tmp_path) -> None:
     """`trainer.max_staleness=1` (rlpost/pipeline.py): from step 2 on every batch was sampled by the policy one

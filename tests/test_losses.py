@@ -30,7 +30,7 @@ from rlpost.algos import (
     sequence_logprob,
     token_level_rewards,
 )
-from rlpost.algos.dynamic_sampling import informative_groups, refill_size
+from rlpost.algos.dynamic_sampling import informative_groups, refill_size, tied_samples, untied_subset
 from rlpost.config import ConfigError
 
 # ---- clipped policy loss --------------------------------------------------------------------------------------
@@ -256,6 +256,15 @@ def test_dynamic_sampling_helpers():
     assert refill_size(missing=3, sampled=8, kept=5, remaining=2) == 2  # the cap wins
     assert refill_size(missing=8, sampled=8, kept=0, remaining=100) == 8  # nothing kept yet: as many again
     assert refill_size(missing=4, sampled=8, kept=4, remaining=0) == 0
+
+
+def test_tied_group_helpers():
+    assert tied_samples([1, 1, 0, 1, 2, 2], 2) == [True, True, False, False, True, True]
+    # untied 1, 2, 5 (three) -> padded to 4 with the first tied one (0), order kept
+    assert untied_subset([True, False, False, True, True, False], 2) == [0, 1, 2, 5]
+    assert untied_subset([True, False, False, True], 2) == [1, 2]  # already a multiple: no filler
+    assert untied_subset([True, True, True, True], 2) == [0, 1]  # all tied: one item per rank still runs
+    assert untied_subset([False, False, False], 1) == [0, 1, 2]
 
 
 # ---- registry and entropy ---------------------------------------------------------------------------------------

@@ -56,24 +56,24 @@ def model(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
 
 
-def pg_loss(model, batch, items, num_tokens):
+def pg_loss(model, batch, items, num_tokens, advantages=ADVANTAGES):
     """The learner's policy loss of one micro-batch (`LearnerRank._pg_loss`): token logprobs in the padded loss
     layout, a PPO-clip loss with the first update's own logprobs as old ones, token-mean over the global count."""
     logprobs = batch.rows(token_logprobs(batch.forward_logits(model), batch.targets))
     mask = batch.completion_mask
-    adv = repack([[ADVANTAGES[i]] * len(COMPLETIONS[i]) for i in items], mask)
+    adv = repack([[advantages[i]] * len(COMPLETIONS[i]) for i in items], mask)
     per_token, _ = clipped_policy_loss(logprobs, logprobs.detach(), adv, mask, 0.2, 0.2)
     return token_mean(per_token, mask, num_tokens), logprobs
 
 
-def loss_and_grads(model, make_batch, chunks):
+def loss_and_grads(model, make_batch, chunks, advantages=ADVANTAGES):
     model.zero_grad()
     total_tokens = sum(len(c) for c in COMPLETIONS)
     loss, logprobs = 0.0, []
     for chunk in chunks:
         items = list(chunk)
         batch = make_batch([PROMPTS[i] for i in items], [COMPLETIONS[i] for i in items])
-        micro, lp = pg_loss(model, batch, items, total_tokens)
+        micro, lp = pg_loss(model, batch, items, total_tokens, advantages)
         micro.backward()
         loss += float(micro.detach())
         logprobs += [row[m.bool()].tolist() for row, m in zip(lp.detach(), batch.completion_mask, strict=True)]
@@ -95,6 +95,18 @@ def test_packed_loss_and_gradients_equal_padded(model):
         for name, grad in padded[2].items():  # fp32 sums in another order: equal to 1e-5 of the largest entry
             close(packed[2][name], grad, atol=1e-5 * float(grad.abs().max()))
     assert any(g.abs().sum() > 0 for g in padded[2].values())
+
+
+def test_skipping_zero_advantage_sequences_keeps_loss_and_gradients(model):
+    # algo.skip_tied_groups: sequences 1 and 3 belong to tied groups (advantage 0). Left out of the forward but
+    # kept in the token count, the loss and every gradient are those of the whole batch.
+    advantages = [1.0, 0.0, 2.0, 0.0]
+    whole = loss_and_grads(model, lambda p, c: pack(p, c, 0), [range(4)], advantages)
+    skipped = loss_and_grads(model, lambda p, c: pack(p, c, 0), [[0, 2]], advantages)
+    close(skipped[0], whole[0], atol=1e-6)
+    for name, grad in whole[2].items():
+        close(skipped[2][name], grad, atol=1e-5 * float(grad.abs().max()))
+    assert any(g.abs().sum() > 0 for g in whole[2].values())
 
 
 def test_packed_attention_does_not_cross_sequences(model):

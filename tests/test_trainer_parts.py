@@ -45,6 +45,19 @@ def test_deal_minibatches_counts_only_items_in_the_loss() -> None:
     assert mb.global_tokens == 1 + 3 + 4 and mb.global_seqs == 3
 
 
+def test_deal_minibatches_skips_tied_items_but_counts_them() -> None:
+    # mini-batch 0 = items 0..3, of which 1 and 2 are tied: ranks get 0 and 3; the counts still hold all four
+    items = [item(n, i) for i, n in enumerate([1, 2, 3, 4, 5, 6, 7, 8])]
+    for i in (1, 2, 4, 5, 6):
+        items[i].tied = True
+    per_rank = deal_minibatches(items, num_minibatches=2, num_ranks=2, skip_tied=True)
+    assert tags(per_rank[0][0].items) == [0] and tags(per_rank[1][0].items) == [3]
+    assert per_rank[0][0].global_tokens == 10 and per_rank[0][0].global_seqs == 4
+    # mini-batch 1 = items 4..7, one untied (7): the first tied one (4) evens the shares out
+    assert tags(per_rank[0][1].items) == [4] and tags(per_rank[1][1].items) == [7]
+    assert per_rank[1][1].global_tokens == 26
+
+
 def test_shuffled_keeps_units_together() -> None:
     items = [item(1, i) for i in range(8)]
     rng = np.random.default_rng(0)
@@ -98,6 +111,16 @@ def test_pg_items_kl_penalty_in_the_reward() -> None:
     assert items[0].advantages == pytest.approx([0.5, 0.5])
 
 
+def test_pg_items_marks_tied_groups_only_when_asked() -> None:
+    samples = [sample(1), sample(1), sample(2), sample(2)]
+    scores = torch.tensor([1.0, 1.0, 1.0, 0.0])  # group 0 ties, group 1 does not
+    items, _ = pg_items(samples, scores, AlgoConfig(group_size=2, skip_tied_groups=True), 0.0)
+    assert [it.tied for it in items] == [True, True, False, False]
+    assert items[0].advantages == [0.0]  # which is why skipping it changes no gradient
+    items, _ = pg_items(samples, scores, AlgoConfig(group_size=2), 0.0)
+    assert not any(it.tied for it in items)
+
+
 def test_pg_items_gae_returns_for_the_critic() -> None:
     # gamma = lam = 1, no whitening: A_t = return - V_t, returns = the score on every token
     samples = [sample(2), sample(1)]
@@ -121,6 +144,40 @@ def test_pack_keeps_positions_from_the_shortest_prompt_on() -> None:
     # padding after the shorter sequence is masked out
     batch = pack([[1, 2], [3, 4]], [[5], [6, 7, 8]], pad_id=0)
     assert batch.completion_mask.tolist() == [[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
+
+
+class RecordingLearners:
+    """Learners whose old logprobs are -(the sequence's index in the call) per token, recording what was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[list[int]] = []
+
+    def experience(self, prompts, completions, old=False):
+        self.asked.append([p[0] for p in prompts])
+        return {"old_logprobs": [[-float(k)] * len(c) for k, c in enumerate(completions)]}
+
+
+def test_skip_tied_groups_runs_the_old_logprob_forward_on_untied_groups_only() -> None:
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from rlpost.trainer import Rollout, Trainer
+
+    # three groups of 2 (prompt ids 0..5): group 0 ties at 1, group 1 ties at 0, group 2 does not
+    samples = [Sample([i], [5, 6], [-0.5, -0.5], "stop") for i in range(6)]
+    rollout = Rollout(samples, torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 0.0]), {})
+    algo = OmegaConf.structured(AlgoConfig(group_size=2, kl_coef=0.0, num_minibatches=2, skip_tied_groups=True))
+    learners = RecordingLearners()
+    cfg = OmegaConf.create({"algo": algo, "learner": {"num_ranks": 1}})
+    items, _ = Trainer.pg_experience(SimpleNamespace(cfg=cfg, learners=learners, critic=None), rollout, 0.0)
+    assert learners.asked == [[4, 5]]
+    assert [it.old_logprobs for it in items[4:]] == [[0.0, 0.0], [-1.0, -1.0]]  # the learner's
+    assert [it.old_logprobs for it in items[:4]] == [[-0.5, -0.5]] * 4  # tied (advantage 0): the engine's serve
+    # three ranks take equal shares: the first tied sample makes it 3
+    cfg.learner.num_ranks = 3
+    Trainer.pg_experience(SimpleNamespace(cfg=cfg, learners=learners, critic=None), rollout, 0.0)
+    assert learners.asked[-1] == [0, 4, 5]
 
 
 class NoForwards:
