@@ -276,7 +276,8 @@ class Trainer(TrainLoop):
         old = needs_old_logprobs(algo)
         if not (old or needs_reference(algo)):
             logprobs = {}
-        elif algo.skip_tied_groups:  # validation: old logprobs only, no reference; the tied ones are never used
+        elif algo.skip_tied_groups:  # old logprobs only (validation: no KL, so no reference); a tied sample's
+            # advantage is zero, so for the few trained to even out the ranks' shares the engine's logprobs serve
             chosen = untied_subset(tied_samples(rollout.scores.tolist(), algo.group_size), self.cfg.learner.num_ranks)
             computed = self.learners.experience([prompts[i] for i in chosen], [completions[i] for i in chosen], old)
             logprobs = {"old_logprobs": [s.logprobs for s in rollout.samples]}
