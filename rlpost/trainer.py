@@ -56,19 +56,18 @@ class Rollout:
     metrics: dict[str, float]  # rewards and responses over everything sampled this step, dropped groups included
 
 
-def deal_minibatches(items: list[TrainItem], num_minibatches: int, num_ranks: int, skip_tied: bool = False
-                     ) -> list[list[MiniBatch]]:
+def deal_minibatches(items: list[TrainItem], num_minibatches: int, num_ranks: int) -> list[list[MiniBatch]]:
     """Cut `items` into `num_minibatches` consecutive mini-batches and deal each evenly across ranks.
     Returns, per rank, its share of every mini-batch; each share carries the mini-batch's global completion-token
     and sequence counts (of the items in the loss), which the learner needs to normalise the loss as if the
-    mini-batch were one batch. `skip_tied`: the tied items (`algo.skip_tied_groups`) stay in those counts and
-    leave the shares, but for the few that even the shares out (`untied_subset`)."""
+    mini-batch were one batch. Tied items (`algo.skip_tied_groups`) stay in those counts and leave the shares, but
+    for the few that even the shares out (`untied_subset`)."""
     size = len(items) // num_minibatches
     per_rank: list[list[MiniBatch]] = [[] for _ in range(num_ranks)]
     for m in range(num_minibatches):
         mb = items[m * size:(m + 1) * size]
         counted = [it for it in mb if it.in_loss]
-        if skip_tied:
+        if any(it.tied for it in mb):
             mb = [mb[i] for i in untied_subset([it.tied for it in mb], num_ranks)]
         tokens, share = sum(len(it.completion_ids) for it in counted), len(mb) // num_ranks
         for r in range(num_ranks):
@@ -319,10 +318,9 @@ class Trainer(TrainLoop):
             metrics |= self.critic.train_step(deal_minibatches(items, cfg.algo.num_minibatches, cfg.critic.num_ranks))
             if step <= cfg.critic.warmup_steps:
                 return metrics
-        skip_tied = cfg.algo.objective == "pg" and cfg.algo.skip_tied_groups
-        per_rank = deal_minibatches(items, cfg.algo.num_minibatches, cfg.learner.num_ranks, skip_tied)
+        per_rank = deal_minibatches(items, cfg.algo.num_minibatches, cfg.learner.num_ranks)
         metrics |= self.learners.train_step(per_rank, kl_coef)
-        if skip_tied:
+        if cfg.algo.skip_tied_groups:
             metrics["batch/trained_frac"] = sum(len(mb.items) for mbs in per_rank for mb in mbs) / len(items)
         return metrics
 

@@ -50,7 +50,7 @@ def test_deal_minibatches_skips_tied_items_but_counts_them() -> None:
     items = [item(n, i) for i, n in enumerate([1, 2, 3, 4, 5, 6, 7, 8])]
     for i in (1, 2, 4, 5, 6):
         items[i].tied = True
-    per_rank = deal_minibatches(items, num_minibatches=2, num_ranks=2, skip_tied=True)
+    per_rank = deal_minibatches(items, num_minibatches=2, num_ranks=2)
     assert tags(per_rank[0][0].items) == [0] and tags(per_rank[1][0].items) == [3]
     assert per_rank[0][0].global_tokens == 10 and per_rank[0][0].global_seqs == 4
     # mini-batch 1 = items 4..7, one untied (7): the first tied one (4) evens the shares out
