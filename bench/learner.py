@@ -22,10 +22,15 @@ own FLOPs left out, the tied embedding counted once as the LM head). The peak is
 step trained on (`learner/tokens`, prompt and completion: all of them go through forward and backward). Peak memory
 is `torch.cuda.max_memory_allocated` of the stage's process (GPU only).
 
+Tied: `--tied 0,0.5` also times steps in which that share of the sequences belong to tied groups (zero advantage,
+`algo.skip_tied_groups`): the learner computes only the others (and the few that even the ranks' shares out), so
+tokens/step counts what it trained; the last column compares the whole batch's tokens per second with the first
+row's, what a run gains (without tied sequences it is the tokens/s ratio).
+
 Order: `sorted` is rlpost's (`rlpost.packing.length_order`: a rank's sequences sorted by length before they are cut
 into micro-batches); `arrival` times the same step with that sort switched off in the worker process, the layout
 before it. Padding: the share of the padded micro-batches' positions that are not tokens (what the forward and
-backward compute for nothing); the last column compares tokens/s with the table's first row.
+backward compute for nothing).
 
 `--profile N`: one more step of each stage under `torch.profiler`, after the timed ones, summarised as two tables:
 its operators' self time (device time on the GPU, CPU time on the CPU) grouped into kinds of work, and the N
@@ -160,10 +165,10 @@ def run_stage(args: argparse.Namespace) -> dict:
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
 
-    from rlpost.experience import MiniBatch
     from rlpost.learner import actor
     from rlpost.learner.actor import LearnerRank
     from rlpost.train import compose_config
+    from rlpost.trainer import deal_minibatches
 
     if args.order == "arrival":  # the bench's instrument: the layout before rlpost sorted micro-batches by length
         actor.length_order = lambda lengths, unit=1: list(range(len(lengths)))
@@ -181,8 +186,11 @@ def run_stage(args: argparse.Namespace) -> dict:
     rank.setup("127.0.0.1", free_port())
     vocab = len(AutoTokenizer.from_pretrained(args.model))
     items = synthetic_items(args.seqs, args.seq_len, vocab, lengths=args.lengths)
-    padding = padding_share(rank._micro_batches(items))
-    batch = MiniBatch(items, global_tokens=sum(len(it.completion_ids) for it in items), global_seqs=len(items))
+    batch_tokens = sum(len(it.prompt_ids) + len(it.completion_ids) for it in items)
+    for it in items[:round(args.tied_share * len(items))]:  # their lengths are random: no bias from taking the first
+        it.tied, it.advantages = True, [0.0] * len(it.completion_ids)
+    (batch,), = deal_minibatches(items, 1, 1)  # the tied leave the mini-batch, and stay in its counts
+    padding = padding_share(rank._micro_batches(batch.items))
     # ZeRO-3 leaves empty placeholders in the module; ds_numel is the full size. Tied weights are counted once.
     params = sum(getattr(p, "ds_numel", p.numel()) for p in rank.engine.module.parameters() if p.requires_grad)
     seconds, tokens = [], 0
@@ -198,8 +206,9 @@ def run_stage(args: argparse.Namespace) -> dict:
         tokens = int(metrics["learner/tokens"])
     peak_mem = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
     profile = profiled_step(lambda: rank.train_step([batch], 0.0), cuda) if args.profile else []
-    return {"stage": args.stage, "order": args.order, "params": params, "tokens": tokens, "seconds": seconds,
-            "peak_mem_gb": peak_mem, "padding": padding, "profile": profile}
+    return {"stage": args.stage, "order": args.order, "tied": args.tied_share, "params": params, "tokens": tokens,
+            "batch_tokens": batch_tokens, "seconds": seconds, "peak_mem_gb": peak_mem, "padding": padding,
+            "profile": profile}
 
 
 def profile_tables(result: dict, top: int, clock: str) -> str:
@@ -210,8 +219,8 @@ def profile_tables(result: dict, top: int, clock: str) -> str:
     ops = markdown_table(["operator", f"self {clock} s", "share"],
                          [[name.replace("|", "/"), f"{s:.4f}", f"{s / total:.2f}"]
                           for name, s in result["profile"][:top]])
-    return (f"\nZeRO-{result['stage']} ({result['order']}), one profiled step: {total:.3f} s of operator self "
-            f"{clock} time\n\n{kinds}\n\n{ops}")
+    return (f"\nZeRO-{result['stage']} ({result['order']}, tied {result['tied']:g}), one profiled step: {total:.3f} s "
+            f"of operator self {clock} time\n\n{kinds}\n\n{ops}")
 
 
 def main() -> None:
@@ -229,6 +238,8 @@ def main() -> None:
                         help="fixed: every sequence --seq-len tokens; rollout: uniform in [seq-len/4, seq-len]")
     parser.add_argument("--orders", default="sorted",
                         help="micro-batch orders to time, comma-separated: sorted (rlpost's), arrival (sort off)")
+    parser.add_argument("--tied", default="0",
+                        help="shares of the sequences in tied groups (algo.skip_tied_groups), comma-separated")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--gradient-checkpointing", action="store_true", help="learner.gradient_checkpointing")
@@ -237,12 +248,19 @@ def main() -> None:
                         help="profile one more step per stage: time by kind of work and the top N operators")
     parser.add_argument("--stage", type=int, default=-1, help=argparse.SUPPRESS)  # worker mode
     parser.add_argument("--order", default="sorted", help=argparse.SUPPRESS)  # worker mode
+    parser.add_argument("--tied-share", type=float, default=0.0, help=argparse.SUPPRESS)  # worker mode
     args = parser.parse_args()
     if args.seqs % args.micro:
         parser.error(f"--micro {args.micro} must divide --seqs {args.seqs}")
     orders = args.orders.split(",")
     if not set(orders) <= {"sorted", "arrival"}:
         parser.error(f"--orders {args.orders}: a comma-separated list of sorted and arrival")
+    try:
+        tied = [float(x) for x in args.tied.split(",")]
+    except ValueError:
+        tied = [-1.0]
+    if not all(0 <= t < 1 for t in tied):
+        parser.error(f"--tied {args.tied}: comma-separated shares in [0, 1)")
     if not args.model:
         if not args.qwen05b:
             parser.error("give --model or --qwen05b")
@@ -257,31 +275,30 @@ def main() -> None:
     device = machine(args.device)
     print(f"{device}: measured matmul peak {peak:.4g} TFLOP/s", flush=True)
     results = []
-    for stage in (int(s) for s in args.stages.split(",")):
-        for order in orders:
-            cmd = [sys.executable, "-m", "bench.learner", *sys.argv[1:], "--model", args.model, "--stage", str(stage),
-                   "--order", order]
-            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-                raise SystemExit(f"learner bench: ZeRO-{stage} ({order}) failed (exit {proc.returncode}); its output "
-                                 "is above")
-            results.append(json.loads(line.removeprefix("RESULT ")))
-    header = ["ZeRO", "params M", "seqs x len", "micro", "order", "tokens/step", "padding", "step s median (min-max)",
-              "tokens/s", "TFLOP/s", "peak mem GB", "MFU", "tokens/s vs row 1"]
-    first = results[0]["tokens"] / statistics.median(results[0]["seconds"])
+    for stage, order, share in ((int(s), o, t) for s in args.stages.split(",") for o in orders for t in tied):
+        cmd = [sys.executable, "-m", "bench.learner", *sys.argv[1:], "--model", args.model, "--stage", str(stage),
+               "--order", order, "--tied-share", str(share)]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
+            raise SystemExit(f"learner bench: ZeRO-{stage} ({order}, tied {share}) failed (exit {proc.returncode}); "
+                             "its output is above")
+        results.append(json.loads(line.removeprefix("RESULT ")))
+    header = ["ZeRO", "params M", "seqs x len", "micro", "order", "tied", "tokens/step", "padding",
+              "step s median (min-max)", "tokens/s", "TFLOP/s", "peak mem GB", "MFU", "batch tokens/s vs row 1"]
+    first = results[0]["batch_tokens"] / statistics.median(results[0]["seconds"])
     shape = f"{args.seqs} x {args.seq_len}" + (" (rollout lengths)" if args.lengths == "rollout" else "")
     rows = []
     for r in results:
         med = statistics.median(r["seconds"])
         tps, tflops = r["tokens"] / med, 6 * r["params"] * r["tokens"] / med / 1e12
-        rows.append([str(r["stage"]), f"{r['params'] / 1e6:.0f}", shape, str(args.micro), r["order"],
+        rows.append([str(r["stage"]), f"{r['params'] / 1e6:.0f}", shape, str(args.micro), r["order"], f"{r['tied']:g}",
                      str(r["tokens"]), f"{r['padding']:.2f}", median_range(r["seconds"]), f"{tps:,.0f}",
                      # significant digits below 1: the CPU's tiny model would print 0.0 and 0.000
                      f"{tflops:.1f}" if tflops >= 1 else f"{tflops:.3g}",
                      "-" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.1f}",
-                     f"{mfu(r['params'], r['tokens'], med, peak):.3g}", f"{tps / first:.2f}"])
+                     f"{mfu(r['params'], r['tokens'], med, peak):.3g}", f"{r['batch_tokens'] / med / first:.2f}"])
     title = (f"{device}; {Path(args.model).name}; measured matmul peak {peak:.4g} TFLOP/s; "
              f"{'gradient checkpointing, ' if args.gradient_checkpointing else ''}warm-up {args.warmup}, "
              f"{args.reps} timed steps")

@@ -53,28 +53,30 @@ def test_learner_bench_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     results.write_text("# Benchmark results\n")
     cmd = [sys.executable, "-m", "bench.learner", "--model", tiny_model_dir, "--device", "cpu",
            "--stages", "0,3", "--seqs", "4", "--micro", "2", "--seq-len", "32", "--warmup", "1", "--reps", "2",
-           "--profile", "3", "--results", str(results)]
+           "--tied", "0,0.5", "--profile", "3", "--results", str(results)]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
                          cwd=ROOT)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    # --profile: per stage, the kinds-of-work table (six rows) and the top 3 operators, after the main table.
-    assert out.stdout.count("| kind of work | self CPU s | share |") == 2
-    assert out.stdout.count("| operator | self CPU s | share |") == 2
-    lines = [line for line in out.stdout.split("\n\nZeRO-0 (sorted), one profiled step")[0].splitlines()
+    # --profile: per run, the kinds-of-work table (six rows) and the top 3 operators, after the main table.
+    assert out.stdout.count("| kind of work | self CPU s | share |") == 4
+    assert out.stdout.count("| operator | self CPU s | share |") == 4
+    lines = [line for line in out.stdout.split("\n\nZeRO-0 (sorted, tied 0), one profiled step")[0].splitlines()
              if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header[0] == "ZeRO" and header[-2:] == ["MFU", "tokens/s vs row 1"] and len(header) == 13
+    assert header[0] == "ZeRO" and header[-2:] == ["MFU", "batch tokens/s vs row 1"] and len(header) == 14
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
-    assert [r[0] for r in rows] == ["0", "3"] and all(len(r) == len(header) for r in rows)
+    assert [(r[0], r[5]) for r in rows] == [("0", "0"), ("0", "0.5"), ("3", "0"), ("3", "0.5")]
+    assert all(len(r) == len(header) for r in rows)
     for cells in rows:
         assert cells[2] == "4 x 32" and cells[3] == "2" and cells[4] == "sorted"
-        assert cells[5] == "128" and cells[6] == "0.00"  # 4 sequences x 32 tokens, none of them padding
-        median, lo, hi = (float(x) for x in cells[7].replace("(", " ").replace(")", " ").replace("-", " ").split())
+        # 4 sequences x 32 tokens, none of them padding; with half of them tied the learner trains 2
+        assert cells[6] == ("128" if cells[5] == "0" else "64") and cells[7] == "0.00"
+        median, lo, hi = (float(x) for x in cells[8].replace("(", " ").replace(")", " ").replace("-", " ").split())
         assert min(median, lo, hi) > 0
-        for col in (1, 8, 9, 11, 12):  # params M, tokens/s, TFLOP/s, MFU, vs row 1: numbers, positive
+        for col in (1, 9, 10, 12, 13):  # params M, tokens/s, TFLOP/s, MFU, vs row 1: numbers, positive
             assert float(cells[col].replace(",", "")) > 0, (header[col], cells[col])
-        assert cells[10] == "-"  # peak GPU memory: none on the CPU
-    assert rows[0][12] == "1.00"
+        assert cells[11] == "-"  # peak GPU memory: none on the CPU
+    assert rows[0][13] == "1.00"
     text = results.read_text()
     assert text.startswith("# Benchmark results\n\n### ") and "Learner: tokens/s and MFU" in text.splitlines()[2]
     assert "CPU" in text and "torch " in text and "deepspeed " in text

@@ -94,8 +94,10 @@ def test_grpo_learns_computing_untied_groups_only(local_ray, tiny_model_dir: str
     exactly the groups whose rewards differ, which shrink as the policy learns (a group all capitalised ties at
     1), and GRPO learns as it does computing everything."""
     cfg = learning_cfg("grpo", tiny_model_dir, task_path, str(tmp_path), "algo.kl_coef=0",
-                       "algo.skip_tied_groups=true", "algo.num_minibatches=2")
+                       "algo.skip_tied_groups=true", "algo.num_minibatches=2", "learner.micro_batch_size=8")
     history = learns("grpo skip_tied_groups", cfg, tiny_model_dir, tmp_path)
+    # Fewer micro-batches than a full mini-batch's 4: each mini-batch still ends in exactly one optimizer step.
+    assert all(m["actor/skipped_updates"] == 0 for m in history), [m["actor/skipped_updates"] for m in history]
     trained = [m["batch/trained_frac"] for m in history]
     # Each of the 2 mini-batches of 32 runs its untied sequences, or 1 when it has none (an optimizer step moves
     # the weights even on a zero gradient, so it is never skipped).

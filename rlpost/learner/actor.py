@@ -278,10 +278,10 @@ class LearnerRank(CheckpointMixin):
                 for k, micro in enumerate(micros):
                     batch = self._pack(micro)
                     boundary = k == len(micros) - 1  # this micro-batch completes the mini-batch: optimizer steps
-                    if self.packed:
-                        # Token-budget micro-batches vary in number, so DeepSpeed's count of `accum` cannot find
-                        # the boundary. Its loss scaling by 1 / accum is a constant the normalisers already undo.
-                        self.engine.set_gradient_accumulation_boundary(boundary)
+                    # Micro-batches vary in number (token budgets; tied groups left out), so DeepSpeed's count of
+                    # `accum` cannot find the boundary. Its loss scaling by 1 / accum is a constant the normalisers
+                    # already undo.
+                    self.engine.set_gradient_accumulation_boundary(boundary)
                     loss = self._micro_loss(micro, batch, mb, means, first_pass=epoch == 0 and m == 0)
                     self.engine.backward(loss)
                     if boundary and self.zero_stage == 0:
