@@ -40,10 +40,6 @@ class PackedBatch:
         """Per-token values in the [B, T] loss layout: already there (`rlpost.packing.PackedSequences` scatters)."""
         return values
 
-    def select(self, mask: torch.Tensor) -> torch.Tensor:
-        """[B, T] bool: which logits of `forward_logits` are set in a [B, T] mask."""
-        return mask.bool()
-
     def to(self, device: torch.device | str) -> PackedBatch:
         return PackedBatch(self.input_ids.to(device), self.attention_mask.to(device),
                            self.completion_mask.to(device), self.start)
@@ -72,26 +68,43 @@ def _chunk_rows(vocab: int) -> int:
 
 
 class _TokenLogprobs(torch.autograd.Function):
-    """log_softmax(x / T)[target] row by row in chunks, for x of shape [N, V] (logits in their own dtype).
+    """log_softmax(x / T)[target] row by row in chunks, for x of shape [N, V] (logits in their own dtype), and,
+    if asked, the entropy of softmax(x / T) per row from the same fp32 chunk.
 
-    Forward keeps only the [N] result; backward recomputes softmax per chunk: d/dx_j = (1[j = target] - p_j) / T.
+    Forward keeps only the [N] results; backward recomputes softmax per chunk: d/dx_j = (1[j = target] - p_j) / T.
     Autograd through a plain `log_softmax(x.float() / T)` would save fp32 copies of the whole [N, V] logits, which
-    for a 150k vocabulary and a few thousand tokens is gigabytes more than the logits themselves.
+    for a 150k vocabulary and a few thousand tokens is gigabytes more than the logits themselves. The entropy
+    H = logsumexp(x) - sum_j p_j x_j (a metric, no gradient) costs one softmax and one dot product over the chunk
+    already converted, where a separate pass over the logits (convert, log_softmax, p log p) cost about half as
+    much as the logprobs' forward and backward together (measured on CPU, 49k vocabulary).
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, temperature: float,
+                with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
         out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        entropy = torch.empty(logits.shape[0] if with_entropy else 0, dtype=torch.float32, device=logits.device)
         step = _chunk_rows(logits.shape[1])
         for s in range(0, logits.shape[0], step):
-            x = logits[s:s + step].float() / temperature
-            out[s:s + step] = x.gather(-1, targets[s:s + step, None]).squeeze(-1) - torch.logsumexp(x, dim=-1)
+            x = logits[s:s + step].to(torch.float32, copy=True)  # a copy: fp32 logits are divided in place
+            if temperature != 1.0:
+                x.div_(temperature)
+            if with_entropy:  # exp once for both: lse = m + log sum e, H = lse - sum(e x) / sum e, e = exp(x - m)
+                top = x.amax(dim=-1, keepdim=True)
+                e = (x - top).exp_()
+                total = e.sum(dim=-1)
+                lse = top.squeeze(-1) + total.log()
+                entropy[s:s + step] = lse - torch.linalg.vecdot(e, x) / total
+            else:
+                lse = torch.logsumexp(x, dim=-1)
+            out[s:s + step] = x.gather(-1, targets[s:s + step, None]).squeeze(-1) - lse
         ctx.save_for_backward(logits, targets)
         ctx.temperature = temperature
-        return out
+        ctx.mark_non_differentiable(entropy)
+        return out, entropy
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx, grad_out: torch.Tensor, _grad_entropy: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         logits, targets = ctx.saved_tensors
         grad = torch.empty_like(logits)
         step = _chunk_rows(logits.shape[1])
@@ -100,26 +113,23 @@ class _TokenLogprobs(torch.autograd.Function):
             chunk = -torch.softmax(logits[s:s + step].float() / ctx.temperature, dim=-1) * g
             chunk.scatter_add_(-1, targets[s:s + step, None], g)
             grad[s:s + step] = (chunk / ctx.temperature).to(grad.dtype)
-        return grad, None, None
+        return grad, None, None, None
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log_softmax(logits / T) at the target tokens; logits [B, T, V], targets [B, T] -> [B, T] in float32.
     Computed in chunks of rows (see `_TokenLogprobs`), differentiable with respect to the logits."""
-    flat = _TokenLogprobs.apply(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), temperature)
+    flat, _ = _TokenLogprobs.apply(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), temperature, False)
     return flat.view(targets.shape)
 
 
-@torch.no_grad()
-def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy of softmax(logits / T) per position, [B, T, V] -> [B, T] float32, in chunks (a metric: no grad)."""
-    flat = logits.reshape(-1, logits.shape[-1])
-    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
-    step = _chunk_rows(flat.shape[1])
-    for s in range(0, flat.shape[0], step):
-        logp = torch.log_softmax(flat[s:s + step].float() / temperature, dim=-1)
-        out[s:s + step] = -(logp.exp() * logp).sum(-1)
-    return out.view(logits.shape[:-1])
+def token_logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_logprobs` and the entropy of softmax(logits / T) at every position ([B, T] float32 each; the
+    entropy carries no gradient), in one pass over the logits: what a training forward needs."""
+    flat, entropy = _TokenLogprobs.apply(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), temperature,
+                                         True)
+    return flat.view(targets.shape), entropy.view(targets.shape)
 
 
 def forward_logits(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:

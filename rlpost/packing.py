@@ -63,10 +63,6 @@ class PackedSequences:
         out = torch.zeros(self.completion_mask.shape, dtype=values.dtype, device=values.device)
         return out.index_put((*self.completion_mask.bool().nonzero(as_tuple=True),), values)
 
-    def select(self, mask: Tensor) -> Tensor:
-        """[K] bool: which rows of `forward_logits` are set in a [B, T] mask (a subset of the completion mask)."""
-        return mask.bool()[self.completion_mask.bool()]
-
     def to(self, device: torch.device | str) -> PackedSequences:
         return PackedSequences(self.input_ids.to(device), self.position_ids.to(device), self.logit_index.to(device),
                                self.completion_mask.to(device))

@@ -47,11 +47,24 @@ def test_chunked_logprob_gradient_by_hand() -> None:
 
 
 def test_token_entropy_matches_formula(monkeypatch) -> None:
+    """The entropy computed beside the logprobs, chunk by chunk (two rows a chunk here), is -sum p log p of
+    softmax(logits / T); the logprobs and their gradient are the same as without it, and the logits untouched."""
     monkeypatch.setattr(lp, "CHUNK_BYTES", 4 * 4 * 2)
-    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [10.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0]]])
-    p = torch.softmax(logits / 2.0, -1)
-    assert torch.allclose(lp.token_entropy(logits, 2.0), -(p * p.log()).sum(-1))
-    assert lp.token_entropy(logits)[0, 0].item() == pytest.approx(torch.log(torch.tensor(4.0)).item())
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [10.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0]]], requires_grad=True)
+    targets = torch.tensor([[0, 1, 3]])
+    before = logits.detach().clone()
+    logprobs, entropy = lp.token_logprobs_and_entropy(logits, targets, 2.0)
+    p = torch.softmax(before / 2.0, -1)
+    assert torch.allclose(entropy, -(p * p.log()).sum(-1))
+    assert not entropy.requires_grad and torch.equal(logits.detach(), before)
+    (grad,) = torch.autograd.grad(logprobs.sum(), logits)
+    alone = logits.detach().clone().requires_grad_()
+    (grad_alone,) = torch.autograd.grad(lp.token_logprobs(alone, targets, 2.0).sum(), alone)
+    assert torch.equal(logprobs, lp.token_logprobs(before, targets, 2.0)) and torch.equal(grad, grad_alone)
+    assert torch.allclose(logprobs, torch.log_softmax(before / 2.0, -1).gather(-1, targets[..., None])[..., 0])
+    # Uniform over 4 tokens: log 4.
+    uniform = lp.token_logprobs_and_entropy(torch.zeros(1, 1, 4), torch.tensor([[0]]))[1]
+    assert uniform.item() == pytest.approx(torch.log(torch.tensor(4.0)).item())
 
 
 def test_worker_extension_wire_format_round_trips() -> None:

@@ -54,8 +54,8 @@ from rlpost.logprobs import (
     pack,
     per_completion_token,
     repack,
-    token_entropy,
     token_logprobs,
+    token_logprobs_and_entropy,
     unpack,
 )
 from rlpost.metrics import WeightedMeans
@@ -359,8 +359,7 @@ class LearnerRank(CheckpointMixin):
         aggregate = LOSS_AGGREGATIONS.get(algo["loss_agg"])
         in_loss = torch.tensor([float(it.in_loss) for it in micro], device=self.device).unsqueeze(-1)
         mask = batch.completion_mask * in_loss
-        logits = batch.forward_logits(self.engine)
-        logprobs = batch.rows(token_logprobs(logits, batch.targets, self.temperature))
+        logprobs, entropy = self._logprobs_and_entropy(batch)
         completion = batch.completion_mask  # where the per-token lists go; `mask` says which of them count
         adv = repack([it.advantages for it in micro], completion)
         old = (logprobs.detach() if micro[0].old_logprobs is None
@@ -382,7 +381,7 @@ class LearnerRank(CheckpointMixin):
             means.add("actor/kl", masked_mean(kl.detach(), mask), n)
         with torch.no_grad():
             means.add("actor/pg_loss", masked_mean(per_token, mask), n)
-            means.add("actor/entropy", _completion_entropy(logits, batch.select(mask), self.temperature), n)
+            means.add("actor/entropy", masked_mean(entropy, mask), n)
             means.add("actor/clip_frac", clip_frac, n)
             self._check_rollout_logprobs(micro, batch, logprobs, means, first_pass)
         return loss
@@ -393,8 +392,7 @@ class LearnerRank(CheckpointMixin):
         by the mini-batch's number of pairs."""
         algo = self.cfg["algo"]
         mask = batch.completion_mask
-        logits = batch.forward_logits(self.engine)
-        logprobs = batch.rows(token_logprobs(logits, batch.targets, self.temperature))
+        logprobs, entropy = self._logprobs_and_entropy(batch)
         ref = repack([it.ref_logprobs for it in micro], mask)
         seq = sequence_logprob(logprobs, mask, algo["dpo_length_norm"])
         ref_seq = sequence_logprob(ref, mask, algo["dpo_length_norm"])
@@ -402,10 +400,16 @@ class LearnerRank(CheckpointMixin):
                                                            algo["dpo_beta"])
         loss = self._pair_loss(per_pair, margin, mb, means, "dpo")
         with torch.no_grad():
-            means.add("actor/entropy", _completion_entropy(logits, batch.select(mask), self.temperature),
-                      float(mask.sum()))
+            means.add("actor/entropy", masked_mean(entropy, mask), float(mask.sum()))
             self._check_rollout_logprobs(micro, batch, logprobs, means, first_pass)
         return loss
+
+    def _logprobs_and_entropy(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The policy's token logprobs (differentiable) and sampling entropy (a metric) in the [B, T] loss layout,
+        from one pass over the vocabulary (`token_logprobs_and_entropy`)."""
+        logprobs, entropy = token_logprobs_and_entropy(batch.forward_logits(self.engine), batch.targets,
+                                                       self.temperature)
+        return batch.rows(logprobs), batch.rows(entropy)
 
     def _check_rollout_logprobs(self, micro: list[TrainItem], batch: Batch, logprobs: torch.Tensor,
                                 means: WeightedMeans, first_pass: bool) -> None:
@@ -479,10 +483,3 @@ def _decoupled_loss(logprobs: torch.Tensor, proximal: torch.Tensor, behaviour: t
     means.add("off_policy/capped_frac", stats["capped_frac"], n)
     means.add_max("off_policy/ratio_max", stats["ratio_max"])  # 0 for an all-masked micro-batch: ratios are > 0
     return per_token, clip_frac
-
-
-def _completion_entropy(logits: torch.Tensor, keep: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean entropy of the sampling distribution over the logits' rows selected by `keep` (`Batch.select` of the
-    loss mask), computed on those rows only (a vocabulary-wide softmax over every position of the padded batch
-    costs more than the forward pass itself)."""
-    return token_entropy(logits[keep], temperature).mean() if keep.any() else torch.zeros(())
