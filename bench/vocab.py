@@ -7,17 +7,18 @@ sampling entropy (a metric), timed against the bandwidth of the device, measured
 
 The learner's loss needs log_softmax(logits / T) at the sampled tokens for every completion token, through a
 [tokens, vocab] logits tensor (152k columns for Qwen2.5: 2.5 GB of bf16 for 8,192 tokens, more than the rest of
-the forward's activations). Rows:
-- `logprobs`: `rlpost.logprobs.token_logprobs`, forward and backward (chunked, fp32 per chunk);
-- `logprobs + entropy, two passes`: the same, then the entropy computed in a pass of its own over the logits
-  (chunked log_softmax, -sum p log p), as the learner did before `token_logprobs_and_entropy`;
-- `logprobs + entropy, one pass`: `rlpost.logprobs.token_logprobs_and_entropy` (the learner now), the entropy
-  from the fp32 chunk that the logprobs already converted.
+the forward's activations). Rows, each a forward and a backward:
+- `before`: the learner's way until 2026-12-03, reproduced here (`BeforeLogprobs`, `entropy_pass`): chunked fp32
+  logprobs whose backward recomputes the softmax from the logits (convert, divide, softmax, multiply, divide,
+  convert back), then the entropy in a pass of its own over the logits (log_softmax, -sum p log p);
+- `now: logprobs and entropy`: `rlpost.logprobs.token_logprobs_and_entropy`, the learner's way: the entropy from
+  the fp32 chunk that the logprobs already converted, sharing their exponentials (the backward is as before);
+- `now: logprobs alone`: `rlpost.logprobs.token_logprobs` (the same without the entropy).
 
 The bound: the least memory traffic the work needs, reading the logits in the forward (`dtype` bytes per entry)
-and reading them again and writing their gradient in the backward (2 x `dtype` bytes), at the device's copy
-bandwidth (`copy_` of 1 GiB, measured here: reads and writes counted). Median (min-max) of `--reps` after one
-warm-up; the GPU timed with CUDA events.
+and reading them again and writing their gradient in the backward (2 x `dtype` bytes), at the device's memory
+traffic rate: twice the copy bandwidth (`copy_` of 1 GiB by default, measured here: a copy reads and writes each
+byte). Median (min-max) of `--reps` after one warm-up; the GPU timed with CUDA events.
 """
 
 from __future__ import annotations
@@ -42,8 +43,36 @@ from bench.common import (
 from rlpost import logprobs as lp
 
 
+class BeforeLogprobs(torch.autograd.Function):
+    """The token logprobs as the learner computed them before (the reference row): chunked fp32 log_softmax at the
+    targets; the backward recomputes the whole softmax from the logits."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+        out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        step = lp._chunk_rows(logits.shape[1])
+        for s in range(0, logits.shape[0], step):
+            x = logits[s:s + step].float() / temperature
+            out[s:s + step] = x.gather(-1, targets[s:s + step, None]).squeeze(-1) - torch.logsumexp(x, dim=-1)
+        ctx.save_for_backward(logits, targets)
+        ctx.temperature = temperature
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        logits, targets = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        step = lp._chunk_rows(logits.shape[1])
+        for s in range(0, logits.shape[0], step):
+            g = grad_out[s:s + step, None].float()
+            chunk = -torch.softmax(logits[s:s + step].float() / ctx.temperature, dim=-1) * g
+            chunk.scatter_add_(-1, targets[s:s + step, None], g)
+            grad[s:s + step] = (chunk / ctx.temperature).to(grad.dtype)
+        return grad, None, None
+
+
 def entropy_pass(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """The entropy in a pass of its own (the learner's way before the fused one): chunked log_softmax, -sum p log p."""
+    """The entropy in a pass of its own (the learner's way before): chunked log_softmax, -sum p log p."""
     flat = logits.reshape(-1, logits.shape[-1])
     out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
     step = lp._chunk_rows(flat.shape[1])
@@ -79,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="the logits' dtype")
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--copy-mb", type=int, default=1024, help="buffer size of the copy-bandwidth measurement")
     add_results_argument(parser)
     args = parser.parse_args(argv)
 
@@ -88,35 +118,46 @@ def main(argv: list[str] | None = None) -> int:
     targets = torch.randint(0, args.vocab, (1, args.tokens), device=args.device)
     t = args.temperature
 
-    def logprobs() -> None:
-        lp.token_logprobs(logits, targets, t).sum().backward()
-        logits.grad = None
+    flat_logits, flat_targets = logits.view(-1, args.vocab), targets.view(-1)
 
-    def two_passes() -> None:
-        lp.token_logprobs(logits, targets, t).sum().backward()
+    def before() -> None:
+        BeforeLogprobs.apply(flat_logits, flat_targets, t).sum().backward()
         entropy_pass(logits.detach(), t).sum().item()
         logits.grad = None
 
-    def one_pass() -> None:
+    def now() -> None:
         out, entropy = lp.token_logprobs_and_entropy(logits, targets, t)
         out.sum().backward()
         entropy.sum().item()
         logits.grad = None
 
-    # The two ways agree before anything is timed.
-    _, fused = lp.token_logprobs_and_entropy(logits.detach(), targets, t)
-    torch.testing.assert_close(fused.view(-1), entropy_pass(logits.detach(), t), rtol=1e-3, atol=1e-3)
+    def alone() -> None:
+        lp.token_logprobs(logits, targets, t).sum().backward()
+        logits.grad = None
 
-    bandwidth = copy_bandwidth_gbs(device=args.device) * 1e9
+    # The two ways agree before anything is timed: logprobs, their gradient, the entropy.
+    x = logits.detach().requires_grad_()
+    out, fused = lp.token_logprobs_and_entropy(x, targets, t)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    y = logits.detach().requires_grad_()
+    ref = BeforeLogprobs.apply(y.view(-1, args.vocab), flat_targets, t)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), y)
+    torch.testing.assert_close(out.view(-1), ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=1e-2, atol=1e-5)
+    torch.testing.assert_close(fused.view(-1), entropy_pass(logits.detach(), t), rtol=1e-3, atol=1e-3)
+    del x, y, out, fused, grad, ref, ref_grad
+
+    bandwidth = copy_bandwidth_gbs(args.copy_mb * 2**20, device=args.device) * 1e9
     entry = logits.element_size()
-    bound_s = 3 * entry * logits.numel() / bandwidth
-    runs = [("logprobs (forward + backward)", timed(logprobs, args.device, args.reps)),
-            ("logprobs + entropy, two passes (before)", timed(two_passes, args.device, args.reps)),
-            ("logprobs + entropy, one pass (now)", timed(one_pass, args.device, args.reps))]
-    before = statistics.median(runs[1][1])
+    bound_s = 3 * entry * logits.numel() / (2 * bandwidth)  # a copy reads and writes each byte it copies
+    runs = [("before: logprobs, then an entropy pass", timed(before, args.device, args.reps)),
+            ("now: logprobs and entropy", timed(now, args.device, args.reps)),
+            ("now: logprobs alone", timed(alone, args.device, args.reps))]
+    reference = statistics.median(runs[0][1])
     rows = [[name, median_range([x * 1e3 for x in times], ".1f"), f"{bound_s / statistics.median(times):.2f}",
-             f"{before / statistics.median(times):.2f}"] for name, times in runs]
-    table = markdown_table(["work", "ms median (min-max)", "vs bandwidth bound", "speed vs two passes"], rows)
+             f"{reference / statistics.median(times):.2f}"] for name, times in runs]
+    header = ["work (forward + backward)", "ms median (min-max)", "vs bandwidth bound", "speed vs before"]
+    table = markdown_table(header, rows)
     details = (f"{args.tokens} tokens x {args.vocab} vocabulary, {args.dtype} logits, T={t:g}, on "
                f"{machine(args.device)}; copy bandwidth {bandwidth / 1e9:.0f} GB/s, so the bound (read the logits "
                f"twice, write their gradient once) is {bound_s * 1e3:.1f} ms")
