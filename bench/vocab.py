@@ -12,7 +12,8 @@ the forward's activations). Rows, each a forward and a backward:
   logprobs whose backward recomputes the softmax from the logits (convert, divide, softmax, multiply, divide,
   convert back), then the entropy in a pass of its own over the logits (log_softmax, -sum p log p);
 - `now: logprobs and entropy`: `rlpost.logprobs.token_logprobs_and_entropy`, the learner's way: the entropy from
-  the fp32 chunk that the logprobs already converted, sharing their exponentials (the backward is as before);
+  the fp32 chunk that the logprobs already converted, sharing their exponentials, and a backward that rebuilds the
+  softmax in place in one fp32 copy of the chunk from the logsumexps the forward saved;
 - `now: logprobs alone`: `rlpost.logprobs.token_logprobs` (the same without the entropy).
 
 The bound: the least memory traffic the work needs, reading the logits in the forward (`dtype` bytes per entry)

@@ -71,7 +71,8 @@ class _TokenLogprobs(torch.autograd.Function):
     """log_softmax(x / T)[target] row by row in chunks, for x of shape [N, V] (logits in their own dtype), and,
     if asked, the entropy of softmax(x / T) per row from the same fp32 chunk.
 
-    Forward keeps only the [N] results; backward recomputes softmax per chunk: d/dx_j = (1[j = target] - p_j) / T.
+    Forward keeps only the [N] results and logsumexps; backward recomputes softmax per chunk from them:
+    d/dx_j = (1[j = target] - p_j) / T.
     Autograd through a plain `log_softmax(x.float() / T)` would save fp32 copies of the whole [N, V] logits, which
     for a 150k vocabulary and a few thousand tokens is gigabytes more than the logits themselves. The entropy
     H = logsumexp(x) - sum_j p_j x_j (a metric, no gradient) reuses the exponentials of the logsumexp and adds one
@@ -84,6 +85,7 @@ class _TokenLogprobs(torch.autograd.Function):
                 with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
         out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
         entropy = torch.empty(logits.shape[0] if with_entropy else 0, dtype=torch.float32, device=logits.device)
+        norms = torch.empty_like(out)  # logsumexp(x / T) per row: the backward's softmax needs no reduction
         step = _chunk_rows(logits.shape[1])
         for s in range(0, logits.shape[0], step):
             x = logits[s:s + step].to(torch.float32, copy=True)  # a copy: fp32 logits are divided in place
@@ -98,21 +100,27 @@ class _TokenLogprobs(torch.autograd.Function):
             else:
                 lse = torch.logsumexp(x, dim=-1)
             out[s:s + step] = x.gather(-1, targets[s:s + step, None]).squeeze(-1) - lse
-        ctx.save_for_backward(logits, targets)
+            norms[s:s + step] = lse
+        ctx.save_for_backward(logits, targets, norms)
         ctx.temperature = temperature
         ctx.mark_non_differentiable(entropy)
         return out, entropy
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor, _grad_entropy: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        logits, targets = ctx.saved_tensors
+        logits, targets, norms = ctx.saved_tensors
+        temperature = ctx.temperature
         grad = torch.empty_like(logits)
         step = _chunk_rows(logits.shape[1])
         for s in range(0, logits.shape[0], step):
-            g = grad_out[s:s + step, None].float()
-            chunk = -torch.softmax(logits[s:s + step].float() / ctx.temperature, dim=-1) * g
-            chunk.scatter_add_(-1, targets[s:s + step, None], g)
-            grad[s:s + step] = (chunk / ctx.temperature).to(grad.dtype)
+            g = grad_out[s:s + step, None].float() / temperature
+            # p = exp(x / T - logsumexp), in place in one fp32 copy of the chunk; then (1[j = target] - p) g / T
+            p = logits[s:s + step].to(torch.float32, copy=True)
+            if temperature != 1.0:
+                p.div_(temperature)
+            p.sub_(norms[s:s + step, None]).exp_().mul_(-g)
+            p.scatter_add_(-1, targets[s:s + step, None], g)
+            grad[s:s + step] = p
         return grad, None, None, None
 
 

@@ -37,9 +37,12 @@ WORDS = ["apple", "river", "stone", "cloud", "music", "paper", "light", "green",
 SAMPLES_PER_STEP = 64
 STEPS = 8
 # Per algorithm: its preset as shipped (group sizes included; trainer.prompts_per_step makes 64 samples a step),
-# plus what this tiny task needs: a critic that learns at the policy's pace.
+# plus what this tiny task needs: a critic that learns at the policy's pace, and for GRPO half the step. Its
+# std-normalised advantages give the few mixed groups of a nearly solved batch full weight, and at lr 0.03 its curve
+# oscillated: over trainer.seed 0/1/2 it ended at 0.96/0.54/0.83 (threshold 0.7), so a change of the last bits of a
+# gradient decided the test. At 0.015 seeds 0-4 end at 0.85-0.92; every other algorithm passes seeds 0-2 at 0.03.
 ALGOS = {
-    "grpo": [],
+    "grpo": ["learner.lr=0.015"],
     "dr_grpo": [],
     "rloo": [],
     "reinforce_pp": [],
@@ -109,11 +112,14 @@ def test_grpo_learns_computing_untied_groups_only(local_ray, tiny_model_dir: str
 @pytest.mark.parametrize("algo", ["grpo", "ppo"])
 def test_one_step_stale_pipeline_learns(algo: str, local_ray, tiny_model_dir: str, task_path: str, tmp_path) -> None:
     """`trainer.max_staleness=1` (rlpost/pipeline.py): from step 2 on every batch was sampled by the policy one
-    update older than the learner's, corrected by TIS; the thresholds are the same."""
+    update older than the learner's, corrected by TIS; the thresholds are the same. Steps 1 and 2 sample from the
+    initial policy, so the curve runs a step behind: two more steps (GRPO over seeds 0-2 ended at 0.70-0.79 after 8
+    steps, 0.92-0.96 after 10)."""
+    steps = STEPS + 2
     cfg = learning_cfg(algo, tiny_model_dir, task_path, str(tmp_path), *ALGOS[algo], "trainer.max_staleness=1",
-                       "algo.off_policy_correction=tis")
+                       "algo.off_policy_correction=tis", f"trainer.steps={steps}")
     history = learns(f"{algo} max_staleness=1", cfg, tiny_model_dir, tmp_path)
-    assert [m["staleness/max"] for m in history] == [0.0] + [1.0] * (STEPS - 1)
+    assert [m["staleness/max"] for m in history] == [0.0] + [1.0] * (steps - 1)
 
 
 def learns(label: str, cfg, tiny_model_dir: str, tmp_path) -> list[dict[str, float]]:

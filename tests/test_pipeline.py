@@ -2,7 +2,9 @@
 stand-in engine group, then the real loop on CPU (Ray, one DeepSpeed rank, the HF engine, gloo sync).
 
 The end-to-end tests: `max_staleness=0` reproduces, number for number, a seeded 3-step grpo run recorded from the
-synchronous loop before the pipeline existed (`tests/data/grpo_seeded_3_steps.json`; timings left out), and
+synchronous loop before the pipeline existed (`tests/data/grpo_seeded_3_steps.json`; timings left out; recorded
+again on 2026-12-03 when the logprobs' backward changed how it rounds: the recording passed with the loop as it was,
+and from step 2 on the first Adam step's sign-like moves turn ~1e-6 gradient differences into other samples), and
 `max_staleness=1` trains on samples exactly one version old from step 2 on. The learning proof with
 `max_staleness=1` is in `tests/test_learning.py`.
 """
