@@ -12,7 +12,7 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -85,6 +85,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def time_reps(fn: Callable[[], object], device: str, reps: int) -> list[float]:
+    """Seconds of each of `reps` calls of `fn` after one warm-up call (allocator, kernel selection): CUDA events
+    around each call on a GPU, the wall clock on the CPU."""
+    import torch
+
+    fn()
+    times = []
+    for _ in range(reps):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return times
 
 
 def copy_bandwidth_gbs(nbytes: int = 2**30, reps: int = 20, device: str = "cuda") -> float:

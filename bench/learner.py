@@ -58,6 +58,7 @@ from bench.common import (
     machine,
     markdown_table,
     median_range,
+    time_reps,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,24 +69,9 @@ def matmul_peak_tflops(device: str, reps: int = 10) -> float:
     import torch
 
     n, dtype = (8192, torch.bfloat16) if device == "cuda" else (1024, torch.float32)
-    a = torch.randn(n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
-    a @ b  # warm-up: kernel selection
-    best = float("inf")
-    for _ in range(reps):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            a @ b
-            end.record()
-            torch.cuda.synchronize()
-            seconds = start.elapsed_time(end) / 1e3
-        else:
-            t = time.perf_counter()
-            a @ b
-            seconds = time.perf_counter() - t
-        best = min(best, seconds)
-    del a, b
+    operands = [torch.randn(n, n, dtype=dtype, device=device) for _ in range(2)]
+    best = min(time_reps(lambda: operands[0] @ operands[1], device, reps))  # its warm-up call selects the kernel
+    operands.clear()
     if device == "cuda":
         torch.cuda.empty_cache()  # the stages run in other processes on the same GPU: leave them its memory
     return 2 * n**3 / best / 1e12

@@ -41,6 +41,7 @@ from bench.common import (
     machine,
     markdown_table,
     median_range,
+    time_reps,
 )
 
 
@@ -67,16 +68,7 @@ def two_copy_floor_s(model_dir: str, bucket_mb: int, reps: int = 10) -> float:
             named = unflatten(flat, bucket)
             torch._foreach_copy_([dst[n] for n, _ in named], [t for _, t in named])
 
-    one_pass()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        one_pass()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
+    return statistics.median(time_reps(one_pass, "cuda", reps))
 
 
 def _nccl_broadcast_worker(rank: int, port: int, nbytes: int, reps: int, result) -> None:

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -40,6 +38,7 @@ from bench.common import (
     machine,
     markdown_table,
     median_range,
+    time_reps,
 )
 from rlpost import logprobs as lp
 
@@ -81,24 +80,6 @@ def entropy_pass(logits: torch.Tensor, temperature: float) -> torch.Tensor:
         logp = torch.log_softmax(flat[s:s + step].float() / temperature, dim=-1)
         out[s:s + step] = -(logp.exp() * logp).sum(-1)
     return out
-
-
-def timed(fn: Callable[[], None], device: str, reps: int) -> list[float]:
-    fn()  # warm-up: allocator and kernel selection
-    times = []
-    for _ in range(reps):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    return times
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     bandwidth = copy_bandwidth_gbs(args.copy_mb * 2**20, device=args.device) * 1e9
     entry = logits.element_size()
     bound_s = 3 * entry * logits.numel() / (2 * bandwidth)  # a copy reads and writes each byte it copies
-    runs = [("before: logprobs, then an entropy pass", timed(before, args.device, args.reps)),
-            ("now: logprobs and entropy", timed(now, args.device, args.reps)),
-            ("now: logprobs alone", timed(alone, args.device, args.reps))]
+    runs = [("before: logprobs, then an entropy pass", time_reps(before, args.device, args.reps)),
+            ("now: logprobs and entropy", time_reps(now, args.device, args.reps)),
+            ("now: logprobs alone", time_reps(alone, args.device, args.reps))]
     reference = statistics.median(runs[0][1])
     rows = [[name, median_range([x * 1e3 for x in times], ".1f"), f"{bound_s / statistics.median(times):.2f}",
              f"{reference / statistics.median(times):.2f}"] for name, times in runs]
