@@ -67,6 +67,12 @@ def _chunk_rows(vocab: int) -> int:
     return max(1, CHUNK_BYTES // (4 * vocab))
 
 
+def _scaled_chunk(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """A fresh fp32 copy of a chunk of logits divided by T (a copy even for fp32 logits: callers work in place)."""
+    x = logits.to(torch.float32, copy=True)
+    return x.div_(temperature) if temperature != 1.0 else x
+
+
 class _TokenLogprobs(torch.autograd.Function):
     """log_softmax(x / T)[target] row by row in chunks, for x of shape [N, V] (logits in their own dtype), and,
     if asked, the entropy of softmax(x / T) per row from the same fp32 chunk.
@@ -88,9 +94,7 @@ class _TokenLogprobs(torch.autograd.Function):
         norms = torch.empty_like(out)  # logsumexp(x / T) per row: the backward's softmax needs no reduction
         step = _chunk_rows(logits.shape[1])
         for s in range(0, logits.shape[0], step):
-            x = logits[s:s + step].to(torch.float32, copy=True)  # a copy: fp32 logits are divided in place
-            if temperature != 1.0:
-                x.div_(temperature)
+            x = _scaled_chunk(logits[s:s + step], temperature)
             if with_entropy:  # exp once for both: lse = m + log sum e, H = lse - sum(e x) / sum e, e = exp(x - m)
                 top = x.amax(dim=-1, keepdim=True)
                 e = (x - top).exp_()
@@ -115,9 +119,7 @@ class _TokenLogprobs(torch.autograd.Function):
         for s in range(0, logits.shape[0], step):
             g = grad_out[s:s + step, None].float() / temperature
             # p = exp(x / T - logsumexp), in place in one fp32 copy of the chunk; then (1[j = target] - p) g / T
-            p = logits[s:s + step].to(torch.float32, copy=True)
-            if temperature != 1.0:
-                p.div_(temperature)
+            p = _scaled_chunk(logits[s:s + step], temperature)
             p.sub_(norms[s:s + step, None]).exp_().mul_(-g)
             p.scatter_add_(-1, targets[s:s + step, None], g)
             grad[s:s + step] = p
