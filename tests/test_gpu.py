@@ -217,3 +217,46 @@ def test_reward_model_scorer_on_gpu(smollm_dir: str, tmp_path) -> None:
           f"{max(abs(a - b) for a, b in zip(alone, scores[:4], strict=True)):.2e}")
     assert len(scores) == 256 and all(isinstance(s, float) for s in scores)
     assert max(abs(a - b) for a, b in zip(alone, scores[:4], strict=True)) < 5e-2  # bf16, different padding widths
+
+
+def test_learner_attention_backward_is_finite() -> None:
+    """The learner's attention kernels (`use_safe_attention_kernels`) give finite gradients on the inputs that
+    make cuDNN's SDPA backward return NaN (pytorch/pytorch#196678): a right-padded causal batch under an explicit
+    boolean mask, padded width 64 mod 128, and a head whose every score is about -100 (its logsumexp below
+    ln(FLT_MAX)), as Qwen2.5's "massive activation" heads have. What the default kernel choice gives on the same
+    inputs is printed (not asserted: a torch that fixed it should not fail this test)."""
+    import torch
+    import torch.nn.functional as F
+
+    from rlpost.learner.actor import use_safe_attention_kernels
+
+    width, dim, real = 704, 64, 650  # 704 = 5 x 128 + 64; the last 54 positions are padding
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    direction = torch.nn.functional.normalize(torch.randn(dim, device="cuda", generator=gen), dim=0)
+    noise = torch.randn(2, 1, 2, width, dim, device="cuda", generator=gen) * 0.05
+    q = (direction * 10 + noise[0]).to(torch.bfloat16)  # q.k / sqrt(dim) ~ -10 * 80 / 8 = -100 for every pair
+    k = (-direction * 80 + noise[1]).to(torch.bfloat16)
+    v = torch.randn(1, 2, width, dim, device="cuda", generator=gen, dtype=torch.bfloat16)
+    keep = torch.ones(width, width, dtype=torch.bool, device="cuda").tril()
+    keep[:, real:] = False  # no row sees a padding key (as transformers builds it: padding rows see the real ones)
+    mask = keep[None, None]
+
+    def grads() -> list[torch.Tensor]:
+        leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+        F.scaled_dot_product_attention(*leaves, attn_mask=mask).float().square().sum().backward()
+        return [t.grad for t in leaves]
+
+    default = grads()
+    print(f"default SDPA kernels: non-finite dQ/dK/dV {[int((~g.isfinite()).sum()) for g in default]}")
+    try:
+        use_safe_attention_kernels()
+        safe = grads()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+    assert all(bool(g.isfinite().all()) for g in safe)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):  # the reference: plain matmuls and softmax
+        reference = grads()
+    for got, want in zip(safe, reference, strict=True):
+        assert float((got.float() - want.float()).norm() / want.float().norm()) < 0.02  # bf16 kernels

@@ -84,6 +84,7 @@ def test_gpu_cluster_presets_compose() -> None:
     single = make("cluster=single_gpu")
     assert (single.cluster.device, single.cluster.colocate, single.rollout.engine) == ("cuda", True, "vllm")
     assert single.learner.num_ranks == single.rollout.num_engines == 1  # the preset wins over the experiment
+    assert make("cluster=single_gpu", "rollout.engines_per_gpu=2").rollout.num_engines == 2  # one GPU hosts both
     split = make("cluster=split", "rollout.num_engines=2", "rollout.tensor_parallel_size=2")
     assert (split.cluster.colocate, split.rollout.num_engines, split.rollout.tensor_parallel_size) == (False, 2, 2)
 

@@ -106,10 +106,16 @@ def test_smollm2_format_recipe_logs_the_format_share() -> None:
 
 
 @pytest.mark.parametrize("experiment", ["gsm8k_grpo_qwen05b", "gsm8k_ppo_qwen05b", "gsm8k_online_dpo_qwen05b"])
-def test_qwen05b_recipes_compose_and_divide(experiment: str) -> None:
+def test_qwen05b_recipes_compose_and_divide(experiment: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The one-H200 recipes: same sample budget per step (512 completions) and time budget; batch sizes divide.
-    (cluster=debug_cpu only stands in for the GPU, which this machine lacks.)"""
-    cfg = make(f"experiment={experiment}", "model.path=/models/x", "learner.num_ranks=1")
+    Validated in the placement they are written for (one GPU, learner and engines colocated), as a job submitted
+    to a GPU cluster from this machine: the GPU check is the cluster's, and vLLM is the GPU machine's install."""
+    import rlpost.rollout.vllm_engine
+
+    monkeypatch.setattr(rlpost.rollout.vllm_engine, "check_vllm", lambda: None)
+    cfg = make(f"experiment={experiment}", "model.path=/models/x", "cluster=single_gpu",
+               "cluster.address=ray://head:10001")
+    assert cfg.rollout.num_engines == cfg.rollout.engines_per_gpu == (2 if "grpo" in experiment else 1)
     assert cfg.trainer.prompts_per_step * cfg.algo.group_size == 512
     assert cfg.trainer.max_minutes == 20 and cfg.eval.max_new_tokens == 512 and cfg.eval.limit == 256
     assert cfg.critic.enabled == (experiment == "gsm8k_ppo_qwen05b")

@@ -94,6 +94,15 @@ def lines_dropped(marker: str) -> Iterator[None]:
 
 
 
+def use_safe_attention_kernels() -> None:
+    """Keep this process's attention off cuDNN's SDPA kernel, torch 2.11's default on H100/H200. Its backward
+    returns NaN in dQ when an explicit attention mask is passed, the padded width is 64 mod 128 and a head's
+    logsumexp is below ln(FLT_MAX) ~ -88.7 (pytorch/pytorch#196678). Our batches are right-padded under a mask, and
+    Qwen2.5 has such heads: every GSM8K run on it skipped 2-5% of its updates for a non-finite gradient norm
+    (bench/RESULTS.md, run `grpo-cos`). The flash and memory-efficient kernels are clean on the same inputs."""
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 class LearnerRank(CheckpointMixin):
     prefix = "actor"  # metric names: actor/grad_norm, actor/lr, ...
     group = "learner"  # learner/tokens, learner/seconds
@@ -136,6 +145,7 @@ class LearnerRank(CheckpointMixin):
         device = self.cfg["cluster"]["device"]
         if device == "cuda":
             torch.cuda.set_device(0)  # Ray shows each rank exactly its own GPU(s) through CUDA_VISIBLE_DEVICES
+            use_safe_attention_kernels()
         # The training group's rendezvous store, made here rather than by torch's env:// (whose server listens on
         # every interface) so that a local cluster's listens on loopback only; DeepSpeed adopts the group.
         backend = "gloo" if device == "cpu" else "nccl"
