@@ -97,8 +97,8 @@ def test_wrong_type_rejected() -> None:
     (["rollout.engines_per_gpu=0"], "rollout.engines_per_gpu=0: must be >= 1"),
     (["rollout.engines_per_gpu=2", "rollout.num_engines=2"], "needs cluster.colocate=true"),  # debug_cpu
     (["cluster=single_gpu", "rollout.engines_per_gpu=3"], "keep their product at most 0.9"),  # 3 x 0.35
-    (["cluster=single_gpu", "rollout.engines_per_gpu=2", "rollout.gpu_memory_utilization=0.3"],
-     "set rollout.num_engines=2 (learner.num_ranks x rollout.engines_per_gpu)"),
+    (["cluster=single_gpu", "learner.num_ranks=2", "rollout.engines_per_gpu=2", "rollout.gpu_memory_utilization=0.3"],
+     "set rollout.num_engines=4 (learner.num_ranks x rollout.engines_per_gpu)"),  # the preset's count is one GPU's
     (["reward.accuracy=nope"], "reward.accuracy"),  # names no component: refused before any actor
     # keys the schema does not know, added with Hydra's `+` (which it suggests for them)
     (["+data.path=/tmp/x.jsonl"], "data.path: not an option of rlpost-train (did you mean data.train_path?)"),
