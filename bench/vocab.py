@@ -15,6 +15,8 @@ the forward's activations). Rows, each a forward and a backward:
   the fp32 chunk that the logprobs already converted, sharing their exponentials, and a backward that rebuilds the
   softmax in place in one fp32 copy of the chunk from the logsumexps the forward saved;
 - `now: logprobs alone`: `rlpost.logprobs.token_logprobs` (the same without the entropy).
+On CUDA the `now` rows run the per-chunk functions compiled (`rlpost.logprobs.KERNELS`, torch.compile), and one
+more row, `now, eager: logprobs and entropy`, runs them as the CPU does, without compiling.
 
 The bound: the least memory traffic the work needs, reading the logits in the forward (`dtype` bytes per entry)
 and reading them again and writing their gradient in the backward (2 x `dtype` bytes), at the device's memory
@@ -117,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         lp.token_logprobs(logits, targets, t).sum().backward()
         logits.grad = None
 
+    def eager() -> None:
+        out, entropy = lp.token_logprobs_and_entropy(logits, targets, t, kernels=None)
+        out.sum().backward()
+        entropy.sum().item()
+        logits.grad = None
+
     # The two ways agree before anything is timed: logprobs, their gradient, the entropy.
     x = logits.detach().requires_grad_()
     out, fused = lp.token_logprobs_and_entropy(x, targets, t)
@@ -135,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = [("before: logprobs, then an entropy pass", time_reps(before, args.device, args.reps)),
             ("now: logprobs and entropy", time_reps(now, args.device, args.reps)),
             ("now: logprobs alone", time_reps(alone, args.device, args.reps))]
+    compiled = args.device.startswith("cuda") and not lp.KERNELS.failed
+    if compiled:
+        runs.append(("now, eager: logprobs and entropy", time_reps(eager, args.device, args.reps)))
     reference = statistics.median(runs[0][1])
     rows = [[name, median_range([x * 1e3 for x in times], ".1f"), f"{bound_s / statistics.median(times):.2f}",
              f"{reference / statistics.median(times):.2f}"] for name, times in runs]
@@ -142,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(header, rows)
     details = (f"{args.tokens} tokens x {args.vocab} vocabulary, {args.dtype} logits, T={t:g}, on "
                f"{machine(args.device)}; copy bandwidth {bandwidth / 1e9:.0f} GB/s, so the bound (read the logits "
-               f"twice, write their gradient once) is {bound_s * 1e3:.1f} ms")
+               f"twice, write their gradient once) is {bound_s * 1e3:.1f} ms; per-chunk functions "
+               f"{'compiled' if compiled else 'eager'}")
     print(details)
     print(table)
     if args.results:

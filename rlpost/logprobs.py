@@ -73,6 +73,73 @@ def _scaled_chunk(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return x.div_(temperature) if temperature != 1.0 else x
 
 
+def _forward_chunk(logits: torch.Tensor, targets: torch.Tensor, temperature: float,
+                   with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(log_softmax(x / T)[target], logsumexp(x / T), entropy of softmax(x / T) or None) per row of a chunk."""
+    x = _scaled_chunk(logits, temperature)
+    entropy = None
+    if with_entropy:  # exp once for both: lse = m + log sum e, H = lse - sum(e x) / sum e, e = exp(x - m)
+        top = x.amax(dim=-1, keepdim=True)
+        e = (x - top).exp_()
+        total = e.sum(dim=-1)
+        lse = top.squeeze(-1) + total.log()
+        entropy = lse - torch.linalg.vecdot(e, x) / total
+    else:
+        lse = torch.logsumexp(x, dim=-1)
+    return x.gather(-1, targets[:, None]).squeeze(-1) - lse, lse, entropy
+
+
+def _backward_chunk(logits: torch.Tensor, targets: torch.Tensor, norms: torch.Tensor, grad_out: torch.Tensor,
+                    temperature: float) -> torch.Tensor:
+    """d/dx_j of the chunk's logprobs weighted by `grad_out`: (1[j = target] - p_j) g / T, in the logits' dtype.
+    p = exp(x / T - logsumexp) in place in one fp32 copy of the chunk; the target's +g / T is added after the
+    conversion (n elements), so that a compiled kernel writes the whole chunk in one pass."""
+    g = grad_out[:, None].float() / temperature
+    p = _scaled_chunk(logits, temperature)
+    grad = p.sub_(norms[:, None]).exp_().mul_(-g).to(logits.dtype)
+    return grad.scatter_add_(-1, targets[:, None], g.to(logits.dtype))
+
+
+class ChunkKernels:
+    """The per-chunk functions, compiled once per process for tensors on `devices` (CUDA: torch.compile fuses
+    each into one or two passes over the chunk in its own dtype, where run eagerly they make ~10 passes over fp32
+    copies, 5% of the H200's bandwidth bound: bench/RESULTS.md), eager elsewhere (the CPU runs the eager in-place
+    code: inductor's C++ compile there would cost the tests and the debug mode more than it saves). If compiling
+    fails (no Triton, say), one line says so and the eager functions stand in for the rest of the process."""
+
+    def __init__(self, devices: tuple[str, ...] = ("cuda",), backend: str | Callable = "inductor") -> None:
+        self.devices, self.backend = devices, backend
+        self._compiled: tuple[Callable, Callable] | None = None
+        self.failed = False
+
+    def _functions(self, logits: torch.Tensor) -> tuple[Callable, Callable]:
+        if logits.device.type not in self.devices or self.failed:
+            return _forward_chunk, _backward_chunk
+        if self._compiled is None:
+            self._compiled = (torch.compile(_forward_chunk, backend=self.backend),
+                              torch.compile(_backward_chunk, backend=self.backend))
+        return self._compiled
+
+    def run(self, which: int, logits: torch.Tensor, *args) -> object:
+        """`_forward_chunk` (which=0) or `_backward_chunk` (1) of `logits` and `args`."""
+        try:
+            return self._functions(logits)[which](logits, *args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # a compile failure; any eager failure raises again below
+            if logits.device.type not in self.devices or self.failed:
+                raise
+            self.failed = True
+            # torch's message names the backend on its first line and the error underneath on the next
+            detail = " ".join([line.strip() for line in str(e).splitlines() if line.strip()][:2])[:200]
+            print(f"[rlpost] torch.compile of the vocabulary-wide logprob kernels failed ({type(e).__name__}: "
+                  f"{detail}); running them eagerly", flush=True)
+            return (_forward_chunk, _backward_chunk)[which](logits, *args)
+
+
+KERNELS = ChunkKernels()  # the process's: each compiled function compiles once per process
+
+
 class _TokenLogprobs(torch.autograd.Function):
     """log_softmax(x / T)[target] row by row in chunks, for x of shape [N, V] (logits in their own dtype), and,
     if asked, the entropy of softmax(x / T) per row from the same fp32 chunk.
@@ -84,61 +151,55 @@ class _TokenLogprobs(torch.autograd.Function):
     H = logsumexp(x) - sum_j p_j x_j (a metric, no gradient) reuses the exponentials of the logsumexp and adds one
     dot product over the chunk already converted, where a separate pass over the logits (convert, log_softmax,
     p log p) cost about half as much as the logprobs' forward and backward together (bench/vocab.py, CPU).
+    `kernels`: where the per-chunk functions come from (`KERNELS`: compiled on CUDA); None: eager.
     """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, temperature: float,
-                with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                with_entropy: bool, kernels: ChunkKernels | None) -> tuple[torch.Tensor, torch.Tensor]:
         out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
         entropy = torch.empty(logits.shape[0] if with_entropy else 0, dtype=torch.float32, device=logits.device)
         norms = torch.empty_like(out)  # logsumexp(x / T) per row: the backward's softmax needs no reduction
         step = _chunk_rows(logits.shape[1])
         for s in range(0, logits.shape[0], step):
-            x = _scaled_chunk(logits[s:s + step], temperature)
-            if with_entropy:  # exp once for both: lse = m + log sum e, H = lse - sum(e x) / sum e, e = exp(x - m)
-                top = x.amax(dim=-1, keepdim=True)
-                e = (x - top).exp_()
-                total = e.sum(dim=-1)
-                lse = top.squeeze(-1) + total.log()
-                entropy[s:s + step] = lse - torch.linalg.vecdot(e, x) / total
-            else:
-                lse = torch.logsumexp(x, dim=-1)
-            out[s:s + step] = x.gather(-1, targets[s:s + step, None]).squeeze(-1) - lse
-            norms[s:s + step] = lse
+            args = (logits[s:s + step], targets[s:s + step], temperature, with_entropy)
+            picked, lse, h = kernels.run(0, *args) if kernels else _forward_chunk(*args)
+            out[s:s + step], norms[s:s + step] = picked, lse
+            if with_entropy:
+                entropy[s:s + step] = h
         ctx.save_for_backward(logits, targets, norms)
-        ctx.temperature = temperature
+        ctx.temperature, ctx.kernels = temperature, kernels
         ctx.mark_non_differentiable(entropy)
         return out, entropy
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor, _grad_entropy: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+    def backward(ctx, grad_out: torch.Tensor,
+                 _grad_entropy: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
         logits, targets, norms = ctx.saved_tensors
-        temperature = ctx.temperature
         grad = torch.empty_like(logits)
         step = _chunk_rows(logits.shape[1])
         for s in range(0, logits.shape[0], step):
-            g = grad_out[s:s + step, None].float() / temperature
-            # p = exp(x / T - logsumexp), in place in one fp32 copy of the chunk; then (1[j = target] - p) g / T
-            p = _scaled_chunk(logits[s:s + step], temperature)
-            p.sub_(norms[s:s + step, None]).exp_().mul_(-g)
-            p.scatter_add_(-1, targets[s:s + step, None], g)
-            grad[s:s + step] = p
-        return grad, None, None, None
+            args = (logits[s:s + step], targets[s:s + step], norms[s:s + step], grad_out[s:s + step],
+                    ctx.temperature)
+            grad[s:s + step] = ctx.kernels.run(1, *args) if ctx.kernels else _backward_chunk(*args)
+        return grad, None, None, None, None
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                   kernels: ChunkKernels | None = KERNELS) -> torch.Tensor:
     """log_softmax(logits / T) at the target tokens; logits [B, T, V], targets [B, T] -> [B, T] in float32.
     Computed in chunks of rows (see `_TokenLogprobs`), differentiable with respect to the logits."""
-    flat, _ = _TokenLogprobs.apply(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), temperature, False)
+    flat, _ = _TokenLogprobs.apply(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), temperature, False,
+                                   kernels)
     return flat.view(targets.shape)
 
 
-def token_logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor,
-                               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                               kernels: ChunkKernels | None = KERNELS) -> tuple[torch.Tensor, torch.Tensor]:
     """`token_logprobs` and the entropy of softmax(logits / T) at every position ([B, T] float32 each; the
     entropy carries no gradient), in one pass over the logits: what a training forward needs."""
     flat, entropy = _TokenLogprobs.apply(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), temperature,
-                                         True)
+                                         True, kernels)
     return flat.view(targets.shape), entropy.view(targets.shape)
 
 

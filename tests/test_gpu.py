@@ -260,3 +260,28 @@ def test_learner_attention_backward_is_finite() -> None:
         reference = grads()
     for got, want in zip(safe, reference, strict=True):
         assert float((got.float() - want.float()).norm() / want.float().norm()) < 0.02  # bf16 kernels
+
+
+def test_compiled_vocab_kernels_match_eager() -> None:
+    """On CUDA the learner's logprob kernels are torch.compile'd (`rlpost.logprobs.KERNELS`): they give the eager
+    functions' logprobs, entropies and gradients for bf16 and fp32 logits of Qwen2.5's vocabulary, over two row
+    counts (the second compile takes the row count as dynamic), and the compile did not fall back."""
+    import torch
+
+    from rlpost import logprobs as lp
+
+    vocab, gen = 151936, torch.Generator(device="cuda").manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float32):
+        for rows in (900, 1337):  # 2-3 chunks of 441 rows and a shorter last one
+            logits = (torch.randn(1, rows, vocab, device="cuda", generator=gen) * 3).to(dtype)
+            targets = torch.randint(0, vocab, (1, rows), device="cuda", generator=gen)
+            weights = torch.randn(1, rows, device="cuda", generator=gen)
+            results = []
+            for kernels in (lp.KERNELS, None):
+                x = logits.detach().requires_grad_()
+                out, entropy = lp.token_logprobs_and_entropy(x, targets, 0.8, kernels=kernels)
+                (grad,) = torch.autograd.grad((out * weights).sum(), x)
+                results.append((out, entropy, grad.float()))
+            for got, want in zip(*results, strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4 if dtype == torch.float32 else 1e-3)
+    assert not lp.KERNELS.failed
