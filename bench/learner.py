@@ -101,11 +101,13 @@ def synthetic_items(num: int, seq_len: int, vocab: int, seed: int = 0, lengths: 
     return items
 
 
-# Kinds of work, by operator name (first match wins): what `--profile` groups the step's self time into.
+# Kinds of work, by operator name (first match wins): what `--profile` groups the step's self time into. The
+# vocabulary-wide work is whatever runs inside rlpost.logprobs' profiler range (`profiled_step` names those
+# operators "rlpost::vocabulary/<operator>"), so its elementwise kernels are not counted as "other".
 PROFILE_KINDS = [
+    ("vocabulary (logprobs, entropy)", ("rlpost::vocabulary",)),
     ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")),
     ("attention", ("scaled_dot_product", "flash", "efficient_attention", "cudnn_attention")),
-    ("vocabulary log-softmax", ("logsumexp", "softmax", "gather", "scatter")),
     ("optimizer", ("adam", "foreach", "multi_tensor")),
     ("copy / cast", ("aten::copy_", "aten::to", "aten::_to_copy", "aten::clone", "aten::contiguous")),
 ]
@@ -123,19 +125,32 @@ def profile_kinds(op_times: list[tuple[str, float]]) -> list[tuple[str, float, f
 
 def profiled_step(step: Callable[[], object], cuda: bool) -> list[tuple[str, float]]:
     """(operator, self seconds) of one call of `step` under torch.profiler: device time on the GPU, CPU time on
-    the CPU. Only operators (not the kernels they launch, which carry the same device time again)."""
+    the CPU. Only operators (not the kernels they launch, which carry the same device time again); an operator
+    run inside rlpost.logprobs' profiler range is named "rlpost::vocabulary/<operator>"."""
     import torch
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
+
+    from rlpost.logprobs import PROFILE_SCOPE
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         step()
         if cuda:
             torch.cuda.synchronize()
-    ops = [e for e in prof.key_averages() if e.device_type == DeviceType.CPU]
-    times = [(e.key, (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e6) for e in ops]
-    return sorted([x for x in times if x[1] > 0], key=lambda x: -x[1])
+
+    def name(event) -> str:
+        scope = event
+        while scope is not None and scope.name != PROFILE_SCOPE:
+            scope = scope.cpu_parent
+        return event.name if scope is None or scope is event else f"{PROFILE_SCOPE}/{event.name}"
+
+    times: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type == DeviceType.CPU:
+            key = name(e)
+            times[key] = times.get(key, 0.0) + (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e6
+    return sorted([x for x in times.items() if x[1] > 0], key=lambda x: -x[1])
 
 
 def padding_share(micro_batches: list[list]) -> float:

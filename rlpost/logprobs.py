@@ -61,6 +61,9 @@ def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int) ->
 
 # fp32 temporaries per chunk: ~256 MB whatever the vocabulary, instead of batch x length x vocab x 4 bytes.
 CHUNK_BYTES = 2**28
+# The torch.profiler range around the vocabulary-wide work, forward and backward (bench/learner.py's profile
+# attributes what runs inside it): eager it is plain exp/sub/mul/sum kernels, compiled it is fused ones.
+PROFILE_SCOPE = "rlpost::vocabulary"
 
 
 def _chunk_rows(vocab: int) -> int:
@@ -161,12 +164,13 @@ class _TokenLogprobs(torch.autograd.Function):
         entropy = torch.empty(logits.shape[0] if with_entropy else 0, dtype=torch.float32, device=logits.device)
         norms = torch.empty_like(out)  # logsumexp(x / T) per row: the backward's softmax needs no reduction
         step = _chunk_rows(logits.shape[1])
-        for s in range(0, logits.shape[0], step):
-            args = (logits[s:s + step], targets[s:s + step], temperature, with_entropy)
-            picked, lse, h = kernels.run(0, *args) if kernels else _forward_chunk(*args)
-            out[s:s + step], norms[s:s + step] = picked, lse
-            if with_entropy:
-                entropy[s:s + step] = h
+        with torch.profiler.record_function(PROFILE_SCOPE):
+            for s in range(0, logits.shape[0], step):
+                args = (logits[s:s + step], targets[s:s + step], temperature, with_entropy)
+                picked, lse, h = kernels.run(0, *args) if kernels else _forward_chunk(*args)
+                out[s:s + step], norms[s:s + step] = picked, lse
+                if with_entropy:
+                    entropy[s:s + step] = h
         ctx.save_for_backward(logits, targets, norms)
         ctx.temperature, ctx.kernels = temperature, kernels
         ctx.mark_non_differentiable(entropy)
@@ -178,10 +182,11 @@ class _TokenLogprobs(torch.autograd.Function):
         logits, targets, norms = ctx.saved_tensors
         grad = torch.empty_like(logits)
         step = _chunk_rows(logits.shape[1])
-        for s in range(0, logits.shape[0], step):
-            args = (logits[s:s + step], targets[s:s + step], norms[s:s + step], grad_out[s:s + step],
-                    ctx.temperature)
-            grad[s:s + step] = ctx.kernels.run(1, *args) if ctx.kernels else _backward_chunk(*args)
+        with torch.profiler.record_function(PROFILE_SCOPE):
+            for s in range(0, logits.shape[0], step):
+                args = (logits[s:s + step], targets[s:s + step], norms[s:s + step], grad_out[s:s + step],
+                        ctx.temperature)
+                grad[s:s + step] = ctx.kernels.run(1, *args) if ctx.kernels else _backward_chunk(*args)
         return grad, None, None, None, None
 
 

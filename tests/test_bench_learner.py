@@ -41,10 +41,32 @@ def test_rollout_lengths_spread_and_padding_by_hand() -> None:
 
 def test_profile_kinds_by_hand() -> None:
     ops = [("aten::mm", 3.0), ("aten::addmm", 1.0), ("aten::_efficient_attention_forward", 1.0),
-           ("aten::logsumexp", 0.5), ("aten::_fused_adamw_", 0.5), ("aten::copy_", 1.0), ("aten::mul", 3.0)]
+           ("rlpost::vocabulary/aten::exp_", 0.25), ("rlpost::vocabulary/aten::copy_", 0.25),
+           ("aten::_fused_adamw_", 0.5), ("aten::copy_", 1.0), ("aten::mul", 3.0)]
     kinds = {k: (s, share) for k, s, share in bench.profile_kinds(ops)}
-    assert kinds == {"matmul": (4.0, 0.4), "attention": (1.0, 0.1), "vocabulary log-softmax": (0.5, 0.05),
+    assert kinds == {"vocabulary (logprobs, entropy)": (0.5, 0.05), "matmul": (4.0, 0.4), "attention": (1.0, 0.1),
                      "optimizer": (0.5, 0.05), "copy / cast": (1.0, 0.1), "other": (3.0, 0.3)}
+
+
+def test_profiled_step_names_the_vocabulary_work() -> None:
+    """The operators inside rlpost.logprobs' profiler range come out prefixed, forward and backward, and the rest
+    keep their names; the times are self times, so they add up to the total once."""
+    import torch
+
+    from rlpost.logprobs import token_logprobs_and_entropy
+
+    hidden, head = torch.randn(6, 8), torch.randn(8, 32, requires_grad=True)
+
+    def step() -> None:
+        logprobs, _ = token_logprobs_and_entropy((hidden @ head)[None], torch.randint(0, 32, (1, 6)))
+        logprobs.sum().backward()
+
+    ops = dict(bench.profiled_step(step, cuda=False))
+    vocab = [op for op in ops if op.startswith("rlpost::vocabulary")]  # the range's own self time, and its ops
+    assert "rlpost::vocabulary/aten::exp_" in vocab and "aten::mm" in ops
+    assert not any(op.startswith("rlpost::vocabulary/aten::mm") for op in ops)  # the LM head stays a matmul
+    kinds = dict((k, s) for k, s, _ in bench.profile_kinds(list(ops.items())))
+    assert kinds["vocabulary (logprobs, entropy)"] == pytest.approx(sum(ops[op] for op in vocab))
 
 
 @pytest.mark.slow

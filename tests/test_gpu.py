@@ -283,5 +283,7 @@ def test_compiled_vocab_kernels_match_eager() -> None:
                 (grad,) = torch.autograd.grad((out * weights).sum(), x)
                 results.append((out, entropy, grad.float()))
             for got, want in zip(*results, strict=True):
-                torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4 if dtype == torch.float32 else 1e-3)
+                # bf16 gradients: the two may round a value to neighbouring bf16 numbers (a 2^-8 relative step)
+                torch.testing.assert_close(got, want, rtol=1e-3 if dtype == torch.float32 else 1e-2,
+                                           atol=1e-4 if dtype == torch.float32 else 1e-3)
     assert not lp.KERNELS.failed
