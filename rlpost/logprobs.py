@@ -209,11 +209,15 @@ def token_logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, temp
 
 
 def forward_logits(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
-    """Logits for positions start..L-2 (the ones that can predict a completion target): `logits_to_keep` makes
-    the model apply its LM head to the last L - start positions only, and the very last one predicts nothing."""
-    keep = batch.input_ids.shape[1] - batch.start
-    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
-                 logits_to_keep=keep).logits[:, :-1]
+    """[B, L-1-start, V] logits of positions start..L-2 (the ones that can predict a completion target), made
+    contiguous by the model itself: `logits_to_keep` applies its LM head to those positions only, so no slice of
+    the logits has to be copied (and copied back in the backward). No attention mask: the batch is right-padded
+    and attention causal, so no real position can see a padding one; without a mask attention runs its causal
+    kernel (flash on a GPU) instead of a masked one (whose cuDNN backward returns NaN at some widths:
+    `rlpost.learner.actor.use_safe_attention_kernels`). Padding positions get finite values that the completion
+    mask drops; real positions get exactly the masked forward's (`tests/test_packing.py`)."""
+    keep = torch.arange(batch.start, batch.input_ids.shape[1] - 1, device=batch.input_ids.device)
+    return model(input_ids=batch.input_ids, use_cache=False, logits_to_keep=keep).logits
 
 
 def unpack(values: torch.Tensor, mask: torch.Tensor) -> list[list[float]]:

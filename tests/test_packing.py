@@ -79,6 +79,30 @@ def loss_and_grads(model, make_batch, chunks, advantages=ADVANTAGES):
     return loss, logprobs, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
+def test_padded_forward_needs_no_attention_mask(model):
+    """`forward_logits` runs the right-padded batch without an attention mask: the logits it keeps are the
+    completion-predicting positions only, contiguous, and at every real target the masked forward's, bit for bit
+    (causal attention never lets a real position see a later padding one); the loss's gradient is the masked
+    forward's too, since the padding positions' finite values are masked out of it."""
+    batch = pack(PROMPTS, COMPLETIONS, 0)
+    length = batch.input_ids.shape[1]
+
+    def masked_logits():
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        return out[:, batch.start:-1]
+
+    logits = batch.forward_logits(model)
+    assert logits.shape[:2] == batch.completion_mask.shape == (4, length - 1 - batch.start) and logits.is_contiguous()
+    real = batch.attention_mask[:, batch.start + 1:].bool()  # the targets that are tokens, not padding
+    assert torch.equal(logits[real], masked_logits()[real])
+    grads = []
+    for forward in (batch.forward_logits, lambda _: masked_logits()):
+        model.zero_grad()
+        (token_logprobs(forward(model), batch.targets) * batch.completion_mask).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    close(grads[0], grads[1], atol=1e-6 * float(grads[1].abs().max()))
+
+
 def test_packed_loss_and_gradients_equal_padded(model):
     # At the first update the ratio is 1 and the loss is -mean(A) whatever the logprobs; the logprobs and the
     # gradients are what packing could get wrong (attention across sequences moves them by ~100%).

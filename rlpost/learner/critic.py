@@ -49,7 +49,7 @@ class CriticRank(LearnerRank):
         if isinstance(batch, PackedSequences):
             out = self.engine(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False)
             return batch.rows(out.logits[0, batch.logit_index, 0].float())
-        out = self.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        out = self.engine(input_ids=batch.input_ids, use_cache=False)  # right-padded: no mask (`forward_logits`)
         return out.logits[:, batch.start:-1, 0].float()
 
     def experience(self, prompts: list[list[int]], completions: list[list[int]], old: bool = False
