@@ -105,11 +105,13 @@ def gsm8k_accuracy(output: str) -> tuple[float, int, int]:
 
 
 def summarize(rows: list[dict], group_size: int) -> dict[str, float]:
-    """Steps trained, completions generated for training and training minutes, from a run's metrics rows."""
+    """Steps trained, completions generated for training, training minutes and policy updates skipped (for a
+    non-finite loss or gradient norm), from a run's metrics rows."""
     steps = [r for r in rows if r["step"] > 0]
     walls = [r["time/wall"] for r in rows if r.get("time/wall") is not None]
     return {"steps": len(steps), "samples": int(sum(r.get("sampling/prompts", 0) for r in steps)) * group_size,
-            "train_minutes": walls[-1] / 60 if walls else float("nan")}
+            "train_minutes": walls[-1] / 60 if walls else float("nan"),
+            "skipped_updates": int(sum(r.get("actor/skipped_updates") or 0 for r in steps))}
 
 
 def accuracy_hold(rows: list[dict], window: int = 10) -> tuple[float, float]:
@@ -192,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     append_row(Path(results), RUNS_HEADER, RUNS_SECTION, cells)
     print(f"[learn_gsm8k] {args.name}: GSM8K {before[0]:.4f} -> {after[0]:.4f} after {done['steps']} steps "
           f"({done['train_minutes']:.1f} min of training, {done['samples']} samples, peak GPU memory {peak} GB; "
-          f"train accuracy best/last 10-step mean {best:.3f}/{last:.3f}); "
+          f"train accuracy best/last 10-step mean {best:.3f}/{last:.3f}; "
+          f"{done['skipped_updates']} updates skipped); "
           f"report card in {card}", flush=True)
     return 0
 

@@ -162,6 +162,10 @@ def write_report(run_dir: str, config_yaml: str, cluster_resources: dict[str, fl
         lines += ["", "Last training step: " + ", ".join(
             f"{k} = {last[k]:.4g}" for k in ("reward/mean", "accuracy", "actor/kl", "response/length_mean")
             if last.get(k) is not None)]
+    skipped = {group: int(sum(r.get(f"{group}/skipped_updates") or 0 for r in rows)) for group in ("actor", "critic")}
+    if any(skipped.values()):  # each a lost mini-batch: worth seeing next to the scores
+        lines += ["", "Optimizer updates skipped for a non-finite loss or gradient norm: " + ", ".join(
+            f"{n} ({group})" for group, n in skipped.items() if n) + "."]
 
     lines += ["", "## Time per phase", ""]
     breakdown = time_breakdown(rows)

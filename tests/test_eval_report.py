@@ -66,9 +66,13 @@ def test_time_breakdown_shares() -> None:
 
 
 def test_report_card(tmp_path: Path) -> None:
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    rows = _rows()
+    for r, skipped in zip((r for r in rows if r["step"] > 0), (1, 0, 2), strict=False):
+        r["actor/skipped_updates"] = skipped
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     report = write_report(str(tmp_path), "experiment: test\n", {"CPU": 8.0, "GPU": 2.0, "memory": 1e9})
     text = report.read_text()
+    assert "Optimizer updates skipped for a non-finite loss or gradient norm: 3 (actor)." in text
     # final and best, with their steps
     assert "| eval/pass@1 | 0.2000 | 4 | 0.2500 | 2 |" in text
     assert "| eval/pass@4 | 0.5500 | 4 | 0.5500 | 4 |" in text
