@@ -126,7 +126,12 @@ class ChunkKernels:
     def run(self, which: int, logits: torch.Tensor, *args) -> object:
         """`_forward_chunk` (which=0) or `_backward_chunk` (1) of `logits` and `args`."""
         try:
-            return self._functions(logits)[which](logits, *args)
+            functions = self._functions(logits)
+            if functions[0] is not _forward_chunk:  # compiled: one graph for any chunk height, not one per height
+                for t in (logits, *args):
+                    if isinstance(t, torch.Tensor):
+                        torch._dynamo.maybe_mark_dynamic(t, 0)
+            return functions[which](logits, *args)
         except torch.OutOfMemoryError:
             raise
         except Exception as e:  # a compile failure; any eager failure raises again below
