@@ -97,9 +97,11 @@ def lines_dropped(marker: str) -> Iterator[None]:
 def use_safe_attention_kernels() -> None:
     """Keep this process's attention off cuDNN's SDPA kernel, torch 2.11's default on H100/H200. Its backward
     returns NaN in dQ when an explicit attention mask is passed, the padded width is 64 mod 128 and a head's
-    logsumexp is below ln(FLT_MAX) ~ -88.7 (pytorch/pytorch#196678). Our batches are right-padded under a mask, and
-    Qwen2.5 has such heads: every GSM8K run on it skipped 2-5% of its updates for a non-finite gradient norm
-    (bench/RESULTS.md, run `grpo-cos`). The flash and memory-efficient kernels are clean on the same inputs."""
+    logsumexp is below ln(FLT_MAX) ~ -88.7 (pytorch/pytorch#196678), and Qwen2.5 has such heads: every GSM8K run
+    on it skipped 2-5% of its updates for a non-finite gradient norm while the padded forwards passed a mask
+    (bench/RESULTS.md, run `grpo-cos`). They pass none now (`rlpost.logprobs.forward_logits`), but packed
+    micro-batches and reward-model training still attend under a mask. The flash and memory-efficient kernels are
+    clean on the same inputs."""
     torch.backends.cuda.enable_cudnn_sdp(False)
 
 
