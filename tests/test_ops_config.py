@@ -115,7 +115,7 @@ def test_qwen05b_recipes_compose_and_divide(experiment: str, monkeypatch: pytest
     monkeypatch.setattr(rlpost.rollout.vllm_engine, "check_vllm", lambda: None)
     cfg = make(f"experiment={experiment}", "model.path=/models/x", "cluster=single_gpu",
                "cluster.address=ray://head:10001")
-    assert cfg.rollout.num_engines == cfg.rollout.engines_per_gpu == (2 if "grpo" in experiment else 1)
+    assert cfg.rollout.num_engines == cfg.rollout.engines_per_gpu == 2
     assert cfg.trainer.prompts_per_step * cfg.algo.group_size == 512
     assert cfg.trainer.max_minutes == 20 and cfg.eval.max_new_tokens == 512 and cfg.eval.limit == 256
     assert cfg.critic.enabled == (experiment == "gsm8k_ppo_qwen05b")
