@@ -128,6 +128,36 @@ def test_user_error_unwraps_ray_errors() -> None:
     assert user_error(died) == "rollout: vLLM could not start (ValueError: no memory)"
 
 
+class _WakeUpFails:
+    """Stands in for `vllm.LLM` (not installable on the CPU machines) where only its `wake_up` error matters."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def wake_up(self, tags: list[str]) -> None:
+        raise Exception(self.message)  # what vLLM's LLM.wake_up raises when its engine core fails
+
+
+def test_engine_wake_up_out_of_memory_is_one_line() -> None:
+    """A colocated engine that cannot re-allocate its memory (session 8's PPO run: the learner and critic held
+    more than the engines' shares left) names the two settings to lower; other errors pass through unchanged."""
+    from rlpost.rollout.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine.__new__(VLLMEngine)  # no vLLM here: only the wake-up path is under test
+    engine.asleep, engine.gpu_memory_utilization = True, 0.25
+    engine.llm = _WakeUpFails("Call to wake_up method failed: CUDA Error: out of memory at "
+                              "/workspace/csrc/cumem_allocator.cpp:163")
+    with pytest.raises(RunError) as err:
+        engine.wake_up(["kv_cache"])
+    message = user_error(ray.exceptions.RayTaskError("wake_up", "traceback", err.value))
+    assert message is not None and "\n" not in message
+    assert "take its kv_cache back" in message and "rollout.gpu_memory_utilization=0.25" in message
+    assert "learner.micro_batch_size" in message and engine.asleep
+    engine.llm = _WakeUpFails("Call to wake_up method failed: something else")
+    with pytest.raises(Exception, match="something else"):
+        engine.wake_up(["weights"])
+
+
 def test_fp32_buffers_survive_a_bf16_cast() -> None:
     """What DeepSpeed's bf16 set-up does to a module (`.bfloat16()`), undone for buffers only."""
     from rlpost.learner.actor import fp32_buffers_kept

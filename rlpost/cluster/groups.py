@@ -188,10 +188,10 @@ class LearnerGroup(ActorGroup):
     def train_step(self, per_rank: list[list[MiniBatch]], kl_coef: float = 0.0) -> dict[str, float]:
         results = self.get([r.train_step.remote(mbs, kl_coef) for r, mbs in zip(self.ranks, per_rank, strict=True)])
         merged = {k: sum(res[k] for res in results) / len(results) for k in results[0]}
-        for k in merged:  # totals, the slowest rank's time and maxima, not averages
+        for k in merged:  # totals, the slowest rank's time, maxima and the fullest rank's memory, not averages
             if k.endswith("/tokens"):
                 merged[k] = sum(res[k] for res in results)
-            elif k.endswith("/seconds") or k.endswith("_max"):
+            elif k.endswith("/seconds") or k.endswith("_max") or "/memory_" in k:
                 merged[k] = max(res[k] for res in results)
         return merged
 

@@ -48,7 +48,7 @@ from rlpost.digest import weights_digest
 from rlpost.experience import MiniBatch, TrainItem
 from rlpost.learner.checkpointing import CheckpointMixin
 from rlpost.learner.ds_config import build_ds_config, build_ref_ds_config, lr_multiplier
-from rlpost.learner.memory import check_rank_fits
+from rlpost.learner.memory import check_rank_fits, end_of_step_memory
 from rlpost.logprobs import (
     PackedBatch,
     pack,
@@ -327,9 +327,7 @@ class LearnerRank(CheckpointMixin):
         metrics[f"{self.prefix}/lr"] = float(self.engine.get_lr()[0])
         metrics[f"{self.group}/tokens"] = float(tokens)
         metrics[f"{self.group}/seconds"] = time.perf_counter() - t0
-        if self.colocated:
-            torch.cuda.empty_cache()  # hand activation memory back before the colocated engine wakes up
-        return metrics
+        return metrics | end_of_step_memory(self)
 
     def _count_skip(self, applied: bool) -> None:
         """Stop the run after `learner.max_skipped_updates` skipped updates in a row: it has diverged, and every

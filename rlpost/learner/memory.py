@@ -69,3 +69,19 @@ def check_rank_fits(rank: Any) -> None:
     vocab = model.config.vocab_size if hasattr(model, "lm_head") else 1
     check_step_fits(cfg, params, vocab, model.config.hidden_size, model.config.num_hidden_layers,
                     torch.cuda.mem_get_info()[0])
+
+
+def end_of_step_memory(rank: Any) -> dict[str, float]:
+    """After a training step on a GPU: a colocated rank hands its cached activation memory back
+    (`torch.cuda.empty_cache`) before the engine wakes up, and every rank reports, in GiB, the most it allocated
+    since the last step ended (experience forwards, the step, the weight sync: `{prefix}/memory_peak_gb`) and what
+    it keeps now (weights, gradients, optimizer state, and allocator segments it cannot return:
+    `{prefix}/memory_held_gb`), which is what a colocated engine wakes up beside."""
+    if rank.device.type != "cuda":
+        return {}
+    if rank.colocated:
+        torch.cuda.empty_cache()
+    peak = torch.cuda.max_memory_allocated(rank.device) / GB
+    torch.cuda.reset_peak_memory_stats(rank.device)
+    held = torch.cuda.memory_reserved(rank.device) / GB
+    return {f"{rank.prefix}/memory_peak_gb": peak, f"{rank.prefix}/memory_held_gb": held}

@@ -54,6 +54,7 @@ class VLLMEngine(RolloutEngine):
             os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
 
         self.sleep_level = sleep_level
+        self.gpu_memory_utilization = gpu_memory_utilization
         self.sync_timeout_s = sync_timeout_s
         self.asleep = False
         try:
@@ -127,9 +128,27 @@ class VLLMEngine(RolloutEngine):
             self.asleep = True
 
     def wake_up(self, tags: list[str]) -> None:
-        if self.asleep:
+        if not self.asleep:
+            return
+        import torch
+
+        try:
             self.llm.wake_up(tags=tags)
-            self.asleep = "kv_cache" not in tags
+        except Exception as e:  # vLLM's allocator: "CUDA Error: out of memory at .../cumem_allocator.cpp"
+            if "out of memory" not in str(e):
+                raise
+            # This process holds a CUDA context only if something here touched CUDA (the engine core is another
+            # process); creating one now, at an out-of-memory moment, could fail too.
+            free = ""
+            if torch.cuda.is_initialized():
+                free_b, total_b = torch.cuda.mem_get_info()
+                free = f" ({free_b / 2**30:.1f} of {total_b / 2**30:.1f} GiB free)"
+            raise RunError(
+                f"rollout: a colocated engine could not take its {' and '.join(tags)} back: the GPU is out of "
+                f"memory{free}; each engine takes rollout.gpu_memory_utilization={self.gpu_memory_utilization:g} of "
+                "it and the learner ranks keep their actor/memory_held_gb and critic/memory_held_gb between steps: "
+                "lower rollout.gpu_memory_utilization or learner.micro_batch_size") from e
+        self.asleep = "kv_cache" not in tags
 
     # ---- weight sync ------------------------------------------------------------------------------------
     def gpu_uuids(self) -> list[str]:
