@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# One lease of this project's lent GPU machine, scripted: the device kit and the model pack staged in the
+# background while the parts still arrive, then a measured run that fits what is left of the lease. Runs on the
+# device machine, in the repo root. (The machine goes back after ~30 s without a call and 30 minutes after it
+# started; device time is 30 minutes a session: see ../shared/device/README.md for the parts.)
+#
+# Calls, back to back with nothing in between (folders prepared as in ../shared/device/README.md; LEFT = the first
+# call's lease.budget_left_s less ~10):
+#   carry .kit00:        echo $(( $(date +%s) - 90 )) > /tmp/lease_t0; mkdir -p /tmp/kit && cp .kit*/* /tmp/kit/
+#   carry .kit01:        echo $(( $(date +%s) + LEFT - 1800 )) > /tmp/lease_t0; mkdir -p /tmp/kit && cp .kit*/* /tmp/kit/
+#   carry .kit02:        mkdir -p /tmp/kit && cp .kit*/* /tmp/kit/
+#   carry .kit03:        mkdir -p /tmp/kit && cp .kit*/* /tmp/kit/ && bash bench/gpu_lease.sh kit-bg
+#   carry .model00..08:  mkdir -p /tmp/mp && cp .model*/* /tmp/mp/
+#   carry .model09:      mkdir -p /tmp/mp && cp .model*/* /tmp/mp/ && bash bench/gpu_lease.sh model-bg \
+#                          && bash bench/gpu_lease.sh quick          # GPU tests while the model converts (~3 min)
+#   then one of:         bash bench/gpu_lease.sh learn NAME [bench/learn_gsm8k.py args] -- [overrides]
+#                        (followed by `bash bench/gpu_lease.sh wait 560` calls until it says "finished")
+#                        bash bench/gpu_lease.sh trl               (carry .trl: rlpost and TRL side by side)
+#
+# Modes:
+#   kit-bg     unpack the kit (no smoke test) in the background: /tmp/kit-install.log, .rc
+#   model-bg   wait for the kit, then convert the model pack in the background: /tmp/model-install.log, .rc
+#   quick      wait for the kit: the GPU tests most worth a first look + bench.vocab, into $OUT
+#   learn      wait for the model; bench/learn_gsm8k.py in the background from a private copy of the repo, with
+#              trainer.max_minutes from the lease's end (/tmp/lease_t0 + 1800 s) less start-up and the final
+#              evaluation, export and GSM8K after. DROP1="k=v": if the run dies before its first step, it runs
+#              again without that override. If time is left afterwards, `bench` runs into the same folder.
+#   wait [S]   bench/gpu_verify.sh wait: progress until the run ends or S seconds pass, then $OUT/bg.tar.gz
+#   bench      bench.learner on the model pack: GSM8K rollout lengths (profiled) and fixed 1024-token sequences
+#   trl        bench.vs_trl, both sides, two engines for rlpost (TRL 1.16.0 + accelerate 1.16.0 wheels from .trl:
+#              `pip download trl==1.16.0 accelerate==1.16.0 --no-deps -d .trl` on the CPU machine)
+set -uo pipefail
+mode=${1:-}; shift || true
+QWEN=/tmp/models/qwen2.5-coder-0.5b-instruct
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+left() { echo $(( $(cat /tmp/lease_t0) + 1800 - $(date +%s) )); }
+wait_rc() {  # wait_rc FILE SECONDS: wait until FILE exists; print its content (an exit code) or "timeout"
+  local end=$((SECONDS + $2)); while [ ! -f "$1" ] && [ $SECONDS -lt $end ]; do sleep 2; done
+  cat "$1" 2>/dev/null || echo timeout
+}
+kit_env() { source /tmp/site/_kit/env.sh; export PYTHONPATH=$PWD:$PYTHONPATH VLLM_WORKER_MULTIPROC_METHOD=spawn; }
+case "$mode" in
+  kit-bg)
+    rm -f /tmp/kit-install.rc
+    setsid nohup bash -c 'python3 /tmp/kit/install-kit.py --no-smoke > /tmp/kit-install.log 2>&1; echo $? > /tmp/kit-install.rc' \
+      > /dev/null 2>&1 < /dev/null &
+    echo "kit install started; lease left $(left) s" ;;
+  model-bg)
+    rc=$(wait_rc /tmp/kit-install.rc 400); tail -n 3 /tmp/kit-install.log; echo "kit rc=$rc"
+    rm -f /tmp/model-install.rc
+    setsid nohup bash -c "python3 /tmp/mp/install-model.py --parts /tmp/mp > /tmp/model-install.log 2>&1; echo \$? > /tmp/model-install.rc" \
+      > /dev/null 2>&1 < /dev/null &
+    echo "model conversion started; lease left $(left) s" ;;
+  quick)
+    rc=$(wait_rc /tmp/kit-install.rc 400); [ "$rc" = 0 ] || { echo "kit rc=$rc"; tail /tmp/kit-install.log; exit 3; }
+    kit_env
+    python3 -m pytest -q -m gpu -s tests/test_gpu.py::test_learner_attention_backward_is_finite \
+      tests/test_gpu.py::test_compiled_vocab_kernels_match_eager \
+      "tests/test_gpu.py::test_colocated_ipc_sync_and_logprob_agreement[bfloat16-0]" \
+      2>&1 | tail -n 30 | tee "$OUT/quick_tests.log"
+    python3 -m bench.vocab 2>&1 | tail -n 25 | tee "$OUT/vocab.log"
+    echo "lease left $(left) s" ;;
+  learn)
+    name=$1; shift
+    args=(); over=()
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do args+=("$1"); shift; done
+    [ $# -gt 0 ] && shift; over=("$@")
+    rc=$(wait_rc /tmp/model-install.rc 300); [ "$rc" = 0 ] || { echo "model rc=$rc"; tail /tmp/model-install.log; exit 3; }
+    bg=/tmp/rlpost-bg
+    rm -rf /tmp/rlpost-repo "$bg" && mkdir -p /tmp/rlpost-repo "$bg"
+    cp -r bench configs rewards rlpost pyproject.toml /tmp/rlpost-repo/
+    printf '%s\n' "${args[@]}" > "$bg/args"; printf '%s\n' "${over[@]}" > "$bg/over"
+    cd /tmp/rlpost-repo
+    DROP1=${DROP1:-} NAME=$name setsid nohup bash bench/gpu_lease.sh learn-run > "$bg/console.log" 2>&1 < /dev/null &
+    echo $! > "$bg/pid"
+    echo "started $name (pid $(cat $bg/pid)); lease left $(left) s" ;;
+  learn-run)  # the background part of `learn`, in /tmp/rlpost-repo
+    bg=/tmp/rlpost-bg; kit_env
+    mapfile -t args < "$bg/args"; mapfile -t over < "$bg/over"
+    for attempt in 1 2; do
+      # measured (session 8): start-up ~250 s with two engines; final evaluation, checkpoint and export ~150 s;
+      # GSM8K after ~90 s; packing the results and a margin ~80 s
+      mins=$(python3 -c "print(max(2.0, round(($(left) - 570) / 60, 1)))")
+      echo "[lease] attempt $attempt: max_minutes=$mins overrides: ${over[*]}"
+      MODEL=$QWEN OUT=$bg bash bench/gpu_verify.sh learn "$NAME" "${args[@]}" -- "${over[@]}" trainer.max_minutes=$mins
+      rc=$?
+      echo "[lease] rc=$rc"
+      [ $rc = 0 ] && break
+      [ -n "$DROP1" ] && [ ! -f /tmp/rlpost-learn-"$NAME"/metrics.jsonl ] || break
+      kept=(); for o in "${over[@]}"; do [ "$o" = "$DROP1" ] || kept+=("$o"); done; over=("${kept[@]}")
+      echo "[lease] dropping $DROP1 and trying again"; rm -rf /tmp/rlpost-learn-"$NAME"; DROP1=
+    done
+    if [ "$(left)" -gt 260 ]; then OUT=$bg bash bench/gpu_lease.sh bench; fi ;;
+  wait)
+    MODEL=$QWEN bash bench/gpu_verify.sh wait "${1:-560}" ;;
+  bench)
+    kit_env
+    python3 -m bench.learner --model $QWEN --stages 0 --seqs 256 --micro 32 --seq-len 640 --lengths rollout \
+      --orders sorted --tied 0 --profile 15 2>&1 | tail -n 40 | tee "$OUT/bench_learner.log"
+    python3 -m bench.learner --model $QWEN --stages 0 --seqs 128 --micro 16 --seq-len 1024 --lengths fixed \
+      --orders sorted --tied 0 2>&1 | tail -n 25 | tee -a "$OUT/bench_learner.log"
+    echo "lease left $(left) s" ;;
+  trl)
+    rc=$(wait_rc /tmp/model-install.rc 300); [ "$rc" = 0 ] || { echo "model rc=$rc"; exit 3; }
+    for w in .trl/*.whl; do python3 -m zipfile -e "$w" /tmp/trl-site; done  # pure-Python wheels
+    kit_env; export PYTHONPATH=$PYTHONPATH:/tmp/trl-site
+    python3 -m bench.vs_trl --model $QWEN --device cuda --micro 16 --rlpost-override rollout.engines_per_gpu=2 \
+      > "$OUT/vs_trl.log" 2>&1
+    grep -v "INFO\|WARNING\|^\s*$" "$OUT/vs_trl.log" | tail -n 40
+    echo "lease left $(left) s" ;;
+  *) echo "usage: bash bench/gpu_lease.sh kit-bg|model-bg|quick|learn|wait|bench|trl (see the header)" >&2; exit 2 ;;
+esac
