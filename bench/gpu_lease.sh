@@ -23,8 +23,9 @@
 #   quick      wait for the kit: the GPU tests most worth a first look + bench.vocab, into $OUT
 #   learn      wait for the model; bench/learn_gsm8k.py in the background from a private copy of the repo, with
 #              trainer.max_minutes from the lease's end (/tmp/lease_t0 + 1800 s) less start-up and the final
-#              evaluation, export and GSM8K after. DROP1="k=v": if the run dies before its first step, it runs
-#              again without that override. If time is left afterwards, `bench` runs into the same folder.
+#              evaluation, export and GSM8K after. RETRY_WITH="k=v ...": if the run dies before its first step
+#              (e.g. two engines do not fit), it runs again with those overrides added (e.g.
+#              rollout.engines_per_gpu=1). If time is left afterwards, `bench` runs into the same folder.
 #   wait [S]   bench/gpu_verify.sh wait: progress until the run ends or S seconds pass, then $OUT/bg.tar.gz
 #   bench      bench.learner on the model pack: GSM8K rollout lengths (profiled) and fixed 1024-token sequences
 #   trl        bench.vs_trl, both sides, two engines for rlpost (TRL 1.16.0 + accelerate 1.16.0 wheels from .trl:
@@ -71,7 +72,7 @@ case "$mode" in
     cp -r bench configs rewards rlpost pyproject.toml /tmp/rlpost-repo/
     printf '%s\n' "${args[@]}" > "$bg/args"; printf '%s\n' "${over[@]}" > "$bg/over"
     cd /tmp/rlpost-repo
-    DROP1=${DROP1:-} NAME=$name setsid nohup bash bench/gpu_lease.sh learn-run > "$bg/console.log" 2>&1 < /dev/null &
+    RETRY_WITH=${RETRY_WITH:-} NAME=$name setsid nohup bash bench/gpu_lease.sh learn-run > "$bg/console.log" 2>&1 < /dev/null &
     echo $! > "$bg/pid"
     echo "started $name (pid $(cat $bg/pid)); lease left $(left) s" ;;
   learn-run)  # the background part of `learn`, in /tmp/rlpost-repo
@@ -86,9 +87,10 @@ case "$mode" in
       rc=$?
       echo "[lease] rc=$rc"
       [ $rc = 0 ] && break
-      [ -n "$DROP1" ] && [ ! -f /tmp/rlpost-learn-"$NAME"/metrics.jsonl ] || break
-      kept=(); for o in "${over[@]}"; do [ "$o" = "$DROP1" ] || kept+=("$o"); done; over=("${kept[@]}")
-      echo "[lease] dropping $DROP1 and trying again"; rm -rf /tmp/rlpost-learn-"$NAME"; DROP1=
+      # metrics.jsonl's first line is the step-0 evaluation: without it the run never got going
+      [ -n "$RETRY_WITH" ] && [ ! -s /tmp/rlpost-learn-"$NAME"/metrics.jsonl ] || break
+      read -ra extra <<< "$RETRY_WITH"; over+=("${extra[@]}")
+      echo "[lease] trying again with $RETRY_WITH"; rm -rf /tmp/rlpost-learn-"$NAME"; RETRY_WITH=
     done
     if [ "$(left)" -gt 260 ]; then OUT=$bg bash bench/gpu_lease.sh bench; fi ;;
   wait)
