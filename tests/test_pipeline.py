@@ -142,8 +142,13 @@ def test_synchronous_loop_is_unchanged(local_ray, tiny_model_dir: str, task_path
     assert len(history) == len(recorded)
     for step, (got, want) in enumerate(zip(history, recorded, strict=True), 1):
         # Recorded on the dev machine: equal up to float noise, so another CPU's kernels don't fail it (on the
-        # machine that recorded it, the values are bit-identical).
-        assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-5, abs=1e-7), f"step {step}"
+        # machine that recorded it, the values are bit-identical). The engine-vs-learner logprob gap is itself
+        # float noise here (two fp32 forwards of the same weights, ~3e-7): another CPU gave 4.4e-7 for 2.9e-7.
+        noise = {"rollout/logprob_diff": 1e-6}
+        for key, tolerance in noise.items():
+            assert abs(got[key] - want[key]) < tolerance, f"step {step}: {key}"
+        exact = {k: v for k, v in want.items() if k not in noise}
+        assert {k: got[k] for k in exact} == pytest.approx(exact, rel=1e-5, abs=1e-7), f"step {step}"
         assert got["staleness/max"] == 0.0
 
 
