@@ -52,6 +52,10 @@ def validate(cfg: DictConfig) -> None:
     _require(algo.group_size >= 1, f"algo.group_size={algo.group_size}: must be >= 1")
     if algo.offline or algo.objective == "rm":
         _validate_offline(cfg)
+    else:  # before anything slow (the default model's first-use conversion, actors): a path that is not there
+        resolve_data_path(cfg.data.train_path)
+        if cfg.eval.enabled:
+            resolve_data_path(cfg.eval.data_path, "eval.data_path")
     if algo.objective == "dpo":
         _validate_dpo(cfg)
     elif algo.objective == "pg":

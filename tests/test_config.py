@@ -158,6 +158,13 @@ def test_cli_missing_data_path(tmp_path) -> None:
     assert "data.train_path" in proc.stderr.strip().splitlines()[-1]
 
 
+def test_missing_eval_data_is_one_line_at_validation(tmp_path) -> None:
+    """Data paths are checked before anything slow (the default model's first-use conversion, the actors)."""
+    with pytest.raises(ConfigError, match=r"^eval.data_path: .*nope.jsonl does not exist; point eval.data_path at"):
+        validate(make(f"eval.data_path={tmp_path}/nope.jsonl"))
+    validate(make(f"eval.data_path={tmp_path}/nope.jsonl", "eval.enabled=false"))  # not read: not checked
+
+
 def test_ds_config_batch_arithmetic() -> None:
     cfg = build_ds_config(zero_stage=3, micro_batch_size=2, grad_accum_steps=4, world_size=2, grad_clip=1.0,
                           dtype="bfloat16")
