@@ -81,6 +81,7 @@ class OfflineTrainer(TrainLoop):
         group = RewardModelLearnerGroup if self.rm else LearnerGroup
         total_optimizer_steps = cfg.trainer.steps * cfg.algo.num_minibatches * cfg.algo.epochs
         self.learners = group(plain, self.model_path, total_optimizer_steps, self.placement)
+        self.learners.setup()
         self.checkpoint_groups["reward_model" if self.rm else "policy"] = self.learners
         self.cluster_resources = ray.cluster_resources()
 

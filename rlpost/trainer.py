@@ -116,18 +116,21 @@ class Trainer(TrainLoop):
                   + (cfg.critic.num_ranks if cfg.critic.enabled else 0))
         init_ray(cfg.cluster.address, cfg.cluster.num_cpus or max(needed, os.cpu_count() or 1))
         # Reward workers, engines and learner ranks start side by side (each group's constructor starts its
-        # actors; `ready` waits), except that a vLLM engine sharing its GPU with a learner rank is up first: it
-        # sizes its KV cache from the memory free at its start-up, before the learner's arrives.
+        # actors' processes; `ready`/`setup` wait), except that a vLLM engine sharing its GPU with a learner rank
+        # is up before the ranks build their models: it sizes its KV cache from the memory free at its start-up.
         self.placement = Placement(plain)
         self.rewards = RewardGroup(OmegaConf.to_object(cfg.reward), cfg.cluster.device, self.placement)
+        self.learners = LearnerGroup(plain, self.model_path, total_optimizer_steps, self.placement)
+        if cfg.critic.enabled:
+            self.critic = CriticGroup(plain, self.model_path, total_optimizer_steps, self.placement)
         self.rollout = RolloutGroup(plain, self.model_path, self.placement)
         if self.placement.colocated and cfg.cluster.device == "cuda":
             self.rollout.ready()
         self.pipeline = RolloutPipeline(self.rollout, self.loader, cfg.trainer.prompts_per_step, cfg.algo.group_size,
                                         cfg.trainer.max_staleness, cfg.trainer.steps, self.sampling_params)
-        self.learners = LearnerGroup(plain, self.model_path, total_optimizer_steps, self.placement)
-        if cfg.critic.enabled:
-            self.critic = CriticGroup(plain, self.model_path, total_optimizer_steps, self.placement)
+        for group in (self.learners, self.critic):
+            if group is not None:
+                group.setup()
         self.rollout.ready()
         self.rewards.ready()
         transport = choose_transport(cfg.sync.transport, cfg.cluster.device, cfg.cluster.colocate)

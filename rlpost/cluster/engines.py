@@ -83,22 +83,22 @@ class RolloutGroup(ActorGroup):
         self.restarts = 0  # in this run so far: the rollout/restarts metric
         self.on_restart: Callable[[], None] | None = None  # hands restarted engines the current weights
         self.outstanding: list[Generation] = []  # submitted and not collected yet
-        # vLLM engines sharing a GPU start one at a time: each profiles the memory free at its start-up.
+        # vLLM engines sharing a GPU build their engines one at a time (each profiles the memory free at its
+        # start-up); their processes start and import vLLM side by side first.
         one_by_one = rc["engine"] == "vllm" and placement.engines_per_gpu > 1
-        self.engines = self.actors = []
-        for i in range(rc["num_engines"]):
-            self.engines.append(self._start(i))
-            self.name_actors("rollout engine")
-            if one_by_one:
-                self.get(self.engines[-1].ready.remote())
+        self.engines = self.actors = [self._start(i, build_later=one_by_one) for i in range(rc["num_engines"])]
+        self.name_actors("rollout engine")
+        for engine in self.engines if one_by_one else []:
+            self.get(engine.build.remote())
 
     def ready(self) -> None:
         """Wait until every engine is up. The constructor only starts them, so that the other actors of a run
         start meanwhile (start-up is mostly imports and model loading, on separate processes)."""
         self.get([e.ready.remote() for e in self.engines])
 
-    def _start(self, index: int) -> ray.actor.ActorHandle:
-        return self._actor.options(**self._options[index]).remote(**self._args[index])
+    def _start(self, index: int, build_later: bool = False) -> ray.actor.ActorHandle:
+        later = {"build_later": True} if build_later else {}  # a vLLM engine's keyword (the HF engine has none)
+        return self._actor.options(**self._options[index]).remote(**self._args[index], **later)
 
     def sleep(self) -> None:
         """Colocated vLLM: free the engines' GPU memory for the learner (no-op otherwise)."""

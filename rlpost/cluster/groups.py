@@ -174,6 +174,11 @@ class LearnerGroup(ActorGroup):
         self.ranks = self.actors = [actor.options(**options[i]).remote(cfg, i, n, model_path, total_optimizer_steps)
                                     for i in range(n)]
         self.name_actors(f"{self.section} rank")
+
+    def setup(self) -> None:
+        """Build the ranks' models and optimizers (the training group's rendezvous first). The constructor only
+        starts their processes, which import meanwhile, so that a caller can let other actors take the GPU first
+        (colocated vLLM engines size their caches at their start-up) without waiting for the imports after."""
         addr, port = self.get(self.ranks[0].address.remote())
         self.get([r.setup.remote(addr, port) for r in self.ranks])
 

@@ -110,6 +110,8 @@ class LearnerRank(CheckpointMixin):
     group = "learner"  # learner/tokens, learner/seconds
 
     def __init__(self, cfg: dict, rank: int, world_size: int, model_path: str, total_optimizer_steps: int) -> None:
+        import deepspeed  # noqa: F401 - imported now, while colocated engines start, rather than in `setup`
+
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.model_path = model_path
         self.total_optimizer_steps = total_optimizer_steps

@@ -45,10 +45,14 @@ def check_vllm() -> str:
 class VLLMEngine(RolloutEngine):
     def __init__(self, model_path: str, dtype: str = "bfloat16", tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.5, max_model_len: int | None = None, enforce_eager: bool = False,
-                 sleep_level: int = 0, seed: int = 0, sync_timeout_s: float = 600.0) -> None:
+                 sleep_level: int = 0, seed: int = 0, sync_timeout_s: float = 600.0, build_later: bool = False
+                 ) -> None:
+        """`build_later`: import vLLM now but build the engine in `build` (engines sharing a GPU build one at a
+        time, since each sizes its cache from the memory free at its start-up, but their processes start and
+        import side by side)."""
         self.version = check_vllm()
         import torch
-        from vllm import LLM
+        import vllm  # noqa: F401 - most of the process's start-up, also when the build waits
 
         if torch.cuda.is_initialized():  # a forked engine-core process could not use CUDA any more
             os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
@@ -57,13 +61,20 @@ class VLLMEngine(RolloutEngine):
         self.gpu_memory_utilization = gpu_memory_utilization
         self.sync_timeout_s = sync_timeout_s
         self.asleep = False
+        self._engine_args = dict(model=model_path, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
+                                 distributed_executor_backend="uni" if tensor_parallel_size == 1 else "mp",
+                                 gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                                 enforce_eager=enforce_eager, enable_sleep_mode=sleep_level > 0, seed=seed,
+                                 enable_prefix_caching=True, logprobs_mode="processed_logprobs",
+                                 worker_extension_cls="rlpost.rollout.vllm_worker.WeightSyncExtension")
+        if not build_later:
+            self.build()
+
+    def build(self) -> None:
+        from vllm import LLM
+
         try:
-            self.llm = LLM(model=model_path, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
-                           distributed_executor_backend="uni" if tensor_parallel_size == 1 else "mp",
-                           gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                           enforce_eager=enforce_eager, enable_sleep_mode=sleep_level > 0, seed=seed,
-                           enable_prefix_caching=True, logprobs_mode="processed_logprobs",
-                           worker_extension_cls="rlpost.rollout.vllm_worker.WeightSyncExtension")
+            self.llm = LLM(**self._engine_args)
         except Exception as e:  # vLLM explains memory problems in the message's first line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RunError(f"rollout: vLLM could not start ({type(e).__name__}: {first}); if the model does not "
