@@ -48,8 +48,8 @@ class VLLMEngine(RolloutEngine):
                  sleep_level: int = 0, seed: int = 0, sync_timeout_s: float = 600.0, build_later: bool = False
                  ) -> None:
         """`build_later`: import vLLM now but build the engine in `build` (engines sharing a GPU build one at a
-        time, since each sizes its cache from the memory free at its start-up, but their processes start and
-        import side by side)."""
+        time, since each profiles the GPU's memory while it starts, but their processes start and import side by
+        side)."""
         self.version = check_vllm()
         import torch
         import vllm  # noqa: F401 - most of the process's start-up, also when the build waits
@@ -141,24 +141,16 @@ class VLLMEngine(RolloutEngine):
     def wake_up(self, tags: list[str]) -> None:
         if not self.asleep:
             return
-        import torch
-
         try:
             self.llm.wake_up(tags=tags)
         except Exception as e:  # vLLM's allocator: "CUDA Error: out of memory at .../cumem_allocator.cpp"
             if "out of memory" not in str(e):
                 raise
-            # This process holds a CUDA context only if something here touched CUDA (the engine core is another
-            # process); creating one now, at an out-of-memory moment, could fail too.
-            free = ""
-            if torch.cuda.is_initialized():
-                free_b, total_b = torch.cuda.mem_get_info()
-                free = f" ({free_b / 2**30:.1f} of {total_b / 2**30:.1f} GiB free)"
             raise RunError(
                 f"rollout: a colocated engine could not take its {' and '.join(tags)} back: the GPU is out of "
-                f"memory{free}; each engine takes rollout.gpu_memory_utilization={self.gpu_memory_utilization:g} of "
-                "it and the learner ranks keep their actor/memory_held_gb and critic/memory_held_gb between steps: "
-                "lower rollout.gpu_memory_utilization or learner.micro_batch_size") from e
+                f"memory; each engine takes rollout.gpu_memory_utilization={self.gpu_memory_utilization:g} of it and "
+                "the learner ranks keep their actor/memory_held_gb and critic/memory_held_gb between steps: lower "
+                "rollout.gpu_memory_utilization or learner.micro_batch_size") from e
         self.asleep = "kv_cache" not in tags
 
     # ---- weight sync ------------------------------------------------------------------------------------
