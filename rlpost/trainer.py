@@ -128,9 +128,9 @@ class Trainer(TrainLoop):
             self.rollout.ready()
         self.pipeline = RolloutPipeline(self.rollout, self.loader, cfg.trainer.prompts_per_step, cfg.algo.group_size,
                                         cfg.trainer.max_staleness, cfg.trainer.steps, self.sampling_params)
-        for group in (self.learners, self.critic):
-            if group is not None:
-                group.setup()
+        building = [(group, group.begin_setup()) for group in (self.learners, self.critic) if group is not None]
+        for group, calls in building:  # the policy's and the critic's ranks build side by side
+            group.get(calls)
         self.rollout.ready()
         self.rewards.ready()
         transport = choose_transport(cfg.sync.transport, cfg.cluster.device, cfg.cluster.colocate)

@@ -176,11 +176,15 @@ class LearnerGroup(ActorGroup):
         self.name_actors(f"{self.section} rank")
 
     def setup(self) -> None:
-        """Build the ranks' models and optimizers (the training group's rendezvous first). The constructor only
-        starts their processes, which import meanwhile, so that a caller can let other actors take the GPU first
-        (colocated vLLM engines size their caches at their start-up) without waiting for the imports after."""
+        self.get(self.begin_setup())
+
+    def begin_setup(self) -> list[ray.ObjectRef]:
+        """Start building the ranks' models and optimizers (the training group's rendezvous first); `get` the
+        returned calls to wait. The constructor only starts the ranks' processes, which import meanwhile, so that
+        a caller can let other actors take the GPU first (colocated vLLM engines profile its memory at their
+        start-up) without waiting for the imports after."""
         addr, port = self.get(self.ranks[0].address.remote())
-        self.get([r.setup.remote(addr, port) for r in self.ranks])
+        return [r.setup.remote(addr, port) for r in self.ranks]
 
     def experience(self, prompts: list[list[int]], completions: list[list[int]], old: bool = False
                    ) -> dict[str, list[list[float]]]:
