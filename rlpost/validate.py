@@ -180,6 +180,8 @@ def _validate_placement(cfg: DictConfig) -> None:
     _require(rc.tensor_parallel_size >= 1, f"rollout.tensor_parallel_size={rc.tensor_parallel_size}: must be >= 1")
     _require(0 < rc.gpu_memory_utilization <= 1,
              f"rollout.gpu_memory_utilization={rc.gpu_memory_utilization}: must be in (0, 1]")
+    _require(rc.kv_cache_gb >= 0, f"rollout.kv_cache_gb={rc.kv_cache_gb}: must be >= 0 (0 = what "
+             "rollout.gpu_memory_utilization leaves)")
     _require(rc.sleep_level in (0, 1, 2), f"rollout.sleep_level={rc.sleep_level}: choose 0, 1 or 2")
     if cl.colocate:
         _require(not cfg.critic.enabled or cfg.critic.num_ranks == lc.num_ranks,

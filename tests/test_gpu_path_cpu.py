@@ -158,6 +158,22 @@ def test_engine_wake_up_out_of_memory_is_one_line() -> None:
         engine.wake_up(["weights"])
 
 
+def test_engine_args_size_the_kv_cache_from_kv_cache_gb_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rlpost.rollout.vllm_engine
+    from rlpost.rollout.vllm_engine import engine_args
+
+    common = dict(model_path="/m", dtype="bfloat16", tensor_parallel_size=1, gpu_memory_utilization=0.35,
+                  max_model_len=768, enforce_eager=False, sleep_level=2, seed=0)
+    by_share = engine_args(kv_cache_gb=0.0, **common)
+    assert "kv_cache_memory_bytes" not in by_share and by_share["gpu_memory_utilization"] == 0.35
+    assert by_share["enable_sleep_mode"] and by_share["distributed_executor_backend"] == "uni"
+    assert engine_args(kv_cache_gb=4.5, **common)["kv_cache_memory_bytes"] == 4.5 * 2**30
+    # Validated as a job for a GPU cluster from this machine (vLLM is the GPU machine's install).
+    monkeypatch.setattr(rlpost.rollout.vllm_engine, "check_vllm", lambda: None)
+    with pytest.raises(ConfigError, match=r"^rollout.kv_cache_gb=-1.0: must be >= 0"):
+        validate(make("cluster=single_gpu", "cluster.address=ray://head:10001", "rollout.kv_cache_gb=-1"))
+
+
 def test_fp32_buffers_survive_a_bf16_cast() -> None:
     """What DeepSpeed's bf16 set-up does to a module (`.bfloat16()`), undone for buffers only."""
     from rlpost.learner.actor import fp32_buffers_kept

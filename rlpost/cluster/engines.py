@@ -65,7 +65,8 @@ class RolloutGroup(ActorGroup):
             max_len = rc["max_model_len"] or cfg["data"]["max_prompt_tokens"] + rc["max_new_tokens"]
             self._args = [dict(model_path=model_path, dtype=cfg["model"]["dtype"],
                                tensor_parallel_size=rc["tensor_parallel_size"],
-                               gpu_memory_utilization=rc["gpu_memory_utilization"], max_model_len=max_len,
+                               gpu_memory_utilization=rc["gpu_memory_utilization"], kv_cache_gb=rc["kv_cache_gb"],
+                               max_model_len=max_len,
                                enforce_eager=rc["enforce_eager"],
                                sleep_level=rc["sleep_level"] if self.colocated else 0,
                                seed=cfg["trainer"]["seed"] + i, sync_timeout_s=cfg["sync"]["timeout_s"])

@@ -42,11 +42,30 @@ def check_vllm() -> str:
     return version
 
 
+def engine_args(model_path: str, dtype: str, tensor_parallel_size: int, gpu_memory_utilization: float,
+                kv_cache_gb: float, max_model_len: int | None, enforce_eager: bool, sleep_level: int, seed: int
+                ) -> dict[str, Any]:
+    """`vllm.LLM`'s arguments for a rollout engine: one process per engine unless tensor-parallel, sleep mode when
+    it shares its GPU with a learner (`sleep_level` > 0), prefix caching (a group's completions share their
+    prompt), the logprobs of the sampled tokens after temperature (what the learner computes), and the worker
+    extension that receives weights. With `kv_cache_gb` > 0 vLLM sizes the KV cache from it instead of from
+    `gpu_memory_utilization`."""
+    args = dict(model=model_path, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
+                distributed_executor_backend="uni" if tensor_parallel_size == 1 else "mp",
+                gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                enforce_eager=enforce_eager, enable_sleep_mode=sleep_level > 0, seed=seed,
+                enable_prefix_caching=True, logprobs_mode="processed_logprobs",
+                worker_extension_cls="rlpost.rollout.vllm_worker.WeightSyncExtension")
+    if kv_cache_gb > 0:
+        args["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
+    return args
+
+
 class VLLMEngine(RolloutEngine):
     def __init__(self, model_path: str, dtype: str = "bfloat16", tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.5, max_model_len: int | None = None, enforce_eager: bool = False,
-                 sleep_level: int = 0, seed: int = 0, sync_timeout_s: float = 600.0, build_later: bool = False
-                 ) -> None:
+                 gpu_memory_utilization: float = 0.5, kv_cache_gb: float = 0.0, max_model_len: int | None = None,
+                 enforce_eager: bool = False, sleep_level: int = 0, seed: int = 0, sync_timeout_s: float = 600.0,
+                 build_later: bool = False) -> None:
         """`build_later`: import vLLM now but build the engine in `build` (engines sharing a GPU build one at a
         time, since each profiles the GPU's memory while it starts, but their processes start and import side by
         side)."""
@@ -61,12 +80,8 @@ class VLLMEngine(RolloutEngine):
         self.gpu_memory_utilization = gpu_memory_utilization
         self.sync_timeout_s = sync_timeout_s
         self.asleep = False
-        self._engine_args = dict(model=model_path, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
-                                 distributed_executor_backend="uni" if tensor_parallel_size == 1 else "mp",
-                                 gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                                 enforce_eager=enforce_eager, enable_sleep_mode=sleep_level > 0, seed=seed,
-                                 enable_prefix_caching=True, logprobs_mode="processed_logprobs",
-                                 worker_extension_cls="rlpost.rollout.vllm_worker.WeightSyncExtension")
+        self._engine_args = engine_args(model_path, dtype, tensor_parallel_size, gpu_memory_utilization, kv_cache_gb,
+                                        max_model_len, enforce_eager, sleep_level, seed)
         if not build_later:
             self.build()
 
@@ -149,8 +164,9 @@ class VLLMEngine(RolloutEngine):
             raise RunError(
                 f"rollout: a colocated engine could not take its {' and '.join(tags)} back: the GPU is out of "
                 f"memory; each engine takes rollout.gpu_memory_utilization={self.gpu_memory_utilization:g} of it and "
-                "the learner ranks keep their actor/memory_held_gb and critic/memory_held_gb between steps: lower "
-                "rollout.gpu_memory_utilization or learner.micro_batch_size") from e
+                "the learner ranks keep their actor/memory_held_gb and critic/memory_held_gb between steps: set "
+                "rollout.kv_cache_gb to what a batch needs, or lower rollout.gpu_memory_utilization or "
+                "learner.micro_batch_size") from e
         self.asleep = "kv_cache" not in tags
 
     # ---- weight sync ------------------------------------------------------------------------------------
