@@ -13,7 +13,7 @@
 #   carry .model00..08:  mkdir -p /tmp/mp && cp .model*/* /tmp/mp/
 #   carry .model09:      mkdir -p /tmp/mp && cp .model*/* /tmp/mp/ && bash bench/gpu_lease.sh model-bg \
 #                          && bash bench/gpu_lease.sh quick          # GPU tests while the model converts (~3 min)
-#   then one of:         bash bench/gpu_lease.sh learn NAME [bench/learn_gsm8k.py args] -- [overrides]
+#   then one of:         [RETRY_WITH="k=v ..."] bash bench/gpu_lease.sh learn NAME [bench/learn_gsm8k.py args] -- [overrides]
 #                        (followed by `bash bench/gpu_lease.sh wait 560` calls until it says "finished")
 #                        bash bench/gpu_lease.sh trl               (carry .trl: rlpost and TRL side by side)
 #
