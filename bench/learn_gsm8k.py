@@ -105,13 +105,14 @@ def gsm8k_accuracy(output: str) -> tuple[float, int, int]:
 
 
 def summarize(rows: list[dict], group_size: int) -> dict[str, float]:
-    """Steps trained, completions generated for training, training minutes and policy updates skipped (for a
-    non-finite loss or gradient norm), from a run's metrics rows."""
+    """Steps trained, completions generated for training, training minutes and optimizer updates skipped (for a
+    non-finite loss or gradient norm; the policy's and the critic's), from a run's metrics rows."""
     steps = [r for r in rows if r["step"] > 0]
     walls = [r["time/wall"] for r in rows if r.get("time/wall") is not None]
     return {"steps": len(steps), "samples": int(sum(r.get("sampling/prompts", 0) for r in steps)) * group_size,
             "train_minutes": walls[-1] / 60 if walls else float("nan"),
-            "skipped_updates": int(sum(r.get("actor/skipped_updates") or 0 for r in steps))}
+            "skipped_updates": int(sum(r.get(f"{group}/skipped_updates") or 0 for r in steps
+                                       for group in ("actor", "critic")))}
 
 
 def accuracy_hold(rows: list[dict], window: int = 10) -> tuple[float, float]:

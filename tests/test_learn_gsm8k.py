@@ -19,10 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_summarize_counts_steps_samples_and_minutes() -> None:
     rows = [{"step": 0, "eval/pass@1": 0.1, "time/wall": 5.0},
             {"step": 1, "sampling/prompts": 64.0, "time/wall": 65.0},
-            {"step": 2, "sampling/prompts": 80.0, "time/wall": 125.0, "actor/skipped_updates": 1.0}]  # dynamic
-    # sampling drew 16 more prompts at step 2, and one of its updates was skipped
+            {"step": 2, "sampling/prompts": 80.0, "time/wall": 125.0, "actor/skipped_updates": 1.0,
+             "critic/skipped_updates": 2.0}]
+    # dynamic sampling drew 16 more prompts at step 2, one policy update and two critic updates were skipped
     assert summarize(rows, group_size=8) == {"steps": 2, "samples": 1152, "train_minutes": 125.0 / 60,
-                                             "skipped_updates": 1}
+                                             "skipped_updates": 3}
 
 
 def test_accuracy_hold_compares_the_last_window_with_the_best() -> None:
