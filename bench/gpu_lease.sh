@@ -39,7 +39,7 @@ wait_rc() {  # wait_rc FILE SECONDS: wait until FILE exists; print its content (
   local end=$((SECONDS + $2)); while [ ! -f "$1" ] && [ $SECONDS -lt $end ]; do sleep 2; done
   cat "$1" 2>/dev/null || echo timeout
 }
-kit_env() { source /tmp/site/_kit/env.sh; export PYTHONPATH=$PWD:$PYTHONPATH VLLM_WORKER_MULTIPROC_METHOD=spawn; }
+kit_env() { source /tmp/site/_kit/env.sh; export PYTHONPATH=$PWD:${PYTHONPATH:-} VLLM_WORKER_MULTIPROC_METHOD=spawn; }
 case "$mode" in
   kit-bg)
     rm -f /tmp/kit-install.rc
@@ -70,7 +70,10 @@ case "$mode" in
     bg=/tmp/rlpost-bg
     rm -rf /tmp/rlpost-repo "$bg" && mkdir -p /tmp/rlpost-repo "$bg"
     cp -r bench configs rewards rlpost pyproject.toml /tmp/rlpost-repo/
-    printf '%s\n' "${args[@]}" > "$bg/args"; printf '%s\n' "${over[@]}" > "$bg/over"
+    # one argument a line; none: an empty file (printf of an empty array would write one empty line)
+    : > "$bg/args"; : > "$bg/over"
+    [ ${#args[@]} -eq 0 ] || printf '%s\n' "${args[@]}" > "$bg/args"
+    [ ${#over[@]} -eq 0 ] || printf '%s\n' "${over[@]}" > "$bg/over"
     cd /tmp/rlpost-repo
     RETRY_WITH=${RETRY_WITH:-} NAME=$name setsid nohup bash bench/gpu_lease.sh learn-run > "$bg/console.log" 2>&1 < /dev/null &
     echo $! > "$bg/pid"
