@@ -29,7 +29,8 @@
 #   wait [S]   bench/gpu_verify.sh wait: progress until the run ends or S seconds pass, then $OUT/bg.tar.gz
 #   bench      bench.learner on the model pack: GSM8K rollout lengths (profiled) and fixed 1024-token sequences
 #   trl        bench.vs_trl, both sides, two engines for rlpost (TRL 1.16.0 + accelerate 1.16.0 wheels from .trl:
-#              `pip download trl==1.16.0 accelerate==1.16.0 --no-deps -d .trl` on the CPU machine)
+#              `pip download trl==1.16.0 accelerate==1.16.0 --no-deps -d .trl` on the CPU machine); if 7 minutes
+#              are left, rlpost alone again with rollout.kv_cache_gb=4
 set -uo pipefail
 mode=${1:-}; shift || true
 QWEN=/tmp/models/qwen2.5-coder-0.5b-instruct
@@ -112,6 +113,12 @@ case "$mode" in
     python3 -m bench.vs_trl --model $QWEN --device cuda --micro 16 --rlpost-override rollout.engines_per_gpu=2 \
       > "$OUT/vs_trl.log" 2>&1
     grep -v "INFO\|WARNING\|^\s*$" "$OUT/vs_trl.log" | tail -n 40
+    # Time left: rlpost alone with a KV cache sized to the batch (rollout.kv_cache_gb) instead of the shared share.
+    if [ "$(left)" -gt 420 ]; then
+      python3 -m bench.vs_trl --model $QWEN --device cuda --micro 16 --sides rlpost \
+        --rlpost-override rollout.engines_per_gpu=2 --rlpost-override rollout.kv_cache_gb=4 > "$OUT/vs_trl_kv.log" 2>&1
+      grep "^rlpost step\|wall time" "$OUT/vs_trl_kv.log"
+    fi
     echo "lease left $(left) s" ;;
   *) echo "usage: bash bench/gpu_lease.sh kit-bg|model-bg|quick|learn|wait|bench|trl (see the header)" >&2; exit 2 ;;
 esac
