@@ -15,7 +15,8 @@
 #                          && bash bench/gpu_lease.sh quick          # GPU tests while the model converts (~3 min)
 #   then one of:         [RETRY_WITH="k=v ..."] bash bench/gpu_lease.sh learn NAME [bench/learn_gsm8k.py args] -- [overrides]
 #                        (followed by `bash bench/gpu_lease.sh wait 560` calls until it says "finished")
-#                        bash bench/gpu_lease.sh trl               (carry .trl: rlpost and TRL side by side)
+#                        bash bench/gpu_lease.sh trl               (carry .trl: rlpost and TRL side by side;
+#                                                                   then `wait 560` calls)
 #
 # Modes:
 #   kit-bg     unpack the kit (no smoke test) in the background: /tmp/kit-install.log, .rc
@@ -28,7 +29,7 @@
 #              rollout.engines_per_gpu=1). If time is left afterwards, `bench` runs into the same folder.
 #   wait [S]   bench/gpu_verify.sh wait: progress until the run ends or S seconds pass, then $OUT/bg.tar.gz
 #   bench      bench.learner on the model pack: GSM8K rollout lengths (profiled) and fixed 1024-token sequences
-#   trl        bench.vs_trl, both sides, two engines for rlpost (TRL 1.16.0 + accelerate 1.16.0 wheels from .trl:
+#   trl        in the background: bench.vs_trl, both sides, two engines for rlpost (TRL 1.16.0 + accelerate 1.16.0 wheels from .trl:
 #              `pip download trl==1.16.0 accelerate==1.16.0 --no-deps -d .trl` on the CPU machine); if 7 minutes
 #              are left, rlpost alone again with rollout.kv_cache_gb=4
 set -uo pipefail
@@ -98,7 +99,8 @@ case "$mode" in
     done
     if [ "$(left)" -gt 260 ]; then OUT=$bg bash bench/gpu_lease.sh bench; fi ;;
   wait)
-    MODEL=$QWEN bash bench/gpu_verify.sh wait "${1:-560}" ;;
+    MODEL=$QWEN bash bench/gpu_verify.sh wait "${1:-560}"
+    grep "^|\|faster than\|slower than\|^rlpost step\|^trl step" /tmp/rlpost-bg/console.log 2>/dev/null | tail -n 40 ;;  # vs_trl
   bench)
     kit_env
     python3 -m bench.learner --model $QWEN --stages 0 --seqs 256 --micro 32 --seq-len 640 --lengths rollout \
@@ -106,18 +108,24 @@ case "$mode" in
     python3 -m bench.learner --model $QWEN --stages 0 --seqs 128 --micro 16 --seq-len 1024 --lengths fixed \
       --orders sorted --tied 0 2>&1 | tail -n 25 | tee -a "$OUT/bench_learner.log"
     echo "lease left $(left) s" ;;
-  trl)
+  trl)  # in the background (both sides take ~10 minutes, more than one call may run): follow it with `wait`
     rc=$(wait_rc /tmp/model-install.rc 300); [ "$rc" = 0 ] || { echo "model rc=$rc"; exit 3; }
+    bg=/tmp/rlpost-bg
+    rm -rf /tmp/rlpost-repo "$bg" && mkdir -p /tmp/rlpost-repo "$bg" /tmp/trl-site
     for w in .trl/*.whl; do python3 -m zipfile -e "$w" /tmp/trl-site; done  # pure-Python wheels
-    kit_env; export PYTHONPATH=$PYTHONPATH:/tmp/trl-site
+    cp -r bench configs rewards rlpost pyproject.toml /tmp/rlpost-repo/
+    cd /tmp/rlpost-repo
+    setsid nohup bash bench/gpu_lease.sh trl-run > "$bg/console.log" 2>&1 < /dev/null &
+    echo $! > "$bg/pid"
+    echo "started vs_trl (pid $(cat $bg/pid)); lease left $(left) s" ;;
+  trl-run)  # the background part of `trl`, in /tmp/rlpost-repo
+    bg=/tmp/rlpost-bg; kit_env; export PYTHONPATH=$PYTHONPATH:/tmp/trl-site
     python3 -m bench.vs_trl --model $QWEN --device cuda --micro 16 --rlpost-override rollout.engines_per_gpu=2 \
-      > "$OUT/vs_trl.log" 2>&1
-    grep -v "INFO\|WARNING\|^\s*$" "$OUT/vs_trl.log" | tail -n 40
+      --results "$bg/RESULTS.md"
     # Time left: rlpost alone with a KV cache sized to the batch (rollout.kv_cache_gb) instead of the shared share.
     if [ "$(left)" -gt 420 ]; then
-      python3 -m bench.vs_trl --model $QWEN --device cuda --micro 16 --sides rlpost \
-        --rlpost-override rollout.engines_per_gpu=2 --rlpost-override rollout.kv_cache_gb=4 > "$OUT/vs_trl_kv.log" 2>&1
-      grep "^rlpost step\|wall time" "$OUT/vs_trl_kv.log"
+      python3 -m bench.vs_trl --model $QWEN --device cuda --micro 16 --sides rlpost --results "$bg/RESULTS.md" \
+        --rlpost-override rollout.engines_per_gpu=2 --rlpost-override rollout.kv_cache_gb=4
     fi
     echo "lease left $(left) s" ;;
   *) echo "usage: bash bench/gpu_lease.sh kit-bg|model-bg|quick|learn|wait|bench|trl (see the header)" >&2; exit 2 ;;
