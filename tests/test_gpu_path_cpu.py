@@ -144,7 +144,7 @@ def test_engine_wake_up_out_of_memory_is_one_line() -> None:
     from rlpost.rollout.vllm_engine import VLLMEngine
 
     engine = VLLMEngine.__new__(VLLMEngine)  # no vLLM here: only the wake-up path is under test
-    engine.asleep, engine.gpu_memory_utilization = True, 0.25
+    engine.asleep, engine._engine_args = True, {"gpu_memory_utilization": 0.25}
     engine.llm = _WakeUpFails("Call to wake_up method failed: CUDA Error: out of memory at "
                               "/workspace/csrc/cumem_allocator.cpp:163")
     with pytest.raises(RunError) as err:

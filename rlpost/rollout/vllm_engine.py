@@ -77,7 +77,6 @@ class VLLMEngine(RolloutEngine):
             os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
 
         self.sleep_level = sleep_level
-        self.gpu_memory_utilization = gpu_memory_utilization
         self.sync_timeout_s = sync_timeout_s
         self.asleep = False
         self._engine_args = engine_args(model_path, dtype, tensor_parallel_size, gpu_memory_utilization, kv_cache_gb,
@@ -163,7 +162,8 @@ class VLLMEngine(RolloutEngine):
                 raise
             raise RunError(
                 f"rollout: a colocated engine could not take its {' and '.join(tags)} back: the GPU is out of "
-                f"memory; each engine takes rollout.gpu_memory_utilization={self.gpu_memory_utilization:g} of it and "
+                f"memory; each engine takes rollout.gpu_memory_utilization="
+                f"{self._engine_args['gpu_memory_utilization']:g} of it and "
                 "the learner ranks keep their actor/memory_held_gb and critic/memory_held_gb between steps: set "
                 "rollout.kv_cache_gb to what a batch needs, or lower rollout.gpu_memory_utilization or "
                 "learner.micro_batch_size") from e
