@@ -41,6 +41,12 @@ wait_rc() {  # wait_rc FILE SECONDS: wait until FILE exists; print its content (
   local end=$((SECONDS + $2)); while [ ! -f "$1" ] && [ $SECONDS -lt $end ]; do sleep 2; done
   cat "$1" 2>/dev/null || echo timeout
 }
+in_background() {  # in_background MODE: this script's MODE from a private copy of the repo, output in /tmp/rlpost-bg
+  rm -rf /tmp/rlpost-repo && mkdir -p /tmp/rlpost-repo && cp -r bench configs rewards rlpost pyproject.toml /tmp/rlpost-repo/
+  (cd /tmp/rlpost-repo && setsid nohup bash bench/gpu_lease.sh "$1" > /tmp/rlpost-bg/console.log 2>&1 < /dev/null &
+   echo $! > /tmp/rlpost-bg/pid)
+  echo "started $1 (pid $(cat /tmp/rlpost-bg/pid)); lease left $(left) s"
+}
 kit_env() { source /tmp/site/_kit/env.sh; export PYTHONPATH=$PWD:${PYTHONPATH:-} VLLM_WORKER_MULTIPROC_METHOD=spawn; }
 case "$mode" in
   kit-bg)
@@ -70,16 +76,12 @@ case "$mode" in
     [ $# -gt 0 ] && shift; over=("$@")
     rc=$(wait_rc /tmp/model-install.rc 300); [ "$rc" = 0 ] || { echo "model rc=$rc"; tail /tmp/model-install.log; exit 3; }
     bg=/tmp/rlpost-bg
-    rm -rf /tmp/rlpost-repo "$bg" && mkdir -p /tmp/rlpost-repo "$bg"
-    cp -r bench configs rewards rlpost pyproject.toml /tmp/rlpost-repo/
+    rm -rf "$bg" && mkdir -p "$bg"
     # one argument a line; none: an empty file (printf of an empty array would write one empty line)
     : > "$bg/args"; : > "$bg/over"
     [ ${#args[@]} -eq 0 ] || printf '%s\n' "${args[@]}" > "$bg/args"
     [ ${#over[@]} -eq 0 ] || printf '%s\n' "${over[@]}" > "$bg/over"
-    cd /tmp/rlpost-repo
-    RETRY_WITH=${RETRY_WITH:-} NAME=$name setsid nohup bash bench/gpu_lease.sh learn-run > "$bg/console.log" 2>&1 < /dev/null &
-    echo $! > "$bg/pid"
-    echo "started $name (pid $(cat $bg/pid)); lease left $(left) s" ;;
+    RETRY_WITH=${RETRY_WITH:-} NAME=$name in_background learn-run ;;
   learn-run)  # the background part of `learn`, in /tmp/rlpost-repo
     bg=/tmp/rlpost-bg; kit_env
     mapfile -t args < "$bg/args"; mapfile -t over < "$bg/over"
@@ -110,14 +112,9 @@ case "$mode" in
     echo "lease left $(left) s" ;;
   trl)  # in the background (both sides take ~10 minutes, more than one call may run): follow it with `wait`
     rc=$(wait_rc /tmp/model-install.rc 300); [ "$rc" = 0 ] || { echo "model rc=$rc"; exit 3; }
-    bg=/tmp/rlpost-bg
-    rm -rf /tmp/rlpost-repo "$bg" && mkdir -p /tmp/rlpost-repo "$bg" /tmp/trl-site
+    rm -rf /tmp/rlpost-bg && mkdir -p /tmp/rlpost-bg /tmp/trl-site
     for w in .trl/*.whl; do python3 -m zipfile -e "$w" /tmp/trl-site; done  # pure-Python wheels
-    cp -r bench configs rewards rlpost pyproject.toml /tmp/rlpost-repo/
-    cd /tmp/rlpost-repo
-    setsid nohup bash bench/gpu_lease.sh trl-run > "$bg/console.log" 2>&1 < /dev/null &
-    echo $! > "$bg/pid"
-    echo "started vs_trl (pid $(cat $bg/pid)); lease left $(left) s" ;;
+    in_background trl-run ;;
   trl-run)  # the background part of `trl`, in /tmp/rlpost-repo
     bg=/tmp/rlpost-bg; kit_env; export PYTHONPATH=$PYTHONPATH:/tmp/trl-site
     python3 -m bench.vs_trl --model $QWEN --device cuda --micro 16 --rlpost-override rollout.engines_per_gpu=2 \
