@@ -28,7 +28,9 @@ Choices:
 - Output bound (`max_output_kb`): a call's prints (sys.stdout and sys.stderr together) past the limit are
   dropped, and the first truncation in the pool writes one note. Reward actors' output ends up in the driver's
   log, where 10 MiB of prints per call made a 188 MB log in two steps. Writes straight to file descriptor 1/2
-  from C code are not seen.
+  from C code are not seen. A worker says in its reply whether it cut the call's output and the pool writes
+  the note: no state is shared between processes (a shared `multiprocessing.Value` carries a named semaphore
+  that the resource tracker must unlink at exit, which raced Ray's teardown and printed tracebacks).
 """
 
 from __future__ import annotations
@@ -62,10 +64,10 @@ class CallResult:
 
 class _CappedStream:
     """Passes writes through to `stream` until this call's budget of characters (shared by stdout and stderr) is
-    spent. `noted` is a shared `multiprocessing.Value`: set by the first truncation in any of the pool's workers."""
+    spent; the rest is dropped and `budget["cut"]` set."""
 
-    def __init__(self, stream: Any, budget: dict[str, int], max_chars: int, noted: Any, note: str):
-        self._stream, self._budget, self._max, self._noted, self._note = stream, budget, max_chars, noted, note
+    def __init__(self, stream: Any, budget: dict[str, int], max_chars: int):
+        self._stream, self._budget, self._max = stream, budget, max_chars
 
     def write(self, text: str) -> int:
         left = self._max - self._budget["used"]
@@ -74,10 +76,7 @@ class _CappedStream:
             return self._stream.write(text)
         if left > 0:
             self._stream.write(text[:left])
-        with self._noted.get_lock():  # one note per pool, not one per call or worker
-            first, self._noted.value = not self._noted.value, True
-        if first:
-            self._stream.write(f"\n{self._note}\n")
+        self._budget["cut"] = True
         return len(text)  # to the caller all of it was written
 
     def __getattr__(self, name: str) -> Any:  # flush, fileno, isatty, encoding, ...
@@ -95,8 +94,8 @@ def _limit_memory(max_memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _worker_loop(conn, specs: list[RewardFunctionConfig], max_memory_mb: int = 0, max_output_kb: int = 0,
-                 output_noted=None) -> None:
+def _worker_loop(conn, specs: list[RewardFunctionConfig], max_memory_mb: int = 0, max_output_kb: int = 0) -> None:
+    """Answers `(task_id, fn_index, args, kwargs)` with `(task_id, ok, value_or_error, retire, output_cut)`."""
     os.environ["OMP_NUM_THREADS"] = "1"  # before any reward module imports numpy/torch: N workers, not N * cores
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from rlpost.rewards.loader import load_reward_fn
@@ -108,13 +107,11 @@ def _worker_loop(conn, specs: list[RewardFunctionConfig], max_memory_mb: int = 0
         load_error = f"loading the reward functions in the worker failed: {type(e).__name__}: {e}"
     if max_memory_mb > 0:
         _limit_memory(max_memory_mb)
-    budget = {"used": 0}
+    budget = {"used": 0, "cut": False}
     if max_output_kb > 0:
-        note = (f"[rlpost] a reward function printed more than reward.max_output_kb={max_output_kb} KB in one "
-                "call; the rest of such output is dropped (this note is shown once)")
-        sys.stdout = _CappedStream(sys.stdout, budget, max_output_kb * 1024, output_noted, note)
-        sys.stderr = _CappedStream(sys.stderr, budget, max_output_kb * 1024, output_noted, note)
-    conn.send((_READY, True, None, False))
+        sys.stdout = _CappedStream(sys.stdout, budget, max_output_kb * 1024)
+        sys.stderr = _CappedStream(sys.stderr, budget, max_output_kb * 1024)
+    conn.send((_READY, True, None, False, False))
     while True:
         try:
             message = conn.recv()
@@ -124,9 +121,9 @@ def _worker_loop(conn, specs: list[RewardFunctionConfig], max_memory_mb: int = 0
             return
         task_id, fn_index, args, kwargs = message
         if load_error is not None:
-            conn.send((task_id, False, load_error, False))
+            conn.send((task_id, False, load_error, False, False))
             continue
-        budget["used"], retire = 0, False
+        budget["used"], budget["cut"], retire = 0, False, False
         try:
             value = fns[fn_index](*args, **kwargs)
             if inspect.isawaitable(value):
@@ -143,9 +140,10 @@ def _worker_loop(conn, specs: list[RewardFunctionConfig], max_memory_mb: int = 0
             sys.stdout.flush()
             sys.stderr.flush()
         try:
-            conn.send(reply)
+            conn.send((*reply, budget["cut"]))
         except Exception as e:  # e.g. the result can't be pickled
-            conn.send((task_id, False, f"could not send the result back: {type(e).__name__}: {e}", retire))
+            conn.send((task_id, False, f"could not send the result back: {type(e).__name__}: {e}", retire,
+                       budget["cut"]))
 
 
 class _Worker:
@@ -187,8 +185,8 @@ class ProcessPool:
         self.specs = list(specs)
         self.startup_timeout_s = startup_timeout_s
         self._ctx = mp.get_context("spawn")
-        # Shared by all workers, replacements too: the output-truncation note is written once per pool.
-        self._limits = (max_memory_mb, max_output_kb, self._ctx.Value("b", False))
+        self._limits = (max_memory_mb, max_output_kb)
+        self._output_noted = False  # the output-truncation note is written once per pool
         self._next_task_id = 0
         self._batch_deadline = float("inf")
         self._workers = [_Worker(self._ctx, self.specs, *self._limits) for _ in range(num_workers)]
@@ -271,7 +269,12 @@ class ProcessPool:
             try:
                 if not w.conn.poll():
                     break
-                task_id, ok, value, retire = w.conn.recv()
+                task_id, ok, value, retire, output_cut = w.conn.recv()
+                if output_cut and not self._output_noted:  # one note per pool, not one per call or worker
+                    self._output_noted = True
+                    print(f"[rlpost] a reward function printed more than reward.max_output_kb={self._limits[1]} KB "
+                          "in one call; the rest of such output is dropped (this note is shown once)",
+                          file=sys.stderr, flush=True)
             except (EOFError, OSError):  # its end of the pipe closed: it is exiting; let it finish
                 w.proc.join(timeout=1)
                 break
