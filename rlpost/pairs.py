@@ -31,7 +31,6 @@ from rlpost.cluster.ray_cluster import init_ray
 from rlpost.config import ConfigError
 from rlpost.data import Prompt, build_prompts, load_rows
 from rlpost.models import load_tokenizer, resolve_model_path
-from rlpost.rewards.manager import check_reward_functions
 from rlpost.rollout.engine import SamplingParams
 from rlpost.validate import validate
 
@@ -64,8 +63,6 @@ def generate_pairs(cfg: DictConfig) -> dict[str, int]:
     prompts, dropped = build_prompts(rows, tokenizer, cfg.data.prompt_key, cfg.data.instruction,
                                      cfg.data.system_prompt, cfg.data.max_prompt_tokens)
     chunk, n = cfg.trainer.prompts_per_step, pc.samples_per_prompt
-    check_reward_functions(OmegaConf.to_object(cfg.reward), [p.text for p in prompts[:chunk]],
-                           [p.columns for p in prompts[:chunk]])
     plain = OmegaConf.to_container(cfg, resolve=True)
     # Engines only: no learner ranks to place, so no GPU shared with one (vLLM need not sleep).
     plain["learner"]["num_ranks"], plain["critic"]["enabled"], plain["cluster"]["colocate"] = 0, False, False
@@ -81,8 +78,8 @@ def generate_pairs(cfg: DictConfig) -> dict[str, int]:
     try:
         groups.append(RolloutGroup(plain, model_path, placement))
         rewards, rollout = groups
+        rewards.ready(([p.text for p in prompts[:chunk]], [p.columns for p in prompts[:chunk]]))
         rollout.ready()
-        rewards.ready()
         with open(tmp, "w") as out:
             for start in range(0, len(prompts), chunk):
                 batch = [p for p in prompts[start:start + chunk] for _ in range(n)]

@@ -2,7 +2,8 @@
 
     rlpost-train experiment=gsm8k_grpo_debug algo.group_size=8 trainer.steps=20
 
-Bad input ends the run with one line on stderr naming the field (exit code 2), before any actor starts.
+Bad input ends the run with one line on stderr naming the field (exit code 2), before any actor starts (a reward
+function's failing dry call: as soon as the reward actor is up).
 """
 
 from __future__ import annotations

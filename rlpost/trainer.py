@@ -42,7 +42,7 @@ from rlpost.loop import TrainLoop
 from rlpost.metrics import timed
 from rlpost.models import load_tokenizer
 from rlpost.pipeline import RolloutPipeline, check_staleness
-from rlpost.rewards.manager import RewardResult, accuracy_component, check_reward_functions, component_labels
+from rlpost.rewards.manager import RewardResult, accuracy_component, component_labels
 from rlpost.rollout.engine import Sample, SamplingParams
 from rlpost.sync.transport import choose_transport
 
@@ -83,8 +83,10 @@ def shuffled(items: list[TrainItem], unit: int, rng: np.random.Generator) -> lis
 
 class Trainer(TrainLoop):
     def __init__(self, cfg: DictConfig, model_path: str, run_dir: str) -> None:
-        """Everything that can fail on bad input (data, tokenizer, chat template, reward functions) happens
-        before any actor."""
+        """Everything that can fail on bad input (data, tokenizer, chat template, loading the reward functions)
+        happens before any actor; the reward functions' dry call on the first batch is the reward actor's first
+        call in `start`, made on the workers it starts anyway (a pool of the driver's own for it cost ~2 s of
+        process start-up and imports, a fifth of a CPU run's start-up)."""
         super().__init__(cfg, model_path, run_dir)
         self.tokenizer = load_tokenizer(model_path)
         rows = load_rows(resolve_data_path(cfg.data.train_path))
@@ -99,11 +101,11 @@ class Trainer(TrainLoop):
         self.kl_coef = float(cfg.algo.kl_coef)
         self.pair_rng = np.random.default_rng([cfg.trainer.seed, 1])
         self.critic: CriticGroup | None = None
-        # A dry call of every reward function on the first batch (without consuming it from the loader).
+        # For the dry call of every reward function at start-up: the first batch, not consumed from the loader.
         state = self.loader.state_dict()
         first = self.loader.next_batch(cfg.trainer.prompts_per_step)
         self.loader.load_state_dict(state)
-        check_reward_functions(OmegaConf.to_object(cfg.reward), [p.text for p in first], [p.columns for p in first])
+        self.first_batch = ([p.text for p in first], [p.columns for p in first])
         self.accuracy = accuracy_component(cfg.reward, component_labels(cfg.reward))  # None: the total reward
         self.evaluator = Evaluator(cfg, self.tokenizer) if cfg.eval.enabled else None
 
@@ -124,6 +126,7 @@ class Trainer(TrainLoop):
         if cfg.critic.enabled:
             self.critic = CriticGroup(plain, self.model_path, total_optimizer_steps, self.placement)
         self.rollout = RolloutGroup(plain, self.model_path, self.placement)
+        self.rewards.ready(self.first_batch)  # a broken reward function stops the run now, as the models load
         if self.placement.colocated and cfg.cluster.device == "cuda":
             self.rollout.ready()
         self.pipeline = RolloutPipeline(self.rollout, self.loader, cfg.trainer.prompts_per_step, cfg.algo.group_size,
@@ -132,7 +135,6 @@ class Trainer(TrainLoop):
         for group, calls in building:  # the policy's and the critic's ranks build side by side
             group.get(calls)
         self.rollout.ready()
-        self.rewards.ready()
         transport = choose_transport(cfg.sync.transport, cfg.cluster.device, cfg.cluster.colocate)
         self.sync = WeightSync(self.learners, self.rollout, transport, cfg.sync.bucket_mb, cfg.sync.timeout_s,
                                cfg.rollout.tensor_parallel_size)

@@ -8,13 +8,12 @@ import os
 import time
 
 import pytest
-import ray
 import torch
 
 from rlpost.config import ConfigError, RewardConfig, RewardFunctionConfig
 from rlpost.rewards import ProcessPool, RewardManager, RewardResult, load_reward_fn, reward_label
 from rlpost.rewards.loader import function_spec
-from rlpost.rewards.manager import RewardFailureError, check_reward_functions
+from rlpost.rewards.manager import RewardFailureError
 from rlpost.train import compose_config
 
 TEST_FNS = '''
@@ -344,6 +343,11 @@ def test_hanging_items_and_batch_timeout(fns_file):
     assert 1.4 < elapsed < 4, elapsed
 
 
+def dry_run(cfg: RewardConfig, prompts: list[str], columns: list[dict]) -> None:
+    with RewardManager(cfg) as manager:
+        manager.dry_run(prompts, columns)
+
+
 @pytest.mark.parametrize("name, pattern", [
     ("wrong_len", r"the dry call on the first batch \(3 prompts\) returned 2 values for 3 completions; it must "
                   r"return a list of floats, or of dicts with a 'score', one per completion$"),
@@ -358,24 +362,8 @@ def test_hanging_items_and_batch_timeout(fns_file):
 def test_dry_call_rejects_broken_plugins(fns_file, name, pattern):
     cfg = RewardConfig(functions=[spec(fns_file, "const"), spec(fns_file, name)], item_timeout_s=0.5)
     with pytest.raises(ConfigError, match=r"^reward\.functions\[1\] \(testfns_2\): .*" + pattern) as info:
-        check_reward_functions(cfg, ["p0", "p1", "p2"], [{"answer": "1", "id": i} for i in range(3)])
+        dry_run(cfg, ["p0", "p1", "p2"], [{"answer": "1", "id": i} for i in range(3)])
     assert "\n" not in str(info.value)
-
-
-def test_trainer_checks_rewards_before_any_actor(fns_file, tiny_model_dir, tmp_path):
-    """A plug-in that always returns 2 values stops the run in Trainer() (data, tokenizer, the dry call), before
-    Ray or any actor starts. The first batch has 2 prompts, so it is the call on the first prompt alone (the
-    way training calls it) that catches it."""
-    from rlpost.trainer import Trainer
-
-    cfg = compose_config([
-            "experiment=gsm8k_grpo_debug", "data.limit=16", f"trainer.run_dir={tmp_path}",
-            f"reward.functions=[{{path: rewards/gsm8k.py}}, {{path: {fns_file}, name: wrong_len}}]"])
-    assert cfg.trainer.prompts_per_step == 2
-    with pytest.raises(ConfigError, match=r"^reward\.functions\[1\] \(testfns\): the dry call on the first prompt "
-                                          r"alone returned 2 values for 1 completion; it must return"):
-        Trainer(cfg, tiny_model_dir, str(tmp_path))
-    assert not ray.is_initialized()
 
 
 def test_own_reward_alone_gives_accuracy_from_its_total(fns_file, tiny_model_dir, tmp_path):
@@ -434,7 +422,7 @@ def test_length_penalty():
 def test_shipped_rewards_pass_the_dry_call():
     cfg = RewardConfig(functions=[{"path": "rewards/gsm8k.py"}, {"path": "rewards/format.py", "style": "hash"},
                                   {"path": "rewards/length.py", "max_length": 800, "buffer": 200}])
-    check_reward_functions(cfg, ["q1", "q2"], [{"answer": "#### 42"}, {"answer": "#### 7"}])
+    dry_run(cfg, ["q1", "q2"], [{"answer": "#### 42"}, {"answer": "#### 7"}])
 
 
 def test_gsm8k_throughput():

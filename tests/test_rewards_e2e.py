@@ -11,6 +11,7 @@ import pytest
 from test_e2e import TESTS, debug_cfg, run_and_check
 from test_reward_model import build_tiny_rm
 
+from rlpost.config import ConfigError
 from rlpost.rewards.manager import RewardFailureError
 from rlpost.trainer import Trainer
 from rlpost.validate import validate
@@ -47,6 +48,25 @@ def test_reward_model_and_plugins_in_the_loop(tiny_model_dir: str, tmp_path) -> 
     # Normalised by running statistics that start with the first batch: its mean is 0, the raw mean is not.
     assert rows[0]["reward/tiny-rm"] == pytest.approx(0.0, abs=1e-5)
     assert rows[0]["reward/tiny-rm/raw"] != pytest.approx(0.0, abs=1e-4)
+
+
+def test_dry_call_failure_stops_the_start(tiny_model_dir: str, tmp_path) -> None:
+    """A plug-in that always returns 2 values stops `Trainer.start` with the dry call's one line, made by the
+    reward actor as soon as it is up. The first batch has 2 prompts, so it is the call on the first prompt alone
+    (the way training calls it) that catches it."""
+    plugin = tmp_path / "two.py"
+    plugin.write_text("def wrong_len(prompts, completions, **_):\n    return [0.0, 0.0]\n")
+    run_dir = str(tmp_path / "run")
+    cfg = debug_cfg(tiny_model_dir, run_dir, "learner.num_ranks=1",
+                    f"reward.functions=[{{path: rewards/gsm8k.py}}, {{path: {plugin}, name: wrong_len}}]")
+    validate(cfg)
+    trainer = Trainer(cfg, tiny_model_dir, run_dir)
+    try:
+        with pytest.raises(ConfigError, match=r"^reward\.functions\[1\] \(two\): the dry call on the first prompt "
+                                              r"alone returned 2 values for 1 completion; it must return"):
+            trainer.start()
+    finally:
+        trainer.close()
 
 
 def test_broken_plugin_stops_the_run(tiny_model_dir: str, tmp_path) -> None:

@@ -244,6 +244,15 @@ class RewardWorker:
     def labels(self) -> list[str]:
         return self.manager.labels
 
+    def dry_run(self, prompts: list[str], columns: list[dict]) -> str | None:
+        """`RewardManager.dry_run` on this actor's workers: its one-line error, or None. (Returned, not raised:
+        the driver raises it as the ConfigError it is, not wrapped in a RayTaskError.)"""
+        try:
+            self.manager.dry_run(prompts, columns)
+        except ConfigError as err:
+            return str(err)
+        return None
+
     def score(self, prompts: list[str], completions: list[str], columns: list[dict]) -> RewardResult:
         return self.manager.score(prompts, completions, columns)
 
@@ -313,10 +322,17 @@ class RewardGroup(ActorGroup):
             self.models.append(RewardModelGroup(spec, label, device, placement, placed))
             placed += spec.num_actors if spec.num_gpus > 0 else 0
 
-    def ready(self) -> None:
-        """Wait until every reward function worker is up."""
+    def ready(self, first_batch: tuple[list[str], list[dict]] | None = None) -> None:
+        """Wait until every reward function worker is up; with `first_batch` (prompts, their dataset columns),
+        also make the dry call of every function on it (`RewardManager.dry_run`) on the first actor's workers,
+        which loaded the functions anyway: a ConfigError naming the function if one fails. Drivers call this
+        right after starting their actors, so a broken function stops the run while the models still load."""
         for labels in self.get([w.labels.remote() for w in self.workers]):
             assert labels == self.labels[:self.num_fns], (labels, self.labels)
+        if first_batch is not None and self.workers:
+            error = self.get(self.workers[0].dry_run.remote(*first_batch))
+            if error is not None:
+                raise ConfigError(error)
 
     def score(self, prompts: list[str], completions: list[str], columns: list[dict],
               messages: list[list[dict]] | None = None, update_stats: bool = True) -> RewardResult:

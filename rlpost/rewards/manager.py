@@ -13,7 +13,8 @@ Choices:
   batch fails in one function, `RewardResult.check_failures` stops the run: a broken reward must not train a
   model on `error_score`s.
 - All functions are loaded once in this process at construction, so a bad config raises `ConfigError`
-  before training starts; `check_reward_functions` goes further and makes one dry batched call per function.
+  before training starts; `dry_run` goes further and makes one dry batched call per function (the reward
+  actor makes it at start-up, on its own workers: see `RewardGroup.ready`).
 - total = sum over components of weight * value. Components with weight 0 are still computed and logged.
 """
 
@@ -278,11 +279,3 @@ class RewardManager:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def check_reward_functions(cfg: RewardConfig, prompts: list[str], columns: list[dict]) -> None:
-    """Start-up check of `reward.functions` on the first batch (see `RewardManager.dry_run`), in a pool of
-    its own that is closed again: the driver holds no reward workers during training."""
-    if not cfg.functions:
-        return
-    with RewardManager(cfg) as manager:
-        manager.dry_run(prompts, columns)
