@@ -270,14 +270,14 @@ class ProcessPool:
                 if not w.conn.poll():
                     break
                 task_id, ok, value, retire, output_cut = w.conn.recv()
-                if output_cut and not self._output_noted:  # one note per pool, not one per call or worker
-                    self._output_noted = True
-                    print(f"[rlpost] a reward function printed more than reward.max_output_kb={self._limits[1]} KB "
-                          "in one call; the rest of such output is dropped (this note is shown once)",
-                          file=sys.stderr, flush=True)
             except (EOFError, OSError):  # its end of the pipe closed: it is exiting; let it finish
                 w.proc.join(timeout=1)
                 break
+            if output_cut and not self._output_noted:  # one note per pool, not one per call or worker
+                self._output_noted = True
+                print(f"[rlpost] a reward function printed more than reward.max_output_kb={self._limits[1]} KB in "
+                      "one call; the rest of such output is dropped (this note is shown once)", file=sys.stderr,
+                      flush=True)
             if task_id == _READY:
                 w.ready = True
                 w.deadline = min(self._batch_deadline, time.monotonic() + w.timeout_s)  # its own time starts now
