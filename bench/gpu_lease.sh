@@ -35,6 +35,9 @@
 set -uo pipefail
 mode=${1:-}; shift || true
 QWEN=/tmp/models/qwen2.5-coder-0.5b-instruct
+# learn's model (the kit's SmolLM2 needs no model pack: MODEL_DIR=/tmp/models/smollm2-135m-instruct) and the seconds it
+# keeps back from the lease for start-up, final evaluation, export, GSM8K after and packing (the Qwen run's: 570)
+MODEL_DIR=${MODEL_DIR:-$QWEN}; RESERVE=${RESERVE:-570}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 left() { echo $(( $(cat /tmp/lease_t0) + 1800 - $(date +%s) )); }
 wait_rc() {  # wait_rc FILE SECONDS: wait until FILE exists; print its content (an exit code) or "timeout"
@@ -43,8 +46,10 @@ wait_rc() {  # wait_rc FILE SECONDS: wait until FILE exists; print its content (
 }
 in_background() {  # in_background MODE: this script's MODE from a private copy of the repo, output in /tmp/rlpost-bg
   rm -rf /tmp/rlpost-repo && mkdir -p /tmp/rlpost-repo && cp -r bench configs rewards rlpost pyproject.toml /tmp/rlpost-repo/
-  (cd /tmp/rlpost-repo && setsid nohup bash bench/gpu_lease.sh "$1" > /tmp/rlpost-bg/console.log 2>&1 < /dev/null &
-   echo $! > /tmp/rlpost-bg/pid)
+  # The background script writes its own pid: under job control `setsid` forks, so $! would be a parent that is gone.
+  (cd /tmp/rlpost-repo && setsid nohup bash -c 'echo $$ > /tmp/rlpost-bg/pid; exec bash bench/gpu_lease.sh "$0"' "$1" \
+     > /tmp/rlpost-bg/console.log 2>&1 < /dev/null &)
+  sleep 1
   echo "started $1 (pid $(cat /tmp/rlpost-bg/pid)); lease left $(left) s"
 }
 kit_env() { source /tmp/site/_kit/env.sh; export PYTHONPATH=$PWD:${PYTHONPATH:-} VLLM_WORKER_MULTIPROC_METHOD=spawn; }
@@ -74,23 +79,27 @@ case "$mode" in
     args=(); over=()
     while [ $# -gt 0 ] && [ "$1" != "--" ]; do args+=("$1"); shift; done
     [ $# -gt 0 ] && shift; over=("$@")
-    rc=$(wait_rc /tmp/model-install.rc 300); [ "$rc" = 0 ] || { echo "model rc=$rc"; tail /tmp/model-install.log; exit 3; }
+    if [ "$MODEL_DIR" = "$QWEN" ]; then
+      rc=$(wait_rc /tmp/model-install.rc 300); [ "$rc" = 0 ] || { echo "model rc=$rc"; tail /tmp/model-install.log; exit 3; }
+    else
+      rc=$(wait_rc /tmp/kit-install.rc 400); [ "$rc" = 0 ] || { echo "kit rc=$rc"; tail /tmp/kit-install.log; exit 3; }
+    fi
     bg=/tmp/rlpost-bg
     rm -rf "$bg" && mkdir -p "$bg"
     # one argument a line; none: an empty file (printf of an empty array would write one empty line)
     : > "$bg/args"; : > "$bg/over"
     [ ${#args[@]} -eq 0 ] || printf '%s\n' "${args[@]}" > "$bg/args"
     [ ${#over[@]} -eq 0 ] || printf '%s\n' "${over[@]}" > "$bg/over"
-    RETRY_WITH=${RETRY_WITH:-} NAME=$name in_background learn-run ;;
+    RETRY_WITH=${RETRY_WITH:-} NAME=$name MODEL_DIR=$MODEL_DIR RESERVE=$RESERVE in_background learn-run ;;
   learn-run)  # the background part of `learn`, in /tmp/rlpost-repo
     bg=/tmp/rlpost-bg; kit_env
     mapfile -t args < "$bg/args"; mapfile -t over < "$bg/over"
     for attempt in 1 2; do
       # measured (session 8): start-up ~250 s with two engines; final evaluation, checkpoint and export ~150 s;
       # GSM8K after ~90 s; packing the results and a margin ~80 s
-      mins=$(python3 -c "print(max(2.0, round(($(left) - 570) / 60, 1)))")
+      mins=$(python3 -c "print(max(2.0, round(($(left) - $RESERVE) / 60, 1)))")
       echo "[lease] attempt $attempt: max_minutes=$mins overrides: ${over[*]}"
-      MODEL=$QWEN OUT=$bg bash bench/gpu_verify.sh learn "$NAME" "${args[@]}" -- "${over[@]}" trainer.max_minutes=$mins
+      MODEL=$MODEL_DIR OUT=$bg bash bench/gpu_verify.sh learn "$NAME" "${args[@]}" -- "${over[@]}" trainer.max_minutes=$mins
       rc=$?
       echo "[lease] rc=$rc"
       [ $rc = 0 ] && break
