@@ -409,6 +409,25 @@ def test_format_reward():
     assert fn(["q"], ["\\boxed{7}\n#### 7"])[0] == {"score": 1.0, "hash": 1.0, "boxed": 1.0}
 
 
+def test_format_reward_asks_for_shown_work():
+    """min_work_lines=2: two lines with a number before the answer line; the shape metrics ignore it."""
+    fn = load_reward_fn(RewardFunctionConfig(path="rewards/format.py"), 0)
+    completions = ["#### 12",                                  # a bare answer: the measured reward hack
+                   "Let me think.\nSo:\n#### 12",            # lines, but no computation in them
+                   "6 * 2 = 12\n#### 12",                     # one line of work
+                   "6 * 2 = 12\n\n12 + 0 = 12\n#### 12",      # two (the empty line does not count)
+                   "3 + 4 = 7\n7 * 2 = 14\nso $\\boxed{14}$",  # boxed, two lines before it
+                   "$\\boxed{14}$\n3 + 4 = 7\n7 * 2 = 14"]     # work after the boxed answer does not count
+    out = fn([""] * 6, completions, style="any", min_work_lines=2)
+    assert [x["score"] for x in out] == [0, 0, 0, 1, 1, 0]
+    assert [x["hash"] for x in out] == [1, 1, 1, 1, 0, 0]
+    assert [x["boxed"] for x in out] == [0, 0, 0, 0, 1, 1]
+    assert [x["score"] for x in fn([""] * 6, completions, style="hash", min_work_lines=1)] == [0, 0, 1, 1, 0, 0]
+    assert [x["score"] for x in fn([""] * 6, completions, style="hash")] == [1, 1, 1, 1, 0, 0]
+    with pytest.raises(ValueError, match="min_work_lines"):
+        fn([""], ["#### 1"], min_work_lines=-1)
+
+
 def test_length_penalty():
     fn = load_reward_fn(RewardFunctionConfig(path="rewards/length.py"), 0)
     # max_length 10, buffer 4: free up to 6 characters, then -1/4 per character, -1 beyond 10.
