@@ -14,19 +14,33 @@
 #   carry .model09:      mkdir -p /tmp/mp && cp .model*/* /tmp/mp/ && bash bench/gpu_lease.sh model-bg \
 #                          && bash bench/gpu_lease.sh quick          # GPU tests while the model converts (~3 min)
 #   then one of:         [RETRY_WITH="k=v ..."] bash bench/gpu_lease.sh learn NAME [bench/learn_gsm8k.py args] -- [overrides]
-#                        (followed by `bash bench/gpu_lease.sh wait 560` calls until it says "finished")
+#                        (followed by `bash bench/gpu_lease.sh wait 300` calls until it says "finished")
 #                        bash bench/gpu_lease.sh trl               (carry .trl: rlpost and TRL side by side;
-#                                                                   then `wait 560` calls)
+#                                                                   then `wait 300` calls)
+# Or two runs in one lease, the first on the kit's SmolLM2 while the model pack is still arriving (the GPU is idle
+# then), the second (TRL side by side) once the model is converted:
+#   carry .kit03:        mkdir -p /tmp/kit && cp .kit*/* /tmp/kit/ && bash bench/gpu_lease.sh kit-bg && \
+#                          MODEL_DIR=/tmp/models/smollm2-135m-instruct RESERVE=870 NEXT=trl-run \
+#                          bash bench/gpu_lease.sh learn NAME --experiment gsm8k_grpo_smollm2_format --skip-before \
+#                          --before "0.0212 28 1319"
+#   carry .model00..08:  as above
+#   carry .model09 .trl: mkdir -p /tmp/mp /tmp/trl-wheels && cp .model*/* /tmp/mp/ && cp .trl/* /tmp/trl-wheels/ \
+#                          && bash bench/gpu_lease.sh model-bg
+#   then `wait 300` calls. (SmolLM2's 60 steps take ~10 minutes with start-up, GSM8K after included; TRL side by
+#   side ~10: RESERVE=870 keeps the second's time back from the first's trainer.max_minutes.)
+# `wait` hands back the results so far each time: a lost machine loses at most one wait's worth (session 10 lost
+# PPO's steps 30-40 that way), so the waits are short.
 #
 # Modes:
 #   kit-bg     unpack the kit (no smoke test) in the background: /tmp/kit-install.log, .rc
 #   model-bg   wait for the kit, then convert the model pack in the background: /tmp/model-install.log, .rc
 #   quick      wait for the kit: the GPU tests most worth a first look + bench.vocab, into $OUT
-#   learn      wait for the model; bench/learn_gsm8k.py in the background from a private copy of the repo, with
-#              trainer.max_minutes from the lease's end (/tmp/lease_t0 + 1800 s) less start-up and the final
-#              evaluation, export and GSM8K after. RETRY_WITH="k=v ...": if the run dies before its first step
-#              (e.g. two engines do not fit), it runs again with those overrides added (e.g.
-#              rollout.engines_per_gpu=1). If time is left afterwards, `bench` runs into the same folder.
+#   learn      bench/learn_gsm8k.py in the background from a private copy of the repo, once its model is there
+#              (the model pack's, or MODEL_DIR's from the kit), with trainer.max_minutes from the lease's end
+#              (/tmp/lease_t0 + 1800 s) less RESERVE seconds (start-up, the final evaluation, export and GSM8K
+#              after). RETRY_WITH="k=v ...": if the run dies before its first step (e.g. two engines do not fit),
+#              it runs again with those overrides added (e.g. rollout.engines_per_gpu=1). Afterwards NEXT (a
+#              background mode, e.g. trl-run) if set; else, on the model pack with time left, `bench`.
 #   wait [S]   bench/gpu_verify.sh wait: progress until the run ends or S seconds pass, then $OUT/bg.tar.gz
 #   bench      bench.learner on the model pack: GSM8K rollout lengths (profiled) and fixed 1024-token sequences
 #   trl        in the background: bench.vs_trl, both sides, two engines for rlpost (TRL 1.16.0 + accelerate 1.16.0 wheels from .trl:
@@ -79,20 +93,22 @@ case "$mode" in
     args=(); over=()
     while [ $# -gt 0 ] && [ "$1" != "--" ]; do args+=("$1"); shift; done
     [ $# -gt 0 ] && shift; over=("$@")
-    if [ "$MODEL_DIR" = "$QWEN" ]; then
-      rc=$(wait_rc /tmp/model-install.rc 300); [ "$rc" = 0 ] || { echo "model rc=$rc"; tail /tmp/model-install.log; exit 3; }
-    else
-      rc=$(wait_rc /tmp/kit-install.rc 400); [ "$rc" = 0 ] || { echo "kit rc=$rc"; tail /tmp/kit-install.log; exit 3; }
-    fi
     bg=/tmp/rlpost-bg
     rm -rf "$bg" && mkdir -p "$bg"
     # one argument a line; none: an empty file (printf of an empty array would write one empty line)
     : > "$bg/args"; : > "$bg/over"
     [ ${#args[@]} -eq 0 ] || printf '%s\n' "${args[@]}" > "$bg/args"
     [ ${#over[@]} -eq 0 ] || printf '%s\n' "${over[@]}" > "$bg/over"
-    RETRY_WITH=${RETRY_WITH:-} NAME=$name MODEL_DIR=$MODEL_DIR RESERVE=$RESERVE in_background learn-run ;;
+    RETRY_WITH=${RETRY_WITH:-} NAME=$name MODEL_DIR=$MODEL_DIR RESERVE=$RESERVE NEXT=${NEXT:-} in_background learn-run ;;
   learn-run)  # the background part of `learn`, in /tmp/rlpost-repo
-    bg=/tmp/rlpost-bg; kit_env
+    bg=/tmp/rlpost-bg
+    # the model pack's conversion, or the kit (with its SmolLM2), may still be under way
+    if [ "$MODEL_DIR" = "$QWEN" ]; then
+      rc=$(wait_rc /tmp/model-install.rc 600); [ "$rc" = 0 ] || { echo "model rc=$rc"; tail /tmp/model-install.log; exit 3; }
+    else
+      rc=$(wait_rc /tmp/kit-install.rc 600); [ "$rc" = 0 ] || { echo "kit rc=$rc"; tail /tmp/kit-install.log; exit 3; }
+    fi
+    kit_env
     mapfile -t args < "$bg/args"; mapfile -t over < "$bg/over"
     for attempt in 1 2; do
       # measured (session 8): start-up ~250 s with two engines; final evaluation, checkpoint and export ~150 s;
@@ -108,7 +124,8 @@ case "$mode" in
       read -ra extra <<< "$RETRY_WITH"; over+=("${extra[@]}")
       echo "[lease] trying again with $RETRY_WITH"; rm -rf /tmp/rlpost-learn-"$NAME"; RETRY_WITH=
     done
-    if [ "$(left)" -gt 260 ]; then OUT=$bg bash bench/gpu_lease.sh bench; fi ;;
+    if [ -n "${NEXT:-}" ]; then exec bash bench/gpu_lease.sh "$NEXT"; fi
+    if [ "$MODEL_DIR" = "$QWEN" ] && [ "$(left)" -gt 260 ]; then OUT=$bg bash bench/gpu_lease.sh bench; fi ;;
   wait)
     MODEL=$QWEN bash bench/gpu_verify.sh wait "${1:-560}"
     grep "^|\|faster than\|slower than\|^rlpost step\|^trl step" /tmp/rlpost-bg/console.log 2>/dev/null | tail -n 40 ;;  # vs_trl
@@ -120,12 +137,14 @@ case "$mode" in
       --orders sorted --tied 0 2>&1 | tail -n 25 | tee -a "$OUT/bench_learner.log"
     echo "lease left $(left) s" ;;
   trl)  # in the background (both sides take ~10 minutes, more than one call may run): follow it with `wait`
-    rc=$(wait_rc /tmp/model-install.rc 300); [ "$rc" = 0 ] || { echo "model rc=$rc"; exit 3; }
-    rm -rf /tmp/rlpost-bg && mkdir -p /tmp/rlpost-bg /tmp/trl-site
-    for w in .trl/*.whl; do python3 -m zipfile -e "$w" /tmp/trl-site; done  # pure-Python wheels
+    rm -rf /tmp/rlpost-bg /tmp/trl-wheels && mkdir -p /tmp/rlpost-bg /tmp/trl-wheels && cp .trl/*.whl /tmp/trl-wheels/
     in_background trl-run ;;
-  trl-run)  # the background part of `trl`, in /tmp/rlpost-repo
-    bg=/tmp/rlpost-bg; kit_env; export PYTHONPATH=$PYTHONPATH:/tmp/trl-site
+  trl-run)  # the background part of `trl` (or learn's NEXT), in /tmp/rlpost-repo
+    bg=/tmp/rlpost-bg
+    rc=$(wait_rc /tmp/model-install.rc 600); [ "$rc" = 0 ] || { echo "model rc=$rc"; tail /tmp/model-install.log; exit 3; }
+    rm -rf /tmp/trl-site && mkdir -p /tmp/trl-site
+    for w in /tmp/trl-wheels/*.whl; do python3 -m zipfile -e "$w" /tmp/trl-site || exit 3; done  # pure-Python wheels
+    kit_env; export PYTHONPATH=$PYTHONPATH:/tmp/trl-site
     python3 -m bench.vs_trl --model $QWEN --device cuda --micro 16 --rlpost-override rollout.engines_per_gpu=2 \
       --results "$bg/RESULTS.md"
     # Time left: rlpost alone with a KV cache sized to the batch (rollout.kv_cache_gb) instead of the shared share.
