@@ -41,8 +41,8 @@ def score(prompts: list[str], completions: list[str], style: str = "any", min_wo
     for completion in completions:
         lines = [line.strip() for line in completion.strip().splitlines() if line.strip()]
         hash_ok = bool(lines) and bool(HASH_LINE.match(lines[-1]))
-        boxed_at = max((i for i, line in enumerate(lines) if BOXED.search(line)), default=-1)
-        boxed_ok = boxed_at >= 0
+        boxed_ok = bool(BOXED.search(completion))  # the whole text: the braces' content may start on the next line
+        boxed_at = max((i for i, line in enumerate(lines) if "\\boxed{" in line), default=0)
         # the shape alone goes to the metrics; the score also asks for the work when min_work_lines is set
         hash_paid = hash_ok and _work_lines(lines, len(lines) - 1) >= min_work_lines
         boxed_paid = boxed_ok and _work_lines(lines, boxed_at) >= min_work_lines
