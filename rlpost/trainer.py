@@ -119,7 +119,9 @@ class Trainer(TrainLoop):
         init_ray(cfg.cluster.address, cfg.cluster.num_cpus or max(needed, os.cpu_count() or 1))
         # Reward workers, engines and learner ranks start side by side (each group's constructor starts its
         # actors' processes; `ready`/`setup` wait), except that a vLLM engine sharing its GPU with a learner rank
-        # is up before the ranks build their models: it sizes its KV cache from the memory free at its start-up.
+        # is up before the ranks build their models when it sizes its KV cache from the memory free at its
+        # start-up (no `rollout.kv_cache_gb`) or stays awake beside them (`rollout.sleep_level=0`: the ranks then
+        # check at start-up that a step fits in the memory the engines leave, rlpost/learner/memory.py).
         self.placement = Placement(plain)
         self.rewards = RewardGroup(OmegaConf.to_object(cfg.reward), cfg.cluster.device, self.placement)
         self.learners = LearnerGroup(plain, self.model_path, total_optimizer_steps, self.placement)
@@ -127,7 +129,8 @@ class Trainer(TrainLoop):
             self.critic = CriticGroup(plain, self.model_path, total_optimizer_steps, self.placement)
         self.rollout = RolloutGroup(plain, self.model_path, self.placement)
         self.rewards.ready(self.first_batch)  # a broken reward function stops the run now, as the models load
-        if self.placement.colocated and cfg.cluster.device == "cuda":
+        if (self.placement.colocated and cfg.cluster.device == "cuda"
+                and (self.rollout.needs_quiet_gpu or cfg.rollout.sleep_level == 0)):
             self.rollout.ready()
         self.pipeline = RolloutPipeline(self.rollout, self.loader, cfg.trainer.prompts_per_step, cfg.algo.group_size,
                                         cfg.trainer.max_staleness, cfg.trainer.steps, self.sampling_params)

@@ -8,6 +8,7 @@ Every number the assertions check is printed, so the test log doubles as the mea
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import ray
@@ -149,21 +150,28 @@ def test_colocated_ipc_sync_and_logprob_agreement(local_ray, smollm_dir: str, tm
         trainer.close()
 
 
-def test_two_awake_engines_per_gpu(local_ray, smollm_dir: str, tmp_path) -> None:
-    """Two engines per GPU, awake beside the learner (`rollout.sleep_level=0`, started one after the other), take
-    every sync over CUDA IPC from the same learner rank; the learner's start-up memory check passes. After the run
-    both engines hold the same weights (vLLM's fused-parameter digest), and those are the learner's: vLLM's
-    sampled-token logprobs match the learner's as closely as at the shared start, although the learner moved well
-    beyond that gap (the colocated IPC test's check; the digest is not comparable across vLLM's and the learner's
-    parameter layouts)."""
+@pytest.mark.parametrize("layout", [
+    # awake beside the learner, built one after the other and before it (the learner's memory check needs them)
+    ("rollout.gpu_memory_utilization=0.2", "rollout.sleep_level=0"),
+    # asleep while it trains, KV caches of a fixed size: engines and learner build side by side
+    ("rollout.kv_cache_gb=1",),
+], ids=["awake", "fixed_kv_side_by_side"])
+def test_two_engines_per_gpu(local_ray, smollm_dir: str, tmp_path, layout: tuple[str, ...]) -> None:
+    """Two engines per GPU take every sync over CUDA IPC from the same learner rank, in both start-up orders
+    (`rlpost.cluster.engines.sizes_kv_cache_from_free_memory`); awake, the learner's start-up memory check
+    passes. After the run both engines hold the same weights (vLLM's fused-parameter digest), and those are the
+    learner's: vLLM's sampled-token logprobs match the learner's as closely as at the shared start, although the
+    learner moved well beyond that gap (the colocated IPC test's check; the digest is not comparable across
+    vLLM's and the learner's parameter layouts)."""
     run_dir = str(tmp_path / "run")
-    cfg = gpu_cfg(smollm_dir, run_dir, "rollout.engines_per_gpu=2", "rollout.num_engines=2",
-                  "rollout.gpu_memory_utilization=0.2", "rollout.sleep_level=0", "algo.kl_coef=0.0",
-                  "learner.lr=3e-4", "trainer.steps=3")
+    cfg = gpu_cfg(smollm_dir, run_dir, "rollout.engines_per_gpu=2", "rollout.num_engines=2", *layout,
+                  "algo.kl_coef=0.0", "learner.lr=3e-4", "trainer.steps=3")
     validate(cfg)
     trainer = Trainer(cfg, smollm_dir, run_dir)
     try:
+        started = time.perf_counter()
         trainer.start()
+        print(f"two engines per GPU {layout}: start-up {time.perf_counter() - started:.1f} s")
         assert trainer.sync.transport == "ipc"
         params = SamplingParams(temperature=1.0, max_new_tokens=48, seed=7)
         prompts = [p.ids for p in trainer.loader.prompts[:4]]

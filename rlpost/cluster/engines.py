@@ -38,6 +38,17 @@ from rlpost.rollout.engine import Sample, SamplingParams
 from rlpost.rollout.hf_engine import HFEngine
 
 
+def sizes_kv_cache_from_free_memory(rollout: dict) -> bool:
+    """Whether a rollout engine's KV cache depends on what else holds GPU memory while it builds. vLLM profiles
+    the free memory unless `rollout.kv_cache_gb` fixes the cache (vLLM's `kv_cache_memory_bytes`), so with it
+    set, engines sharing a GPU and the learner ranks beside them build side by side: ~55 s less start-up for a
+    second engine on one H200 (its build waited for the first's, bench/RESULTS.md), plus the learners' build.
+    vLLM 0.25 saves its compiled graph atomically (temporary file, then rename) and compiles again when a load
+    fails, so two engines compiling at once cannot read each other's half-written cache. The HF engine allocates
+    as it goes."""
+    return rollout["engine"] == "vllm" and not rollout["kv_cache_gb"]
+
+
 @dataclass(eq=False)  # compared by identity: two shares may hold equal prompts
 class Generation:
     """One engine's share of a submitted batch."""
@@ -84,9 +95,11 @@ class RolloutGroup(ActorGroup):
         self.restarts = 0  # in this run so far: the rollout/restarts metric
         self.on_restart: Callable[[], None] | None = None  # hands restarted engines the current weights
         self.outstanding: list[Generation] = []  # submitted and not collected yet
-        # vLLM engines sharing a GPU build their engines one at a time (each profiles the memory free at its
-        # start-up); their processes start and import vLLM side by side first.
-        one_by_one = rc["engine"] == "vllm" and placement.engines_per_gpu > 1
+        # A vLLM engine that sizes its KV cache from the memory free at its start-up needs the GPU to itself
+        # while it builds: engines sharing a GPU then build one at a time (their processes start and import vLLM
+        # side by side first), and colocated learner ranks build after them (`Trainer.start`).
+        self.needs_quiet_gpu = sizes_kv_cache_from_free_memory(rc)
+        one_by_one = self.needs_quiet_gpu and placement.engines_per_gpu > 1
         self.engines = self.actors = [self._start(i, build_later=one_by_one) for i in range(rc["num_engines"])]
         self.name_actors("rollout engine")
         for engine in self.engines if one_by_one else []:
