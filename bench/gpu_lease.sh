@@ -12,7 +12,8 @@
 #   carry .kit03:        mkdir -p /tmp/kit && cp .kit*/* /tmp/kit/ && bash bench/gpu_lease.sh kit-bg
 #   carry .model00..08:  mkdir -p /tmp/mp && cp .model*/* /tmp/mp/
 #   carry .model09:      mkdir -p /tmp/mp && cp .model*/* /tmp/mp/ && bash bench/gpu_lease.sh model-bg \
-#                          && bash bench/gpu_lease.sh quick          # GPU tests while the model converts (~3 min)
+#                          [&& bash bench/gpu_lease.sh quick]        # GPU tests while the model converts (~3 min;
+#                                                                    # they delay the run: leave out once passed)
 #   then one of:         [RETRY_WITH="k=v ..."] bash bench/gpu_lease.sh learn NAME [bench/learn_gsm8k.py args] -- [overrides]
 #                        (followed by `bash bench/gpu_lease.sh wait 300` calls until it says "finished")
 #                        bash bench/gpu_lease.sh trl               (carry .trl: rlpost and TRL side by side;
