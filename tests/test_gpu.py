@@ -42,6 +42,22 @@ def mean_abs_diff(a: list[list[float]], b: list[list[float]]) -> float:
     return sum(abs(x - y) for x, y in pairs) / len(pairs)
 
 
+def assert_engines_hold_the_learners_weights(trainer: Trainer, prompts: list[list[int]], before, params,
+                                             bound: float, name: str) -> None:
+    """After training: vLLM's sampled-token logprobs match the learner's within `bound`, although the learner
+    moved well beyond that gap from where `before` (samples at the start) was drawn, so the agreement is the
+    sync's doing, not weights that never changed."""
+    moved = mean_abs_diff(trainer.learners.score(prompts, [s.completion_ids for s in before]),
+                          [s.logprobs for s in before])
+    after = trainer.rollout.generate(prompts, params)
+    synced = mean_abs_diff(trainer.learners.score(prompts, [s.completion_ids for s in after]),
+                           [s.logprobs for s in after])
+    print(f"{name}: learner moved {moved:.2e} from the start; vLLM vs learner after the last sync {synced:.2e} "
+          f"(bound {bound:.2e})")
+    assert synced < bound
+    assert moved > 3 * synced
+
+
 def hf_reference_diffs(model_dir: str, prompts: list[list[int]], samples) -> str:
     """Diagnostics for the log: vLLM's logprobs against plain transformers forwards (bf16 and fp32, no
     DeepSpeed), so a disagreement can be placed on vLLM's side or the learner's."""
@@ -138,14 +154,7 @@ def test_colocated_ipc_sync_and_logprob_agreement(local_ray, smollm_dir: str, tm
         # What the learner keeps between steps (the engine wakes beside it) is at most its step's peak.
         assert all(0 < m["actor/memory_held_gb"] <= m["actor/memory_peak_gb"] + 1 for m in history)
 
-        moved = mean_abs_diff(trainer.learners.score(prompts, completions), [s.logprobs for s in before])
-        after = trainer.rollout.generate(prompts, params)
-        synced = mean_abs_diff(trainer.learners.score(prompts, [s.completion_ids for s in after]),
-                               [s.logprobs for s in after])
-        print(f"{name} after {len(history)} steps: learner moved {moved:.2e} from the start; vLLM vs learner "
-              f"after the last sync {synced:.2e} (bound {bound:.2e})")
-        assert synced < bound
-        assert moved > 3 * synced  # the agreement is the sync's doing, not weights that never changed
+        assert_engines_hold_the_learners_weights(trainer, prompts, before, params, bound, name)
     finally:
         trainer.close()
 
@@ -184,14 +193,8 @@ def test_two_engines_per_gpu(local_ray, smollm_dir: str, tmp_path, layout: tuple
         assert [m["staleness/max"] for m in history] == [0.0, 0.0, 0.0]
         digests = trainer.rollout.weights_digests()
         assert len(digests) == 2 and digests[0] == digests[1]
-        moved = mean_abs_diff(trainer.learners.score(prompts, completions), [s.logprobs for s in before])
-        after = trainer.rollout.generate(prompts, params)
-        synced = mean_abs_diff(trainer.learners.score(prompts, [s.completion_ids for s in after]),
-                               [s.logprobs for s in after])
-        print(f"two awake engines: at start {start_diff:.2e}; learner moved {moved:.2e}; after the last sync "
-              f"{synced:.2e} (bound {bound:.2e})")
-        assert synced < bound
-        assert moved > 3 * synced
+        assert_engines_hold_the_learners_weights(trainer, prompts, before, params, bound,
+                                                 f"two engines per GPU {layout}")
     finally:
         trainer.close()
 
