@@ -29,6 +29,13 @@
 #                          && bash bench/gpu_lease.sh model-bg
 #   then `wait 300` calls. (SmolLM2's 60 steps take ~10 minutes with start-up, GSM8K after included; TRL side by
 #   side ~10: RESERVE=870 keeps the second's time back from the first's trainer.max_minutes.)
+# Or a measurement on the kit while the model pack arrives, then a run on the model pack (session 12's plan):
+#   carry .kit03:        mkdir -p /tmp/kit && cp .kit*/* /tmp/kit/ && bash bench/gpu_lease.sh kit-bg && \
+#                          FIRST="rollout smollm2" RETRY_WITH="rollout.kv_cache_gb=0 rollout.gpu_memory_utilization=0.25" \
+#                          bash bench/gpu_lease.sh learn ppo --experiment gsm8k_ppo_qwen05b --skip-before \
+#                          --before "0.2578 340 1319"
+#   carry .model00..08:  as above;  carry .model09: mkdir -p /tmp/mp && cp .model*/* /tmp/mp/ && bash bench/gpu_lease.sh model-bg
+#   then `wait 300` calls. (The run's trainer.max_minutes is computed once FIRST is done.)
 # `wait` hands back the results so far each time: a lost machine loses at most one wait's worth (session 10 lost
 # PPO's steps 30-40 that way), so the waits are short.
 #
@@ -36,6 +43,10 @@
 #   kit-bg     unpack the kit (no smoke test) in the background: /tmp/kit-install.log, .rc
 #   model-bg   wait for the kit, then convert the model pack in the background: /tmp/model-install.log, .rc
 #   quick      wait for the kit: the GPU tests most worth a first look + bench.vocab, into $OUT
+#   rollout [smollm2|qwen05b]  bench.rollout, two engine actors against one vllm.LLM at batch 256 (issue 16's
+#              engines_per_gpu), on the kit's SmolLM2 or a random-weight Qwen2-0.5B (no model pack needed; ~3 min
+#              each), into $OUT; as learn's FIRST (FIRST="rollout smollm2") it runs on the kit while the model pack
+#              still arrives, before learn's run
 #   learn      bench/learn_gsm8k.py in the background from a private copy of the repo, once its model is there
 #              (the model pack's, or MODEL_DIR's from the kit), with trainer.max_minutes from the lease's end
 #              (/tmp/lease_t0 + 1800 s) less RESERVE seconds (start-up, the final evaluation, export and GSM8K
@@ -101,9 +112,12 @@ case "$mode" in
     : > "$bg/args"; : > "$bg/over"
     [ ${#args[@]} -eq 0 ] || printf '%s\n' "${args[@]}" > "$bg/args"
     [ ${#over[@]} -eq 0 ] || printf '%s\n' "${over[@]}" > "$bg/over"
-    RETRY_WITH=${RETRY_WITH:-} NAME=$name MODEL_DIR=$MODEL_DIR RESERVE=$RESERVE NEXT=${NEXT:-} in_background learn-run ;;
+    RETRY_WITH=${RETRY_WITH:-} NAME=$name MODEL_DIR=$MODEL_DIR RESERVE=$RESERVE NEXT=${NEXT:-} FIRST=${FIRST:-} \
+      in_background learn-run ;;
   learn-run)  # the background part of `learn`, in /tmp/rlpost-repo
     bg=/tmp/rlpost-bg
+    # shellcheck disable=SC2086  # FIRST is a mode and its arguments
+    if [ -n "${FIRST:-}" ]; then OUT=$bg bash bench/gpu_lease.sh $FIRST; fi
     # the model pack's conversion, or the kit (with its SmolLM2), may still be under way
     if [ "$MODEL_DIR" = "$QWEN" ]; then
       rc=$(wait_rc /tmp/model-install.rc 600); [ "$rc" = 0 ] || { echo "model rc=$rc"; tail /tmp/model-install.log; exit 3; }
@@ -126,6 +140,15 @@ case "$mode" in
     done
     if [ -n "${NEXT:-}" ]; then exec bash bench/gpu_lease.sh "$NEXT"; fi
     if [ "$MODEL_DIR" = "$QWEN" ] && [ "$(left)" -gt 260 ]; then OUT=$bg bash bench/gpu_lease.sh bench; fi ;;
+  rollout)
+    rc=$(wait_rc /tmp/kit-install.rc 400); [ "$rc" = 0 ] || { echo "kit rc=$rc"; tail /tmp/kit-install.log; exit 3; }
+    kit_env
+    # the kit's SmolLM2 gives the tokenizer; with qwen05b the bench builds the random model and measures both
+    models=(--model /tmp/models/smollm2-135m-instruct)
+    [ "${1:-smollm2}" = qwen05b ] && models+=(--qwen05b /tmp/qwen2-0.5b-random --skip-model)
+    python3 -m bench.rollout "${models[@]}" --batches 256 --reps 3 --engines-per-gpu 2 --kv-cache-gb 4 \
+      --results "$OUT/RESULTS.md" 2>&1 | grep -v "^(\|INFO\|WARN" | tail -n 30 | tee "$OUT/rollout.log"
+    echo "lease left $(left) s" ;;
   wait)
     MODEL=$QWEN bash bench/gpu_verify.sh wait "${1:-300}"
     grep "^|\|faster than\|slower than\|^rlpost step\|^trl step" /tmp/rlpost-bg/console.log 2>/dev/null | tail -n 40 ;;  # vs_trl
@@ -153,5 +176,5 @@ case "$mode" in
         --rlpost-override rollout.engines_per_gpu=2 --rlpost-override rollout.kv_cache_gb=4
     fi
     echo "lease left $(left) s" ;;
-  *) echo "usage: bash bench/gpu_lease.sh kit-bg|model-bg|quick|learn|wait|bench|trl (see the header)" >&2; exit 2 ;;
+  *) echo "usage: bash bench/gpu_lease.sh kit-bg|model-bg|quick|rollout|learn|wait|bench|trl (see the header)" >&2; exit 2 ;;
 esac

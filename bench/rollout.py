@@ -8,6 +8,7 @@ Ours is the product's engine exactly as a `cluster=single_gpu` run builds it (`R
 `RolloutGroup.generate(prompt_ids, SamplingParams)` (a `generate` call on each engine actor, a share of the prompts
 each), which returns rlpost `Sample`s with a logprob per token. `--engines-per-gpu K` puts K engine actors on the
 GPU (`rollout.engines_per_gpu`): then ours/peer is what K engines gain over one where decode is host-bound.
+`--kv-cache-gb` fixes every engine's KV cache (`rollout.kv_cache_gb`; ours then build side by side) on both sides.
 The peer is `vllm.LLM` built in this process with the same engine arguments (dtype, memory share,
 max_model_len, CUDA graphs or eager, sleep mode, prefix caching, logprobs mode), given the same token-id prompts and
 the same per-request sampling parameters (including `logprobs=0`, the sampled token's logprob, which ours asks
@@ -79,15 +80,20 @@ def build_ours(model_dir: str, args: argparse.Namespace):
                           f"rollout.gpu_memory_utilization={args.gpu_memory_utilization}",
                           f"rollout.enforce_eager={str(args.enforce_eager).lower()}",
                           f"rollout.engines_per_gpu={args.engines_per_gpu}",
-                          f"rollout.num_engines={args.engines_per_gpu}"])
+                          f"rollout.num_engines={args.engines_per_gpu}", f"rollout.kv_cache_gb={args.kv_cache_gb}"])
     plain = OmegaConf.to_container(cfg, resolve=True)
     init_ray("local", os.cpu_count() or 2)
     placement = Placement(plain)
+    started = time.perf_counter()
     group = RolloutGroup(plain, model_dir, placement)
     group.ready()
+    print(f"{Path(model_dir).name}: {args.engines_per_gpu} engine actor(s) up in {time.perf_counter() - started:.1f} s",
+          flush=True)
     engine_args = dict(dtype=plain["model"]["dtype"], gpu_memory_utilization=args.gpu_memory_utilization,
                        max_model_len=plain["data"]["max_prompt_tokens"] + args.new_tokens,
                        enforce_eager=args.enforce_eager, enable_sleep_mode=plain["rollout"]["sleep_level"] > 0)
+    if args.kv_cache_gb > 0:
+        engine_args["kv_cache_memory_bytes"] = int(args.kv_cache_gb * 2**30)
     return group, placement, engine_args
 
 
@@ -157,11 +163,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=os.environ.get("KIT_MODEL", ""), help="SmolLM2-135M-Instruct folder")
     parser.add_argument("--qwen05b", default="", help="folder of a ~0.5B Qwen2 model (built there if missing)")
+    parser.add_argument("--skip-model", action="store_true",
+                        help="measure --qwen05b alone (--model then only lends its tokenizer to the build)")
     parser.add_argument("--batches", default="1,32,256")
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.3, help="each engine's share")
+    parser.add_argument("--kv-cache-gb", type=float, default=0.0,
+                        help="each engine's KV cache in GiB, both sides (rollout.kv_cache_gb: ours then build side "
+                             "by side); 0: what --gpu-memory-utilization leaves")
     parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (default: graphs, as served)")
     parser.add_argument("--engines-per-gpu", type=int, default=1,
                         help="ours: this many engine actors on the GPU, each prompt batch split across them "
@@ -176,7 +187,9 @@ def main() -> None:
 
     copy_gbs = copy_bandwidth_gbs()
     print(f"{torch.cuda.get_device_name()}: copy_ {copy_gbs:.0f} GB/s (1 GiB buffer)", flush=True)
-    models = [args.model] + ([build_qwen05b(args.qwen05b, args.model)] if args.qwen05b else [])
+    models = [] if args.skip_model else [args.model]
+    if args.qwen05b:
+        models.append(build_qwen05b(args.qwen05b, args.model))
     rows = []
     for model in models:  # one model at a time: both engines of a model share the GPU
         rows += bench_model(model, args, copy_gbs)
