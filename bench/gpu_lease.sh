@@ -36,6 +36,13 @@
 #                          --before "0.2578 340 1319"
 #   carry .model00..08:  as above;  carry .model09: mkdir -p /tmp/mp && cp .model*/* /tmp/mp/ && bash bench/gpu_lease.sh model-bg
 #   then `wait 300` calls. (The run's trainer.max_minutes is computed once FIRST is done.)
+# If a 2-GPU kind (nvidia-h200-x2) is ever lent, issue 16's staleness goals (engines on a GPU of their own): after
+# the same staging, with the kit's env (the `learn` path runs bench.learn_gsm8k through gpu_verify.sh the same way):
+#   python3 -m bench.vs_trl --model $QWEN --device cuda --micro 16 --rlpost-cluster split \
+#     --rlpost-override trainer.max_staleness=1 --rlpost-override algo.off_policy_correction=tis
+#   python3 -m bench.learn_gsm8k grpo-stale1 --model $QWEN --cluster split --skip-before --before "0.2578 340 1319" \
+#     -- trainer.max_staleness=1 algo.off_policy_correction=tis algo.old_logprobs=learner rollout.engines_per_gpu=1
+#   (and the same with trainer.max_staleness=0 for the on-policy curve on the same layout)
 # `wait` hands back the results so far each time: a lost machine loses at most one wait's worth (session 10 lost
 # PPO's steps 30-40 that way), so the waits are short.
 #

@@ -51,7 +51,7 @@ BETA, CLIP, WEIGHT_DECAY, BETAS, GRAD_CLIP = 0.04, 0.2, 0.0, (0.9, 0.999), 1.0
 def run_rlpost(args: argparse.Namespace, run_dir: str) -> list[dict[str, float]]:
     from rlpost.train import compose_config, run
 
-    cluster = "single_gpu" if args.device == "cuda" else "debug_cpu"
+    cluster = args.rlpost_cluster or ("single_gpu" if args.device == "cuda" else "debug_cpu")
     cfg = compose_config([
         "experiment=gsm8k_grpo_smollm2", f"cluster={cluster}", f"model.path={args.model}",
         f"trainer.run_dir={run_dir}", f"trainer.steps={args.steps}", f"trainer.prompts_per_step={args.prompts}",
@@ -213,6 +213,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-6)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.35, help="both sides' vLLM share")
     parser.add_argument("--rlpost-override", action="append", default=[], help="extra rlpost override (repeatable)")
+    parser.add_argument("--rlpost-cluster", default="",
+                        help="rlpost's cluster preset (default single_gpu on cuda, debug_cpu on cpu); split puts its "
+                             "engines on a GPU of their own, for trainer.max_staleness=1 (TRL stays colocated)")
     parser.add_argument("--sides", default="rlpost,trl")
     add_results_argument(parser)
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
@@ -243,7 +246,8 @@ def main() -> None:
     phase_table = table(results["rlpost"], results["trl"])
     head = (f"{machine(args.device)}; {Path(args.model).name}, {args.prompts} prompts x {args.group}, "
             f"{args.new_tokens} new tokens, micro-batch {args.micro}; steps {args.warmup + 1}-{args.steps}; "
-            f"TRL generation: {'vLLM colocate' if args.device == 'cuda' else 'HF transformers'}")
+            f"TRL generation: {'vLLM colocate' if args.device == 'cuda' else 'HF transformers'}"
+            + (f"; rlpost cluster={args.rlpost_cluster}" if args.rlpost_cluster else ""))
     ours, peer = results["rlpost"], results["trl"]
     summary = verdict(statistics.median(ours["step"]), statistics.median(peer["step"]))
     print("\n" + head + "\n\n" + phase_table + f"\n\nrlpost's train phase: {statistics.median(ours['train']):.3f} s, "
