@@ -21,9 +21,10 @@ Online arms run `trainer.steps = budget / (prompts_per_step x GROUP)`; every tra
 `--minutes` of training. Recipes: `--dpo-experiment` for (a) and (b), `--grpo-experiment` for (c) and (d)
 (the qwen05b ones by default; their comments give sources); `-- overrides` go to every run.
 
-Measured: GSM8K test pass@1 before (once) and after (each arm's exported policy) by `bench/gsm8k.py`'s protocol
-(`--limit N`: the first N problems); minutes of training (`time/wall`); samples drawn; held-out pair accuracy of
-(a)'s DPO implicit reward and of (d)'s RM (the "verification" side of the gap). One section with the table and
+Measured: GSM8K test pass@1 before (once, or `--skip-before --before "PASS1 CORRECT N"` measured earlier) and
+after (each arm's exported policy) by `bench/gsm8k.py`'s protocol (`--limit N`: the first N problems); minutes
+of training (`time/wall`); samples drawn; held-out pair accuracy of (a)'s DPO implicit reward and of (d)'s RM
+(the "verification" side of the gap). One section with the table and
 the plot (pass@1 against samples seen: the full-test before/after of every arm, and the online arms' in-run
 `eval/pass@1` curves, on `eval.limit` problems) goes to `--results`; each phase's log is `RUN/<phase>.log`.
 
@@ -112,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="(d): reward.models[0].num_gpus (default: 1 on a GPU cluster, 0 on a CPU one)")
     parser.add_argument("--minutes", type=float, default=10.0, help="each training run's budget")
     parser.add_argument("--limit", type=int, default=0, help="GSM8K before/after on the first N problems (0 = all)")
+    parser.add_argument("--skip-before", action="store_true",
+                        help="reuse --before instead of measuring it (as bench/learn_gsm8k.py: a lease's minutes)")
+    parser.add_argument("--before", default="", help="with --skip-before: 'PASS1 CORRECT N' measured earlier")
     parser.add_argument("--verifier", default="rewards/gsm8k.py", help="the verifier's reward file (and label)")
     parser.add_argument("--verifier-name", default="score", help="the function in --verifier")
     parser.add_argument("--dpo-experiment", default="gsm8k_online_dpo_qwen05b")
@@ -144,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
              "--results", str(Path(args.results).resolve())] + (["--enforce-eager"] if args.engine == "vllm" else [])
     train = [sys.executable, "-m", "rlpost.train"]
 
-    before = gsm8k_accuracy(run_phase("before", gsm8k + ["--model", args.model, "--label", "before"],
-                                      run / "before.log"))[0]
+    if args.skip_before:
+        before = float(args.before.split()[0])
+    else:
+        before = gsm8k_accuracy(run_phase("before", gsm8k + ["--model", args.model, "--label", "before"],
+                                          run / "before.log"))[0]
     pairs = run / "pairs.jsonl"
     if set(args.arms) & {"a", "d"}:
         run_phase("pairs", [sys.executable, "-m", "rlpost.pairs", f"experiment={args.dpo_experiment}", *common,

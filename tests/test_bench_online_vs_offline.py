@@ -22,7 +22,7 @@ def test_two_stage_arm_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
            "--cluster", "debug_cpu", "--samples", "16", "--group", "4", "--prompts-per-step", "2", "--limit", "2",
            "--arms", "d", "--dpo-experiment", "gsm8k_grpo_debug", "--grpo-experiment", "gsm8k_grpo_debug",
            "--verifier", "tests/rewards_for_tests.py", "--verifier-name", "text_length", "--run-dir", str(run),
-           "--results", str(results), "--plot", str(plot), "--",
+           "--results", str(results), "--plot", str(plot), "--skip-before", "--before", "0.25 1 4", "--",
            "rollout.max_new_tokens=8", "learner.num_ranks=1", "rollout.num_engines=1", "reward.num_workers=1",
            "eval.limit=2", "eval.num_samples=0", "logger.wandb.mode=disabled"]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT,
@@ -32,4 +32,6 @@ def test_two_stage_arm_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     row = next(line for line in results.read_text().splitlines() if line.startswith("| (d) RM + GRPO"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[4] == "16"  # 2 prompts x 4 samples for the RM's pairs + 1 GRPO step of 2 x 4
+    assert cells[1].startswith("0.2500 -> ")  # --before, not measured again
+    assert not (run / "before.log").exists()
     assert plot.is_file()
