@@ -62,6 +62,10 @@
 #              background mode, e.g. trl-run) if set; else, on the model pack with time left, `bench`.
 #   wait [S]   bench/gpu_verify.sh wait: progress until the run ends or S seconds pass, then $OUT/bg.tar.gz
 #   bench      bench.learner on the model pack: GSM8K rollout lengths (profiled) and fixed 1024-token sequences
+#   study ARMS in the background: bench.online_vs_offline --arms ARMS (issue 15) once the model is converted, the
+#              GSM8K "before" reused; each arm's arm_<key>.json comes back with `wait` (study-*/), and
+#              `python -m bench.online_vs_offline --merge DIR DIR` joins two leases' arms (ad, then bc: each ~20
+#              minutes with its GSM8K after) into one table and plot
 #   trl        in the background: bench.vs_trl, both sides, two engines for rlpost (TRL 1.16.0 + accelerate 1.16.0 wheels from .trl:
 #              `pip download trl==1.16.0 accelerate==1.16.0 --no-deps -d .trl` on the CPU machine); if 7 minutes
 #              are left, rlpost alone again with rollout.kv_cache_gb=4
@@ -166,6 +170,16 @@ case "$mode" in
     python3 -m bench.learner --model $QWEN --stages 0 --seqs 128 --micro 16 --seq-len 1024 --lengths fixed \
       --orders sorted --tied 0 2>&1 | tail -n 25 | tee -a "$OUT/bench_learner.log"
     echo "lease left $(left) s" ;;
+  study)  # in the background: issue 15's arms $1 (e.g. ad, then bc in a later lease), once the model is there
+    rm -rf /tmp/rlpost-bg && mkdir -p /tmp/rlpost-bg && echo "$1" > /tmp/rlpost-bg/arms
+    in_background study-run ;;
+  study-run)  # the background part of `study`, in /tmp/rlpost-repo
+    bg=/tmp/rlpost-bg; arms=$(cat $bg/arms)
+    rc=$(wait_rc /tmp/model-install.rc 600); [ "$rc" = 0 ] || { echo "model rc=$rc"; tail /tmp/model-install.log; exit 3; }
+    kit_env
+    python3 -m bench.online_vs_offline --model $QWEN --arms "$arms" --skip-before --before "0.2578 340 1319" \
+      --run-dir /tmp/rlpost-study-"$arms" --results "$bg/RESULTS.md" --plot "$bg/runs/online_vs_offline_$arms.png"
+    echo "lease left $(left) s" ;;
   trl)  # in the background (both sides take ~10 minutes, more than one call may run): follow it with `wait`
     rm -rf /tmp/rlpost-bg /tmp/trl-wheels && mkdir -p /tmp/rlpost-bg /tmp/trl-wheels && cp .trl/*.whl /tmp/trl-wheels/
     in_background trl-run ;;
@@ -183,5 +197,6 @@ case "$mode" in
         --rlpost-override rollout.engines_per_gpu=2 --rlpost-override rollout.kv_cache_gb=4
     fi
     echo "lease left $(left) s" ;;
-  *) echo "usage: bash bench/gpu_lease.sh kit-bg|model-bg|quick|rollout|learn|wait|bench|trl (see the header)" >&2; exit 2 ;;
+  *) echo "usage: bash bench/gpu_lease.sh kit-bg|model-bg|quick|rollout|learn|study|wait|bench|trl (see the header)" >&2
+     exit 2 ;;
 esac

@@ -101,7 +101,10 @@ def online_curve(rows: list[dict], group: int, offset: int) -> list[tuple[int, f
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", default="", help="the model folder every arm starts from (required unless --merge)")
+    parser.add_argument("--merge", nargs="+", default=[], metavar="RUN_DIR",
+                        help="run nothing: one table and plot from the arms finished in these run folders (e.g. "
+                             "--arms ad and --arms bc run in two leases, their folders brought back)")
     parser.add_argument("--engine", choices=("vllm", "hf"), default="vllm", help="bench/gsm8k.py's engine")
     parser.add_argument("--cluster", default="single_gpu")
     parser.add_argument("--samples", type=int, default=16384, help="completions each arm samples in all")
@@ -127,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ours, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args = parser.parse_args(ours)
+    if args.merge:
+        arms, before, heading = merged_arms([Path(d) for d in args.merge])
+        report(arms, before, heading, "python -m bench.online_vs_offline " + " ".join(argv), args)
+        return 0
+    if not args.model:
+        parser.error("--model is required (unless --merge)")
 
     if args.rm_gpus is None:
         args.rm_gpus = 0.0 if compose_config([f"cluster={args.cluster}"]).cluster.device == "cpu" else 1.0
@@ -171,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         "c": train + [f"experiment={args.grpo_experiment}", "algo=grpo", *common, *online, verifier(1),
                       f"trainer.steps={max(1, args.samples // per_step)}"],
     }
+    heading = (f"{machine('cuda' if args.engine == 'vllm' else 'cpu')}, model {Path(args.model).name}, "
+               f"{prompts} GSM8K train prompts x {n} samples, {args.samples} samples per arm")
     arms: dict[str, dict] = {}
     for key in args.arms:
         t0 = time.perf_counter()
@@ -205,7 +216,31 @@ def main(argv: list[str] | None = None) -> int:
                                                 run / f"{key}_after.log"))[0]
         arm["job_minutes"] = (time.perf_counter() - t0) / 60
         arms[key] = arm
+        # each arm as it ends: a lost machine keeps the finished ones, and --merge joins runs of several leases
+        (run / f"arm_{key}.json").write_text(json.dumps({**arm, "before": before, "heading": heading}))
+    report(arms, before, heading, "python -m bench.online_vs_offline " + " ".join(argv), args)
+    return 0
 
+
+def merged_arms(run_dirs: list[Path]) -> tuple[dict[str, dict], float, str]:
+    """The arms finished in `run_dirs` (their `arm_<key>.json`), in arm order; one "before" for all, or an error."""
+    found = {}
+    for run in run_dirs:
+        for path in sorted(run.glob("arm_*.json")):
+            found[path.stem.removeprefix("arm_")] = json.loads(path.read_text())
+    if not found:
+        folders = ", ".join(map(str, run_dirs))
+        raise SystemExit(f"bench/online_vs_offline.py: error: --merge: no arm_*.json in {folders}")
+    befores = {arm["before"] for arm in found.values()}
+    if len(befores) > 1:
+        raise SystemExit(f"bench/online_vs_offline.py: error: --merge: the runs started from different GSM8K "
+                         f"'before' values {sorted(befores)}; merge runs of one model and protocol")
+    arms = {key: found[key] for key in ARMS if key in found}
+    return arms, befores.pop(), next(iter(arms.values()))["heading"]
+
+
+def report(arms: dict[str, dict], before: float, heading: str, command: str, args: argparse.Namespace) -> None:
+    """The table, the verdict (when offline DPO ran beside an online arm) and the plot, into `--results`."""
     table = markdown_table(
         ["arm", "GSM8K pass@1 before -> after", "train min", "job min", "samples", "held-out pair accuracy"],
         [[f"({k}) {ARMS[k]}", f"{before:.4f} -> {a['after']:.4f}", f"{a['train_minutes']:.1f}",
@@ -221,12 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"({gap:+.4f}).")
     plot(arms, before, Path(args.plot))
     print(table + "\n" + verdict, flush=True)
-    append_section(Path(args.results), "Online vs offline (`bench/online_vs_offline.py`)",
-                   f"{machine('cuda' if args.engine == 'vllm' else 'cpu')}, model {Path(args.model).name}, "
-                   f"{prompts} GSM8K train prompts x {n} samples, {args.samples} samples per arm",
-                   "python -m bench.online_vs_offline " + " ".join(argv), table,
+    append_section(Path(args.results), "Online vs offline (`bench/online_vs_offline.py`)", heading, command, table,
                    f"{verdict}\n\nPlot: {args.plot}")
-    return 0
 
 
 if __name__ == "__main__":

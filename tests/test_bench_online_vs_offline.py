@@ -1,16 +1,19 @@
 """bench/online_vs_offline.py on CPU, the two-stage arm (d): pairs sampled and labelled by a dense stand-in
 verifier, an RM trained on half of them, GRPO against that RM on the other half of the budget, GSM8K before and
 after (tiny model, HF engine, 4 problems), the table and the plot. Arms (a)-(c) run the paths tests/test_offline.py
-and tests/test_learning.py cover."""
+and tests/test_learning.py cover. `--merge` joins the arms of runs made apart (one lease each) into one table."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from bench.online_vs_offline import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,4 +37,36 @@ def test_two_stage_arm_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     assert cells[4] == "16"  # 2 prompts x 4 samples for the RM's pairs + 1 GRPO step of 2 x 4
     assert cells[1].startswith("0.2500 -> ")  # --before, not measured again
     assert not (run / "before.log").exists()
+    assert json.loads((run / "arm_d.json").read_text())["samples"] == 16  # kept for --merge
     assert plot.is_file()
+
+
+def write_arm(run: Path, key: str, before: float, after: float, curve: list) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    arm = {"curve": curve, "pair_accuracy": 0.7 if key in "ad" else None, "samples": 16384, "train_minutes": 5.0,
+           "job_minutes": 8.0, "after": after, "before": before, "heading": "H200, model qwen"}
+    (run / f"arm_{key}.json").write_text(json.dumps(arm))
+
+
+def test_merge_joins_arms_of_separate_runs(tmp_path: Path) -> None:
+    write_arm(tmp_path / "ad", "a", 0.2578, 0.29, [])
+    write_arm(tmp_path / "ad", "d", 0.2578, 0.31, [[8192, 0.3], [16384, 0.32]])
+    write_arm(tmp_path / "bc", "c", 0.2578, 0.35, [[4096, 0.3], [16384, 0.36]])
+    results, plot = tmp_path / "RESULTS.md", tmp_path / "plot.png"
+    assert main(["--merge", str(tmp_path / "bc"), str(tmp_path / "ad"), "--results", str(results),
+                 "--plot", str(plot)]) == 0
+    text = results.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| (")]
+    assert [r.split("|")[1].strip() for r in rows] == ["(a) offline DPO", "(c) GRPO", "(d) RM + GRPO"]  # arm order
+    assert "0.2578 -> 0.3500" in rows[1]
+    assert "Online beat offline here: the best online arm, (c) GRPO, ended at 0.3500 against offline DPO's 0.2900 " \
+           "(+0.0600)." in text
+    assert plot.is_file()
+
+
+def test_merge_refuses_runs_from_different_starts(tmp_path: Path) -> None:
+    write_arm(tmp_path / "x", "a", 0.2578, 0.29, [])
+    write_arm(tmp_path / "y", "b", 0.30, 0.35, [])
+    with pytest.raises(SystemExit, match="different GSM8K 'before' values"):
+        main(["--merge", str(tmp_path / "x"), str(tmp_path / "y"), "--results", str(tmp_path / "R.md"),
+              "--plot", str(tmp_path / "p.png")])
