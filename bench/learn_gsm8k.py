@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ours, overrides = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args = parser.parse_args(ours)
+    if args.skip_before and len(args.before.split()) != 3:
+        parser.error(f"--skip-before needs --before 'PASS1 CORRECT N' (got {args.before!r})")
 
     model = str(Path(args.model).resolve())
     run = Path(args.run_dir or f"/tmp/rlpost-learn-{args.name}").resolve()

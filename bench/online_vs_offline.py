@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.model:
         parser.error("--model is required (unless --merge)")
+    if args.skip_before and len(args.before.split()) != 3:
+        parser.error(f"--skip-before needs --before 'PASS1 CORRECT N' (got {args.before!r})")
 
     if args.rm_gpus is None:
         args.rm_gpus = 0.0 if compose_config([f"cluster={args.cluster}"]).cluster.device == "cpu" else 1.0

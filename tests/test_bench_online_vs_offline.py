@@ -70,3 +70,10 @@ def test_merge_refuses_runs_from_different_starts(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="different GSM8K 'before' values"):
         main(["--merge", str(tmp_path / "x"), str(tmp_path / "y"), "--results", str(tmp_path / "R.md"),
               "--plot", str(tmp_path / "p.png")])
+
+
+def test_skip_before_needs_the_three_numbers(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["--model", str(tmp_path), "--skip-before", "--before", "0.2578", "--run-dir", str(tmp_path / "r")])
+    assert stop.value.code == 2 and "--skip-before needs --before 'PASS1 CORRECT N'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.learn_gsm8k import RUNS_HEADER, accuracy_hold, summarize
+from bench.learn_gsm8k import RUNS_HEADER, accuracy_hold, main, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,3 +69,11 @@ def test_learn_gsm8k_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     assert cells[11].endswith("(held)")  # one step: its accuracy is both the best and the last window
     # bench/gsm8k.py's own rows name the model and the run too.
     assert f"| {name} after gsm8k_grpo_debug, 1 steps |" in text and f"| {name} (before) |" in text
+
+
+@pytest.mark.parametrize("before", ["", "0.2578", "0.2578 340"])
+def test_skip_before_needs_the_three_numbers(before: str, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "--model", str(tmp_path), "--skip-before", "--before", before, "--run-dir", str(tmp_path / "r")])
+    assert stop.value.code == 2 and "--skip-before needs --before 'PASS1 CORRECT N'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before anything was made
