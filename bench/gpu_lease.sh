@@ -127,8 +127,13 @@ case "$mode" in
       in_background learn-run ;;
   learn-run)  # the background part of `learn`, in /tmp/rlpost-repo
     bg=/tmp/rlpost-bg
-    # shellcheck disable=SC2086  # FIRST is a mode and its arguments
-    if [ -n "${FIRST:-}" ]; then OUT=$bg bash bench/gpu_lease.sh $FIRST; fi
+    # FIRST is a mode and its arguments; it may not cost the run more than 7 minutes (a hang would cost the lease)
+    # shellcheck disable=SC2086
+    if [ -n "${FIRST:-}" ] && ! OUT=$bg timeout 420 bash bench/gpu_lease.sh $FIRST; then
+      # timeout stops the mode's shell, not the benchmark under it
+      echo "[lease] FIRST ($FIRST) failed or timed out; stopping what it left"; pkill -f -- "-m bench\.rollout"
+      kit_env; ray stop --force > /dev/null 2>&1
+    fi
     # the model pack's conversion, or the kit (with its SmolLM2), may still be under way
     if [ "$MODEL_DIR" = "$QWEN" ]; then
       rc=$(wait_rc /tmp/model-install.rc 600); [ "$rc" = 0 ] || { echo "model rc=$rc"; tail /tmp/model-install.log; exit 3; }
