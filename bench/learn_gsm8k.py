@@ -104,6 +104,23 @@ def gsm8k_accuracy(output: str) -> tuple[float, int, int]:
     return float(pass1), int(hits), int(n)
 
 
+def add_before_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--skip-before --before 'PASS1 CORRECT N'`: a GSM8K "before" measured earlier (a lease's minutes saved)."""
+    parser.add_argument("--skip-before", action="store_true", help="reuse --before instead of measuring it")
+    parser.add_argument("--before", default="", help="with --skip-before: 'PASS1 CORRECT N' measured earlier")
+
+
+def known_before(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[float, int, int] | None:
+    """The (pass@1, correct, n) that `--skip-before --before` gives, None without `--skip-before`; a malformed
+    `--before` is one line at start."""
+    if not args.skip_before:
+        return None
+    fields = args.before.split()
+    if len(fields) != 3:
+        parser.error(f"--skip-before needs --before 'PASS1 CORRECT N' (got {args.before!r})")
+    return float(fields[0]), int(fields[1]), int(fields[2])
+
+
 def summarize(rows: list[dict], group_size: int) -> dict[str, float]:
     """Steps trained, completions generated for training, training minutes and optimizer updates skipped (for a
     non-finite loss or gradient norm; the policy's and the critic's), from a run's metrics rows."""
@@ -136,16 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cluster", default="single_gpu", help="the cluster preset of the training run")
     parser.add_argument("--engine", choices=("vllm", "hf"), default="vllm", help="bench/gsm8k.py's engine")
     parser.add_argument("--limit", type=int, default=0, help="GSM8K before/after on the first N problems (0 = all)")
-    parser.add_argument("--skip-before", action="store_true", help="reuse --before instead of measuring it")
-    parser.add_argument("--before", default="", help="with --skip-before: 'PASS1 CORRECT N' measured earlier")
+    add_before_arguments(parser)
     parser.add_argument("--run-dir", default="", help="default: /tmp/rlpost-learn-NAME")
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
     parser.add_argument("--runs", default=str(ROOT / "bench" / "runs"), help="the report card goes to RUNS/NAME")
     argv = sys.argv[1:] if argv is None else argv
     ours, overrides = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args = parser.parse_args(ours)
-    if args.skip_before and len(args.before.split()) != 3:
-        parser.error(f"--skip-before needs --before 'PASS1 CORRECT N' (got {args.before!r})")
+    before = known_before(parser, args)
 
     model = str(Path(args.model).resolve())
     run = Path(args.run_dir or f"/tmp/rlpost-learn-{args.name}").resolve()
@@ -157,10 +172,7 @@ def main(argv: list[str] | None = None) -> int:
              "--results", results] + (["--enforce-eager"] if args.engine == "vllm" else [])
     base = Path(model).name
 
-    if args.skip_before:
-        pass1, hits, n = args.before.split()
-        before = (float(pass1), int(hits), int(n))
-    else:
+    if before is None:
         out = run_phase("before", gsm8k + ["--model", model, "--label", f"{base} (before)"], run / "learn_before.log")
         before = gsm8k_accuracy(out)
 

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 from bench.common import append_section, machine, markdown_table
-from bench.learn_gsm8k import gsm8k_accuracy, run_phase, summarize
+from bench.learn_gsm8k import add_before_arguments, gsm8k_accuracy, known_before, run_phase, summarize
 from rlpost.train import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="(d): reward.models[0].num_gpus (default: 1 on a GPU cluster, 0 on a CPU one)")
     parser.add_argument("--minutes", type=float, default=10.0, help="each training run's budget")
     parser.add_argument("--limit", type=int, default=0, help="GSM8K before/after on the first N problems (0 = all)")
-    parser.add_argument("--skip-before", action="store_true",
-                        help="reuse --before instead of measuring it (as bench/learn_gsm8k.py: a lease's minutes)")
-    parser.add_argument("--before", default="", help="with --skip-before: 'PASS1 CORRECT N' measured earlier")
+    add_before_arguments(parser)
     parser.add_argument("--verifier", default="rewards/gsm8k.py", help="the verifier's reward file (and label)")
     parser.add_argument("--verifier-name", default="score", help="the function in --verifier")
     parser.add_argument("--dpo-experiment", default="gsm8k_online_dpo_qwen05b")
@@ -136,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.model:
         parser.error("--model is required (unless --merge)")
-    if args.skip_before and len(args.before.split()) != 3:
-        parser.error(f"--skip-before needs --before 'PASS1 CORRECT N' (got {args.before!r})")
+    known = known_before(parser, args)
 
     if args.rm_gpus is None:
         args.rm_gpus = 0.0 if compose_config([f"cluster={args.cluster}"]).cluster.device == "cpu" else 1.0
@@ -159,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
              "--results", str(Path(args.results).resolve())] + (["--enforce-eager"] if args.engine == "vllm" else [])
     train = [sys.executable, "-m", "rlpost.train"]
 
-    if args.skip_before:
-        before = float(args.before.split()[0])
+    if known is not None:
+        before = known[0]
     else:
         before = gsm8k_accuracy(run_phase("before", gsm8k + ["--model", args.model, "--label", "before"],
                                           run / "before.log"))[0]
