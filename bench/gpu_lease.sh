@@ -31,7 +31,8 @@
 #   side ~10: RESERVE=870 keeps the second's time back from the first's trainer.max_minutes.)
 # Or a measurement on the kit while the model pack arrives, then a run on the model pack (session 12's plan):
 #   carry .kit03:        mkdir -p /tmp/kit && cp .kit*/* /tmp/kit/ && bash bench/gpu_lease.sh kit-bg && \
-#                          FIRST="rollout smollm2" RETRY_WITH="rollout.kv_cache_gb=0 rollout.gpu_memory_utilization=0.25" \
+#                          FIRST="rollout both" FIRST_MAX=600 \
+#                          RETRY_WITH="rollout.kv_cache_gb=0 rollout.gpu_memory_utilization=0.25" \
 #                          bash bench/gpu_lease.sh learn ppo --experiment gsm8k_ppo_qwen05b --skip-before \
 #                          --before "0.2578 340 1319"
 #   carry .model00..08:  as above;  carry .model09: mkdir -p /tmp/mp && cp .model*/* /tmp/mp/ && bash bench/gpu_lease.sh model-bg
@@ -50,10 +51,10 @@
 #   kit-bg     unpack the kit (no smoke test) in the background: /tmp/kit-install.log, .rc
 #   model-bg   wait for the kit, then convert the model pack in the background: /tmp/model-install.log, .rc
 #   quick      wait for the kit: the GPU tests most worth a first look + bench.vocab, into $OUT
-#   rollout [smollm2|qwen05b]  bench.rollout, two engine actors against one vllm.LLM at batch 256 (issue 16's
-#              engines_per_gpu), on the kit's SmolLM2 or a random-weight Qwen2-0.5B (no model pack needed; ~3 min
-#              each), into $OUT; as learn's FIRST (FIRST="rollout smollm2") it runs on the kit while the model pack
-#              still arrives, before learn's run
+#   rollout [smollm2|qwen05b|both]  bench.rollout, two engine actors against one vllm.LLM at batch 256 (issue
+#              16's engines_per_gpu), on the kit's SmolLM2, a random-weight Qwen2-0.5B (no model pack needed), or
+#              both one after the other (~3 min each), into $OUT/rollout_<model>.log; as learn's FIRST
+#              (FIRST="rollout both" FIRST_MAX=600) it runs on the kit while the model pack still arrives
 #   learn      bench/learn_gsm8k.py in the background from a private copy of the repo, once its model is there
 #              (the model pack's, or MODEL_DIR's from the kit), with trainer.max_minutes from the lease's end
 #              (/tmp/lease_t0 + 1800 s) less RESERVE seconds (start-up, the final evaluation, export and GSM8K
@@ -124,12 +125,14 @@ case "$mode" in
     [ ${#args[@]} -eq 0 ] || printf '%s\n' "${args[@]}" > "$bg/args"
     [ ${#over[@]} -eq 0 ] || printf '%s\n' "${over[@]}" > "$bg/over"
     RETRY_WITH=${RETRY_WITH:-} NAME=$name MODEL_DIR=$MODEL_DIR RESERVE=$RESERVE NEXT=${NEXT:-} FIRST=${FIRST:-} \
+      FIRST_MAX=${FIRST_MAX:-420} \
       in_background learn-run ;;
   learn-run)  # the background part of `learn`, in /tmp/rlpost-repo
     bg=/tmp/rlpost-bg
-    # FIRST is a mode and its arguments; it may not cost the run more than 7 minutes (a hang would cost the lease)
+    # FIRST is a mode and its arguments; it may not cost the run more than FIRST_MAX seconds (a hang would cost the
+    # lease): 7 minutes unless said (`rollout both` takes ~5-6, one model ~3)
     # shellcheck disable=SC2086
-    if [ -n "${FIRST:-}" ] && ! OUT=$bg timeout 420 bash bench/gpu_lease.sh $FIRST; then
+    if [ -n "${FIRST:-}" ] && ! OUT=$bg timeout "${FIRST_MAX:-420}" bash bench/gpu_lease.sh $FIRST; then
       # timeout stops the mode's shell, not the benchmark under it
       echo "[lease] FIRST ($FIRST) failed or timed out; stopping what it left"; pkill -f -- "-m bench\.rollout"
       kit_env; ray stop --force > /dev/null 2>&1
@@ -159,12 +162,16 @@ case "$mode" in
   rollout)
     rc=$(wait_rc /tmp/kit-install.rc 400); [ "$rc" = 0 ] || { echo "kit rc=$rc"; tail /tmp/kit-install.log; exit 3; }
     kit_env
-    # the kit's SmolLM2 gives the tokenizer; with qwen05b the bench builds the random model and measures both
-    models=(--model /tmp/models/smollm2-135m-instruct)
-    [ "${1:-smollm2}" = qwen05b ] && models+=(--qwen05b /tmp/qwen2-0.5b-random --skip-model)
-    python3 -m bench.rollout "${models[@]}" --batches 256 --reps 3 --engines-per-gpu 2 --kv-cache-gb 4 \
-      --results "$OUT/RESULTS.md" 2>&1 | grep -v "^(\|INFO\|WARN" | tail -n 30 | tee "$OUT/rollout.log"
-    echo "lease left $(left) s" ;;
+    # One bench.rollout per model, so that a cut second one keeps the first's table. The kit's SmolLM2 lends the
+    # tokenizer to the random-weight Qwen2-0.5B that the bench builds (`--skip-model`: that model alone).
+    which=${1:-smollm2}; [ "$which" = both ] && which="smollm2 qwen05b"
+    for m in $which; do
+      models=(--model /tmp/models/smollm2-135m-instruct)
+      [ "$m" = qwen05b ] && models+=(--qwen05b /tmp/qwen2-0.5b-random --skip-model)
+      python3 -m bench.rollout "${models[@]}" --batches 256 --reps 3 --engines-per-gpu 2 --kv-cache-gb 4 \
+        --results "$OUT/RESULTS.md" 2>&1 | grep --line-buffered -v "^(\|INFO\|WARN" > "$OUT/rollout_$m.log"
+      tail -n 12 "$OUT/rollout_$m.log"; echo "[rollout] $m done; lease left $(left) s"
+    done ;;
   wait)
     MODEL=$QWEN bash bench/gpu_verify.sh wait "${1:-300}"
     grep "^|\|faster than\|slower than\|^rlpost step\|^trl step" /tmp/rlpost-bg/console.log 2>/dev/null | tail -n 40 ;;  # vs_trl
