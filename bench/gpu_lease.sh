@@ -44,8 +44,10 @@
 #   python3 -m bench.learn_gsm8k grpo-stale1 --model $QWEN --cluster split --skip-before --before "0.2578 340 1319" \
 #     -- trainer.max_staleness=1 algo.off_policy_correction=tis algo.old_logprobs=learner rollout.engines_per_gpu=1
 #   (and the same with trainer.max_staleness=0 for the on-policy curve on the same layout)
-# `wait` hands back the results so far each time: a lost machine loses at most one wait's worth (session 10 lost
-# PPO's steps 30-40 that way), so the waits are short.
+# `wait` hands back the results so far each time. Two ways to lose the machine: taken back during a call (session
+# 10: the steps since the last wait's return were lost) or a gap of ~30 s between calls (session 12: the caller's
+# turn was interrupted; the run itself was lost at step 36). Each gap is a chance of the second, which costs the
+# whole run, so the waits are long (300 s; the call limit is 600).
 #
 # Modes:
 #   kit-bg     unpack the kit (no smoke test) in the background: /tmp/kit-install.log, .rc
