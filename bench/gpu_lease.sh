@@ -55,7 +55,7 @@
 #   quick      wait for the kit: the GPU tests most worth a first look + bench.vocab, into $OUT
 #   rollout [smollm2|qwen05b|both]  bench.rollout, two engine actors against one vllm.LLM at batch 256 (issue
 #              16's engines_per_gpu), on the kit's SmolLM2, a random-weight Qwen2-0.5B (no model pack needed), or
-#              both one after the other (~3 min each), into $OUT/rollout_<model>.log; as learn's FIRST
+#              both one after the other (~4 min each), into $OUT/rollout_<model>.log; as learn's FIRST
 #              (FIRST="rollout both" FIRST_MAX=600) it runs on the kit while the model pack still arrives
 #   learn      bench/learn_gsm8k.py in the background from a private copy of the repo, once its model is there
 #              (the model pack's, or MODEL_DIR's from the kit), with trainer.max_minutes from the lease's end
@@ -132,7 +132,7 @@ case "$mode" in
   learn-run)  # the background part of `learn`, in /tmp/rlpost-repo
     bg=/tmp/rlpost-bg
     # FIRST is a mode and its arguments; it may not cost the run more than FIRST_MAX seconds (a hang would cost the
-    # lease): 7 minutes unless said (`rollout both` takes ~5-6, one model ~3)
+    # lease): 7 minutes unless said (`rollout both` took 7.8 in session 12, waiting for the kit's unpacking included)
     # shellcheck disable=SC2086
     if [ -n "${FIRST:-}" ] && ! OUT=$bg timeout "${FIRST_MAX:-420}" bash bench/gpu_lease.sh $FIRST; then
       # timeout stops the mode's shell, not the benchmark under it
