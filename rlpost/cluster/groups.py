@@ -4,7 +4,11 @@ are the only ones that know the topology; the trainer sees groups with plain met
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import sys
+import threading
 from typing import TYPE_CHECKING
 
 import ray
@@ -235,10 +239,22 @@ class RewardModelLearnerGroup(LearnerGroup):
     rank_class = RewardModelRank
 
 
+def _exit_at_once(signum: int, frame: object) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 class RewardWorker:
     """A Ray actor owning a RewardManager (and so a pool of verifier processes)."""
 
     def __init__(self, cfg: RewardConfig) -> None:
+        # Ray's worker turns SIGTERM (what its teardown sends) into SystemExit wherever the main thread is; raised
+        # inside the verifier pool's pipe finalizer (`Connection.__del__`) it printed a traceback into the driver's
+        # log on a clean stop (CI, session 12). This actor has nothing to save: it exits at once, and its pool's
+        # processes exit when their pipes close.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _exit_at_once)
         self.manager = RewardManager(cfg)
 
     def labels(self) -> list[str]:
