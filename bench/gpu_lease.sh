@@ -16,6 +16,12 @@
 #                                                                    # they delay the run: leave out once passed)
 #   then one of:         [RETRY_WITH="k=v ..."] bash bench/gpu_lease.sh learn NAME [bench/learn_gsm8k.py args] -- [overrides]
 #                        (followed by `bash bench/gpu_lease.sh wait 300` calls until it says "finished")
+#                        THEN="NAME2 [args] -- [overrides]" ... learn NAME ...: a second run after the first, the
+#                        same minutes each (session 13's plan for the next lease, PPO then online DPO, ~7 min each):
+#                          RETRY_WITH="rollout.kv_cache_gb=0 rollout.gpu_memory_utilization=0.25" \
+#                          THEN='online_dpo --experiment gsm8k_online_dpo_qwen05b --skip-before --before "0.2578 340 1319"' \
+#                          bash bench/gpu_lease.sh learn ppo --experiment gsm8k_ppo_qwen05b --skip-before \
+#                          --before "0.2578 340 1319"
 #                        bash bench/gpu_lease.sh trl               (carry .trl: rlpost and TRL side by side;
 #                                                                   then `wait 300` calls)
 # Or two runs in one lease, the first on the kit's SmolLM2 while the model pack is still arriving (the GPU is idle
@@ -76,9 +82,10 @@ set -uo pipefail
 mode=${1:-}; shift || true
 QWEN=/tmp/models/qwen2.5-coder-0.5b-instruct
 # learn's model (the kit's SmolLM2 needs no model pack: MODEL_DIR=/tmp/models/smollm2-135m-instruct) and the seconds it
-# keeps back from the lease. The Qwen run's 570, measured in session 8: start-up ~250 s with two engines; final
-# evaluation, checkpoint and export ~150 s; GSM8K after ~90 s; packing the results and a margin ~80 s.
-MODEL_DIR=${MODEL_DIR:-$QWEN}; RESERVE=${RESERVE:-570}
+# keeps back from the lease, per run: start-up ~110 s (actors up in 96 s in session 12, engines and learners built side
+# by side; ~250 s before), final evaluation, checkpoint and export ~60-150 s (sessions 7 and 8), GSM8K after ~90 s,
+# packing the results and a margin.
+MODEL_DIR=${MODEL_DIR:-$QWEN}; RESERVE=${RESERVE:-360}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 left() { echo $(( $(cat /tmp/lease_t0) + 1800 - $(date +%s) )); }
 wait_rc() {  # wait_rc FILE SECONDS: wait until FILE exists; print its content (an exit code) or "timeout"
@@ -92,6 +99,33 @@ in_background() {  # in_background MODE: this script's MODE from a private copy 
      > /tmp/rlpost-bg/console.log 2>&1 < /dev/null &)
   sleep 1
   echo "started $1 (pid $(cat /tmp/rlpost-bg/pid)); lease left $(left) s"
+}
+save_learn_args() {  # save_learn_args DIR NAME [learn_gsm8k args] [-- overrides]: one argument a line, into DIR
+  mkdir -p "$1"; echo "$2" > "$1/name"; local dir=$1; shift 2
+  local args=() over=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do args+=("$1"); shift; done
+  [ $# -gt 0 ] && shift; over=("$@")
+  # none: an empty file (printf of an empty array would write one empty line)
+  : > "$dir/args"; : > "$dir/over"
+  [ ${#args[@]} -eq 0 ] || printf '%s\n' "${args[@]}" > "$dir/args"
+  [ ${#over[@]} -eq 0 ] || printf '%s\n' "${over[@]}" > "$dir/over"
+}
+run_learn() {  # run_learn DIR MINUTES: the run save_learn_args saved in DIR, with trainer.max_minutes=MINUTES
+  local name args over mins=$2 attempt rc extra retry=$RETRY_WITH
+  name=$(cat "$1/name"); mapfile -t args < "$1/args"; mapfile -t over < "$1/over"
+  for attempt in 1 2; do
+    echo "[lease] $name attempt $attempt: max_minutes=$mins overrides: ${over[*]}"
+    MODEL=$MODEL_DIR OUT=/tmp/rlpost-bg bash bench/gpu_verify.sh learn "$name" "${args[@]}" -- "${over[@]}" \
+      trainer.max_minutes="$mins"
+    rc=$?
+    echo "[lease] $name rc=$rc; lease left $(left) s"
+    [ $rc = 0 ] && break
+    # metrics.jsonl's first line is the step-0 evaluation: without it the run never got going
+    [ -n "$retry" ] && [ ! -s /tmp/rlpost-learn-"$name"/metrics.jsonl ] || break
+    read -ra extra <<< "$retry"; over+=("${extra[@]}")
+    echo "[lease] trying again with $retry"; rm -rf /tmp/rlpost-learn-"$name"; retry=
+    mins=$(python3 -c "print(max(2.0, round(min($mins, ($(left) - $RESERVE) / 60), 1)))")
+  done
 }
 kit_env() { source /tmp/site/_kit/env.sh; export PYTHONPATH=$PWD:${PYTHONPATH:-} VLLM_WORKER_MULTIPROC_METHOD=spawn; }
 case "$mode" in
@@ -116,17 +150,12 @@ case "$mode" in
     python3 -m bench.vocab 2>&1 | tail -n 25 | tee "$OUT/vocab.log"
     echo "lease left $(left) s" ;;
   learn)
-    name=$1; shift
-    args=(); over=()
-    while [ $# -gt 0 ] && [ "$1" != "--" ]; do args+=("$1"); shift; done
-    [ $# -gt 0 ] && shift; over=("$@")
     bg=/tmp/rlpost-bg
     rm -rf "$bg" && mkdir -p "$bg"
-    # one argument a line; none: an empty file (printf of an empty array would write one empty line)
-    : > "$bg/args"; : > "$bg/over"
-    [ ${#args[@]} -eq 0 ] || printf '%s\n' "${args[@]}" > "$bg/args"
-    [ ${#over[@]} -eq 0 ] || printf '%s\n' "${over[@]}" > "$bg/over"
-    RETRY_WITH=${RETRY_WITH:-} NAME=$name MODEL_DIR=$MODEL_DIR RESERVE=$RESERVE NEXT=${NEXT:-} FIRST=${FIRST:-} \
+    save_learn_args "$bg/run1" "$@"
+    # THEN is split as the shell splits a command line (quotes kept: --before "0.2578 340 1319")
+    [ -z "${THEN:-}" ] || { eval "then_words=($THEN)"; save_learn_args "$bg/run2" "${then_words[@]}"; }
+    RETRY_WITH=${RETRY_WITH:-} MODEL_DIR=$MODEL_DIR RESERVE=$RESERVE NEXT=${NEXT:-} FIRST=${FIRST:-} \
       FIRST_MAX=${FIRST_MAX:-420} \
       in_background learn-run ;;
   learn-run)  # the background part of `learn`, in /tmp/rlpost-repo
@@ -146,19 +175,15 @@ case "$mode" in
       rc=$(wait_rc /tmp/kit-install.rc 600); [ "$rc" = 0 ] || { echo "kit rc=$rc"; tail /tmp/kit-install.log; exit 3; }
     fi
     kit_env
-    mapfile -t args < "$bg/args"; mapfile -t over < "$bg/over"
-    for attempt in 1 2; do
-      mins=$(python3 -c "print(max(2.0, round(($(left) - $RESERVE) / 60, 1)))")
-      echo "[lease] attempt $attempt: max_minutes=$mins overrides: ${over[*]}"
-      MODEL=$MODEL_DIR OUT=$bg bash bench/gpu_verify.sh learn "$NAME" "${args[@]}" -- "${over[@]}" trainer.max_minutes=$mins
-      rc=$?
-      echo "[lease] rc=$rc"
-      [ $rc = 0 ] && break
-      # metrics.jsonl's first line is the step-0 evaluation: without it the run never got going
-      [ -n "$RETRY_WITH" ] && [ ! -s /tmp/rlpost-learn-"$NAME"/metrics.jsonl ] || break
-      read -ra extra <<< "$RETRY_WITH"; over+=("${extra[@]}")
-      echo "[lease] trying again with $RETRY_WITH"; rm -rf /tmp/rlpost-learn-"$NAME"; RETRY_WITH=
-    done
+    if [ -d "$bg/run2" ]; then
+      # two runs, the same minutes each: half of the training time that two runs' RESERVEs leave (the second
+      # fewer if the first overran); what the first leaves of its RESERVE is the second's margin
+      mins=$(python3 -c "print(max(2.0, round(($(left) - 2 * $RESERVE) / 120, 1)))")
+      run_learn "$bg/run1" "$mins"
+      run_learn "$bg/run2" "$(python3 -c "print(max(2.0, round(min($mins, ($(left) - $RESERVE) / 60), 1)))")"
+    else
+      run_learn "$bg/run1" "$(python3 -c "print(max(2.0, round(($(left) - $RESERVE) / 60, 1)))")"
+    fi
     if [ -n "${NEXT:-}" ]; then exec bash bench/gpu_lease.sh "$NEXT"; fi
     if [ "$MODEL_DIR" = "$QWEN" ] && [ "$(left)" -gt 260 ]; then OUT=$bg bash bench/gpu_lease.sh bench; fi ;;
   rollout)
