@@ -72,9 +72,11 @@
 #   wait [S]   bench/gpu_verify.sh wait: progress until the run ends or S seconds pass, then $OUT/bg.tar.gz
 #   bench      bench.learner on the model pack: GSM8K rollout lengths (profiled) and fixed 1024-token sequences
 #   study ARMS in the background: bench.online_vs_offline --arms ARMS (issue 15) once the model is converted, the
-#              GSM8K "before" reused; each arm's arm_<key>.json comes back with `wait` (study-*/), and
-#              `python -m bench.online_vs_offline --merge DIR DIR` joins two leases' arms (ad, then bc: each ~20
-#              minutes with its GSM8K after) into one table and plot
+#              GSM8K "before" reused. Arms run in the order given, each leaving its arm_<key>.json once its
+#              GSM8K after is done, and `wait` brings those back (study-*/): so `study adbc` goes on while the
+#              lease lasts (estimates, none run yet: pairs + a ~7.5 minutes, d ~7, b and c ~8 each, so all four
+#              ~30, more than a lease holds after the staging), the next lease runs the arms still missing, and
+#              `python -m bench.online_vs_offline --merge DIR DIR` joins the leases' arms into one table and plot
 #   trl        in the background: bench.vs_trl, both sides, two engines for rlpost (TRL 1.16.0 + accelerate 1.16.0 wheels from .trl:
 #              `pip download trl==1.16.0 accelerate==1.16.0 --no-deps -d .trl` on the CPU machine); if 7 minutes
 #              are left, rlpost alone again with rollout.kv_cache_gb=4
@@ -209,7 +211,7 @@ case "$mode" in
     python3 -m bench.learner --model $QWEN --stages 0 --seqs 128 --micro 16 --seq-len 1024 --lengths fixed \
       --orders sorted --tied 0 2>&1 | tail -n 25 | tee -a "$OUT/bench_learner.log"
     echo "lease left $(left) s" ;;
-  study)  # in the background: issue 15's arms $1 (e.g. ad, then bc in a later lease), once the model is there
+  study)  # in the background: issue 15's arms $1 (e.g. adbc, then what is missing in a later lease), once the model is there
     rm -rf /tmp/rlpost-bg && mkdir -p /tmp/rlpost-bg && echo "$1" > /tmp/rlpost-bg/arms
     in_background study-run ;;
   study-run)  # the background part of `study`, in /tmp/rlpost-repo
