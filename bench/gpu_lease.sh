@@ -90,6 +90,7 @@ QWEN=/tmp/models/qwen2.5-coder-0.5b-instruct
 MODEL_DIR=${MODEL_DIR:-$QWEN}; RESERVE=${RESERVE:-360}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 left() { echo $(( $(cat /tmp/lease_t0) + 1800 - $(date +%s) )); }
+minutes() { python3 -c "print(max(2.0, round(($1) / 60, 1)))"; }  # minutes SECONDS_EXPR: trainer.max_minutes, >= 2
 wait_rc() {  # wait_rc FILE SECONDS: wait until FILE exists; print its content (an exit code) or "timeout"
   local end=$((SECONDS + $2)); while [ ! -f "$1" ] && [ $SECONDS -lt $end ]; do sleep 2; done
   cat "$1" 2>/dev/null || echo timeout
@@ -113,7 +114,7 @@ save_learn_args() {  # save_learn_args DIR NAME [learn_gsm8k args] [-- overrides
   [ ${#over[@]} -eq 0 ] || printf '%s\n' "${over[@]}" > "$dir/over"
 }
 run_learn() {  # run_learn DIR MINUTES: the run save_learn_args saved in DIR, with trainer.max_minutes=MINUTES
-  local name args over mins=$2 attempt rc extra retry=$RETRY_WITH
+  local name args over mins=$2 attempt rc extra retry=${RETRY_WITH:-}
   name=$(cat "$1/name"); mapfile -t args < "$1/args"; mapfile -t over < "$1/over"
   for attempt in 1 2; do
     echo "[lease] $name attempt $attempt: max_minutes=$mins overrides: ${over[*]}"
@@ -126,7 +127,7 @@ run_learn() {  # run_learn DIR MINUTES: the run save_learn_args saved in DIR, wi
     [ -n "$retry" ] && [ ! -s /tmp/rlpost-learn-"$name"/metrics.jsonl ] || break
     read -ra extra <<< "$retry"; over+=("${extra[@]}")
     echo "[lease] trying again with $retry"; rm -rf /tmp/rlpost-learn-"$name"; retry=
-    mins=$(python3 -c "print(max(2.0, round(min($mins, ($(left) - $RESERVE) / 60), 1)))")
+    mins=$(minutes "min($mins * 60, $(left) - $RESERVE)")
   done
 }
 kit_env() { source /tmp/site/_kit/env.sh; export PYTHONPATH=$PWD:${PYTHONPATH:-} VLLM_WORKER_MULTIPROC_METHOD=spawn; }
@@ -180,11 +181,11 @@ case "$mode" in
     if [ -d "$bg/run2" ]; then
       # two runs, the same minutes each: half of the training time that two runs' RESERVEs leave (the second
       # fewer if the first overran); what the first leaves of its RESERVE is the second's margin
-      mins=$(python3 -c "print(max(2.0, round(($(left) - 2 * $RESERVE) / 120, 1)))")
+      mins=$(minutes "($(left) - 2 * $RESERVE) / 2")
       run_learn "$bg/run1" "$mins"
-      run_learn "$bg/run2" "$(python3 -c "print(max(2.0, round(min($mins, ($(left) - $RESERVE) / 60), 1)))")"
+      run_learn "$bg/run2" "$(minutes "min($mins * 60, $(left) - $RESERVE)")"
     else
-      run_learn "$bg/run1" "$(python3 -c "print(max(2.0, round(($(left) - $RESERVE) / 60, 1)))")"
+      run_learn "$bg/run1" "$(minutes "$(left) - $RESERVE")"
     fi
     if [ -n "${NEXT:-}" ]; then exec bash bench/gpu_lease.sh "$NEXT"; fi
     if [ "$MODEL_DIR" = "$QWEN" ] && [ "$(left)" -gt 260 ]; then OUT=$bg bash bench/gpu_lease.sh bench; fi ;;
