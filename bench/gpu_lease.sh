@@ -17,7 +17,7 @@
 #   then one of:         [RETRY_WITH="k=v ..."] bash bench/gpu_lease.sh learn NAME [bench/learn_gsm8k.py args] -- [overrides]
 #                        (followed by `bash bench/gpu_lease.sh wait 300` calls until it says "finished")
 #                        THEN="NAME2 [args] -- [overrides]" ... learn NAME ...: a second run after the first, the
-#                        same minutes each (session 13's plan for the next lease, PPO then online DPO, ~7 min each):
+#                        same minutes each (session 14's lease, PPO then online DPO, 7.2 min of training each, 1,676 s in all):
 #                          RETRY_WITH="rollout.kv_cache_gb=0 rollout.gpu_memory_utilization=0.25" \
 #                          THEN='online_dpo --experiment gsm8k_online_dpo_qwen05b --skip-before --before "0.2578 340 1319"' \
 #                          bash bench/gpu_lease.sh learn ppo --experiment gsm8k_ppo_qwen05b --skip-before \
