@@ -23,7 +23,11 @@ PACKAGES = ["rlpost", "torch", "ray", "deepspeed", "transformers", "vllm", "hydr
 PLOTS = [
     ("reward", "Train reward", [("reward/mean", "mean reward"), ("accuracy", "accuracy")]),
     ("eval", "Held-out evaluation", []),  # filled with every eval/pass@* and eval/maj@* metric found
-    ("kl", "KL to reference", [("actor/kl", "KL")]),
+    ("kl", "KL to reference in the loss (nats/token)", [("actor/kl", "KL")]),
+    # The samples' KL to the reference summed over each completion (measured whenever there is a reference; what
+    # algo.kl_mode=reward penalises, PPO's way, and the adaptive controller steers): its own plot, since it and the
+    # loss's per-token term differ by the response length.
+    ("kl_sequence", "KL of the samples to reference (nats/sequence)", [("kl/sequence", "KL")]),
     ("response_length", "Response length (tokens)", [("response/length_mean", "mean"),
                                                      ("response/length_max", "max")]),
     ("format", "Answer format (share of completions)", [("reward/format/hash", "#### <number> last line"),

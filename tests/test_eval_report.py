@@ -48,6 +48,7 @@ def _rows() -> list[dict]:
     rows = [{"step": 0, "eval/pass@1": 0.10, "eval/pass@4": 0.30, "time/eval": 2.0}]
     for step in range(1, 5):
         rows.append({"step": step, "reward/mean": 0.1 * step, "accuracy": 0.05 * step, "actor/kl": 0.001 * step,
+                     "kl/sequence": 0.2 * step,
                      "response/length_mean": 100.0 + step, "response/length_max": 200.0,
                      "time/generate": 3.0, "time/reward": 1.0, "time/train": 5.0, "time/sync": 1.0,
                      "perf/step_seconds": 10.0, "actor/pg_loss": None, "actor/entropy": 1.0 / step,
@@ -82,7 +83,7 @@ def test_report_card(tmp_path: Path) -> None:
     assert "Training steps took 40.0 s in all, 10.0 s per step" in text
     assert "| Ray cluster | CPU=8, GPU=2 |" in text and "| torch |" in text
     assert "```yaml\nexperiment: test\n```" in text
-    for stem in ("reward", "eval", "kl", "response_length", "format", "entropy", "step_time"):
+    for stem in ("reward", "eval", "kl", "kl_sequence", "response_length", "format", "entropy", "step_time"):
         png = tmp_path / "plots" / f"{stem}.png"
         assert f"](plots/{stem}.png)" in text
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
