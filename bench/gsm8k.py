@@ -15,6 +15,8 @@ Protocol (fixed, so rows of bench/RESULTS.md compare):
   completion, from which math-verify extracts the final answer) must equal the reference's '####' answer under
   math-verify; each item has a 10 s timeout in a worker process (a timeout counts as wrong).
 - pass@1 = correct / problems.
+- `--outcomes FILE` keeps each problem's outcome, so two models can be compared problem by problem
+  (bench/paired.py: the difference with its confidence interval and McNemar's test).
 
 It prints a table and appends a row (date, machine, engine, model, n, max new tokens, pass@1, seconds, command)
 to `--results` (default bench/RESULTS.md). `--engine vllm` imports vLLM only when asked, so `--engine hf` runs on
@@ -24,6 +26,7 @@ a CPU machine.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -88,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"), help="file to append a row to")
     parser.add_argument("--label", default="", help="the model column: which model, and which run made it "
                         "(default: the folder's name)")
+    parser.add_argument("--outcomes", default="", help="also write each problem's outcome (JSON: label, correct as "
+                        "0/1 in problem order) to this file, for paired comparisons (bench/paired.py)")
     args = parser.parse_args(argv)
 
     import torch
@@ -128,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         time.strftime("%Y-%m-%d"), machine(device), args.engine, name, str(n), str(args.max_new_tokens),
         f"{hits / n:.4f}", f"{seconds:.0f}", command])
     print(f"row appended to {args.results}")
+    if args.outcomes:
+        Path(args.outcomes).write_text(json.dumps({"label": name, "correct": [int(c) for c in correct]}))
     print(f"{RESULT_PREFIX} {hits / n:.4f} {hits} {n}")  # read by bench/learn_gsm8k.py
     return 0
 

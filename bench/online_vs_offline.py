@@ -24,7 +24,8 @@ Online arms run `trainer.steps = budget / (prompts_per_step x GROUP)`; every tra
 Measured: GSM8K test pass@1 before (once, or `--skip-before --before "PASS1 CORRECT N"` measured earlier) and
 after (each arm's exported policy) by `bench/gsm8k.py`'s protocol (`--limit N`: the first N problems); minutes
 of training (`time/wall`); samples drawn; held-out pair accuracy of (a)'s DPO implicit reward and of (d)'s RM
-(the "verification" side of the gap). One section with the table and
+(the "verification" side of the gap); each online arm against offline DPO problem by problem (bench/paired.py:
+the difference with its 95% interval and McNemar's test). One section with the table and
 the plot (pass@1 against samples seen: the full-test before/after of every arm, and the online arms' in-run
 `eval/pass@1` curves, on `eval.limit` problems) goes to `--results`; each phase's log is `RUN/<phase>.log`.
 
@@ -45,6 +46,7 @@ from pathlib import Path
 
 from bench.common import append_section, machine, markdown_table
 from bench.learn_gsm8k import add_before_arguments, gsm8k_accuracy, known_before, run_phase, summarize
+from bench.paired import PairedDifference, paired_difference
 from rlpost.train import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,9 +212,12 @@ def main(argv: list[str] | None = None) -> int:
             arm["curve"] = online_curve(rows, n, offset)
         if key == "d":
             arm["train_minutes"] += last_value(read_rows(run / "d_rm"), "time/wall") / 60
+        outcomes = run / f"{key}_after_outcomes.json"
         arm["after"] = gsm8k_accuracy(run_phase(f"{key}_after", gsm8k + ["--model", str(out / "hf_model"), "--label",
-                                                                      f"after ({key}) {ARMS[key]}"],
+                                                                      f"after ({key}) {ARMS[key]}", "--outcomes",
+                                                                      str(outcomes)],
                                                 run / f"{key}_after.log"))[0]
+        arm["outcomes"] = json.loads(outcomes.read_text())["correct"]
         arm["job_minutes"] = (time.perf_counter() - t0) / 60
         arms[key] = arm
         # each arm as it ends: a lost machine keeps the finished ones, and --merge joins runs of several leases
@@ -238,6 +243,16 @@ def merged_arms(run_dirs: list[Path]) -> tuple[dict[str, dict], float, str]:
     return arms, befores.pop(), next(iter(arms.values()))["heading"]
 
 
+def against_offline(arms: dict[str, dict]) -> dict[str, PairedDifference]:
+    """Each online arm's GSM8K outcomes against offline DPO's, paired by problem, where both arms kept them
+    (arms run before the outcomes were recorded have none)."""
+    offline = arms.get("a", {}).get("outcomes")
+    if not offline:
+        return {}
+    return {key: paired_difference(arm["outcomes"], offline) for key, arm in arms.items()
+            if key != "a" and arm.get("outcomes") and len(arm["outcomes"]) == len(offline)}
+
+
 def report(arms: dict[str, dict], before: float, heading: str, command: str, args: argparse.Namespace) -> None:
     """The table, the verdict (when offline DPO ran beside an online arm) and the plot, into `--results`."""
     table = markdown_table(
@@ -253,6 +268,11 @@ def report(arms: dict[str, dict], before: float, heading: str, command: str, arg
         verdict = (f"Online {outcome} offline here: the best online arm, ({best}) "
                    f"{ARMS[best]}, ended at {arms[best]['after']:.4f} against offline DPO's {arms['a']['after']:.4f} "
                    f"({gap:+.4f}).")
+        paired = against_offline(arms)
+        if paired:
+            verdict += ("\n\nProblem by problem against (a) offline DPO on the same test problems (bench/paired.py; "
+                        "a 95% interval that holds 0 means no difference this study can tell from noise):\n"
+                        + "\n".join(f"- ({k}) {ARMS[k]} - (a): {d.describe()}" for k, d in paired.items()))
     plot(arms, before, Path(args.plot))
     print(table + "\n" + verdict, flush=True)
     append_section(Path(args.results), "Online vs offline (`bench/online_vs_offline.py`)", heading, command, table,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -42,7 +43,8 @@ def test_bench_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
                            ["2026-01-01", "earlier machine", "vllm", "m", "1319", "512", "0.5", "60", "x"])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "bench.gsm8k", "--model", tiny_model_dir, "--engine", "hf",
-           "--limit", "8", "--max-new-tokens", "16", "--results", str(results)]
+           "--limit", "8", "--max-new-tokens", "16", "--results", str(results), "--outcomes",
+           str(tmp_path / "outcomes.json")]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     table = out.stdout.splitlines()
@@ -50,6 +52,9 @@ def test_bench_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1:3] == ["hf", "8"]
     assert 0 <= int(cells[3]) <= 8 and float(cells[4]) == int(cells[3]) / 8
+    outcomes = json.loads((tmp_path / "outcomes.json").read_text())
+    assert outcomes["label"] == Path(tiny_model_dir).name
+    assert len(outcomes["correct"]) == 8 and sum(outcomes["correct"]) == int(cells[3])
     lines = results.read_text().splitlines()
     assert lines[0] == "## GSM8K (`bench/gsm8k.py`)"
     rows = [line for line in lines if line.startswith("| 20")]  # rows start with the date

@@ -41,17 +41,19 @@ def test_two_stage_arm_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     assert plot.is_file()
 
 
-def write_arm(run: Path, key: str, before: float, after: float, curve: list) -> None:
+def write_arm(run: Path, key: str, before: float, after: float, curve: list, outcomes: list | None = None) -> None:
     run.mkdir(parents=True, exist_ok=True)
     arm = {"curve": curve, "pair_accuracy": 0.7 if key in "ad" else None, "samples": 16384, "train_minutes": 5.0,
            "job_minutes": 8.0, "after": after, "before": before, "heading": "H200, model qwen"}
+    if outcomes is not None:  # arms from before the outcomes were recorded have none
+        arm["outcomes"] = outcomes
     (run / f"arm_{key}.json").write_text(json.dumps(arm))
 
 
 def test_merge_joins_arms_of_separate_runs(tmp_path: Path) -> None:
-    write_arm(tmp_path / "ad", "a", 0.2578, 0.29, [])
-    write_arm(tmp_path / "ad", "d", 0.2578, 0.31, [[8192, 0.3], [16384, 0.32]])
-    write_arm(tmp_path / "bc", "c", 0.2578, 0.35, [[4096, 0.3], [16384, 0.36]])
+    write_arm(tmp_path / "ad", "a", 0.2578, 0.29, [], [1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
+    write_arm(tmp_path / "ad", "d", 0.2578, 0.31, [[8192, 0.3], [16384, 0.32]])  # no outcomes: no paired line
+    write_arm(tmp_path / "bc", "c", 0.2578, 0.35, [[4096, 0.3], [16384, 0.36]], [1, 1, 1, 1, 1, 1, 0, 0, 0, 0])
     results, plot = tmp_path / "RESULTS.md", tmp_path / "plot.png"
     assert main(["--merge", str(tmp_path / "bc"), str(tmp_path / "ad"), "--results", str(results),
                  "--plot", str(plot)]) == 0
@@ -61,6 +63,11 @@ def test_merge_joins_arms_of_separate_runs(tmp_path: Path) -> None:
     assert "0.2578 -> 0.3500" in rows[1]
     assert "Online beat offline here: the best online arm, (c) GRPO, ended at 0.3500 against offline DPO's 0.2900 " \
            "(+0.0600)." in text
+    # c solves 3 problems a does not, a none that c does not: d = 0.3 +- 1.96 * 0.48305 / sqrt(10) = 0.2994;
+    # McNemar 2 * P(Bin(3, 1/2) = 0) = 0.25
+    assert "- (c) GRPO - (a): +0.3000 (95% CI +0.0006 to +0.5994; 3 vs 0 problems solved by only one, McNemar " \
+           "p = 0.25)" in text
+    assert "- (d)" not in text
     assert plot.is_file()
 
 
