@@ -101,7 +101,50 @@ def online_curve(rows: list[dict], group: int, offset: int) -> list[tuple[int, f
     return curve
 
 
-def main(argv: list[str] | None = None) -> int:
+def phase_commands(args: argparse.Namespace, run: Path, extra: list[str]) -> dict[str, list[str]]:
+    """Every phase's command line: `pairs`, the arms `a`-`d` and (d)'s reward model `d_rm`, each training run in
+    `run/<phase>`. Built again before each phase, since (a)'s and the RM's steps follow from the pair files the
+    earlier phases wrote (`run/pairs.jsonl`, `run/pairs_rm.jsonl`)."""
+    n, pps, prompts = args.group, args.prompts_per_step, args.samples // args.group
+    per_step, rm_prompts = pps * n, int(args.rm_share * prompts)
+    common = [f"cluster={args.cluster}", f"model.path={Path(args.model).resolve()}", f"data.limit={prompts}",
+              f"trainer.prompts_per_step={pps}", f"trainer.max_minutes={args.minutes:g}", "logger.progress=false",
+              f"reward.accuracy={Path(args.verifier).stem}", *extra]
+
+    def verifier(weight: float) -> str:
+        return f"reward.functions=[{{path: {args.verifier}, name: {args.verifier_name}, weight: {weight:g}}}]"
+
+    def offline_steps(pairs: Path) -> int:  # `--offline-epochs` passes over the pairs written so far
+        count = len(pairs.read_text().splitlines()) if pairs.exists() else 0
+        return max(1, math.ceil(args.offline_epochs * count / pps))
+
+    online = [f"algo.group_size={n}", "algo.dynamic_sampling=false"]
+    train = [sys.executable, "-m", "rlpost.train"]
+    pairs, rm_pairs = run / "pairs.jsonl", run / "pairs_rm.jsonl"
+    grpo_budget = args.samples - (rm_prompts * n if "d" in args.arms else 0)
+    dtype = "bfloat16" if args.rm_gpus > 0 else "float32"
+    reward_model = (f"reward.models=[{{path: {run / 'd_rm' / 'hf_model'}, normalize: true, num_gpus: "
+                    f"{args.rm_gpus:g}, dtype: {dtype}}}]")
+    commands = {
+        "pairs": [sys.executable, "-m", "rlpost.pairs", f"experiment={args.dpo_experiment}", *common, verifier(1),
+                  f"pairs.samples_per_prompt={n}", f"pairs.path={pairs}"],
+        "a": train + [f"experiment={args.dpo_experiment}", "algo=dpo_offline", *common, verifier(1),
+                      f"pairs.path={pairs}", f"trainer.steps={offline_steps(pairs)}"],
+        "b": train + [f"experiment={args.dpo_experiment}", "algo=online_dpo", *common, *online, verifier(1),
+                      f"trainer.steps={max(1, args.samples // per_step)}"],
+        "c": train + [f"experiment={args.grpo_experiment}", "algo=grpo", *common, *online, verifier(1),
+                      f"trainer.steps={max(1, args.samples // per_step)}"],
+        "d_rm": [sys.executable, "-m", "rlpost.train_rm", *common, verifier(1), f"pairs.path={rm_pairs}",
+                 f"trainer.steps={offline_steps(rm_pairs)}"],
+        "d": train + [f"experiment={args.grpo_experiment}", "algo=grpo", *common, *online, verifier(0),
+                      reward_model, f"trainer.steps={max(1, grpo_budget // per_step)}"],
+    }
+    for key in ("a", "b", "c", "d_rm", "d"):  # the training runs
+        commands[key].append(f"trainer.run_dir={run / key}")
+    return commands
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="", help="the model folder every arm starts from (required unless --merge)")
     parser.add_argument("--merge", nargs="+", default=[], metavar="RUN_DIR",
@@ -127,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", default="/tmp/rlpost-online-vs-offline")
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
     parser.add_argument("--plot", default=str(ROOT / "bench" / "runs" / "online_vs_offline.png"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     ours, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args = parser.parse_args(ours)
@@ -144,43 +192,17 @@ def main(argv: list[str] | None = None) -> int:
     if run.exists():
         raise SystemExit(f"bench/online_vs_offline.py: error: --run-dir {run} exists; remove it or pick another")
     run.mkdir(parents=True)
-    n, pps, prompts = args.group, args.prompts_per_step, args.samples // args.group
-    per_step = pps * n
-    common = [f"cluster={args.cluster}", f"model.path={Path(args.model).resolve()}", f"data.limit={prompts}",
-              f"trainer.prompts_per_step={pps}", f"trainer.max_minutes={args.minutes:g}", "logger.progress=false",
-              f"reward.accuracy={Path(args.verifier).stem}", *extra]
-
-    def verifier(weight: float) -> str:
-        return f"reward.functions=[{{path: {args.verifier}, name: {args.verifier_name}, weight: {weight:g}}}]"
-
-    online = [f"algo.group_size={n}", "algo.dynamic_sampling=false"]
+    n, prompts = args.group, args.samples // args.group
     gsm8k = [sys.executable, "-m", "bench.gsm8k", "--engine", args.engine, "--limit", str(args.limit),
              "--results", str(Path(args.results).resolve())] + (["--enforce-eager"] if args.engine == "vllm" else [])
-    train = [sys.executable, "-m", "rlpost.train"]
 
     if known is not None:
         before = known[0]
     else:
         before = gsm8k_accuracy(run_phase("before", gsm8k + ["--model", args.model, "--label", "before"],
                                           run / "before.log"))[0]
-    pairs = run / "pairs.jsonl"
     if set(args.arms) & {"a", "d"}:
-        run_phase("pairs", [sys.executable, "-m", "rlpost.pairs", f"experiment={args.dpo_experiment}", *common,
-                            verifier(1), f"pairs.samples_per_prompt={n}", f"pairs.path={pairs}"], run / "pairs.log")
-
-    def offline_steps(count: int) -> int:  # `--offline-epochs` passes over `count` pairs
-        return max(1, math.ceil(args.offline_epochs * count / pps))
-
-    grpo_budget = args.samples - (int(args.rm_share * prompts) * n if "d" in args.arms else 0)
-    commands = {
-        "a": train + [f"experiment={args.dpo_experiment}", "algo=dpo_offline", *common, verifier(1),
-                      f"pairs.path={pairs}",
-                      f"trainer.steps={offline_steps(len(pairs.read_text().splitlines())) if pairs.exists() else 1}"],
-        "b": train + [f"experiment={args.dpo_experiment}", "algo=online_dpo", *common, *online, verifier(1),
-                      f"trainer.steps={max(1, args.samples // per_step)}"],
-        "c": train + [f"experiment={args.grpo_experiment}", "algo=grpo", *common, *online, verifier(1),
-                      f"trainer.steps={max(1, args.samples // per_step)}"],
-    }
+        run_phase("pairs", phase_commands(args, run, extra)["pairs"], run / "pairs.log")
     heading = (f"{machine('cuda' if args.engine == 'vllm' else 'cpu')}, model {Path(args.model).name}, "
                f"{prompts} GSM8K train prompts x {n} samples, {args.samples} samples per arm")
     arms: dict[str, dict] = {}
@@ -189,18 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         out = run / key
         arm: dict = {"curve": [], "pair_accuracy": None}
         if key == "d":
-            rm_pairs = subset(pairs, run / "pairs_rm.jsonl", int(args.rm_share * prompts))
-            run_phase("d_rm", [sys.executable, "-m", "rlpost.train_rm", *common, verifier(1),
-                               f"pairs.path={run / 'pairs_rm.jsonl'}",
-                               f"trainer.steps={offline_steps(rm_pairs)}", f"trainer.run_dir={run / 'd_rm'}"],
-                      run / "d_rm.log")
+            subset(run / "pairs.jsonl", run / "pairs_rm.jsonl", int(args.rm_share * prompts))
+            run_phase("d_rm", phase_commands(args, run, extra)["d_rm"], run / "d_rm.log")
             arm["pair_accuracy"] = last_value(read_rows(run / "d_rm"), "eval/pair_accuracy")
-            dtype = "bfloat16" if args.rm_gpus > 0 else "float32"
-            reward = (f"reward.models=[{{path: {run / 'd_rm' / 'hf_model'}, normalize: true, num_gpus: "
-                      f"{args.rm_gpus:g}, dtype: {dtype}}}]")
-            commands["d"] = train + [f"experiment={args.grpo_experiment}", "algo=grpo", *common, *online,
-                                     verifier(0), reward, f"trainer.steps={max(1, grpo_budget // per_step)}"]
-        run_phase(key, commands[key] + [f"trainer.run_dir={out}"], run / f"{key}.log")
+        run_phase(key, phase_commands(args, run, extra)[key], run / f"{key}.log")
         rows = read_rows(out)
         offset = int(args.rm_share * prompts) * n if key == "d" else 0
         if key == "a":

@@ -6,14 +6,18 @@ and tests/test_learning.py cover. `--merge` joins the arms of runs made apart (o
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_reward_model import build_tiny_rm
 
-from bench.online_vs_offline import main
+from bench.online_vs_offline import build_parser, main, phase_commands
+from rlpost.train import compose_config
+from rlpost.validate import validate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,3 +88,37 @@ def test_skip_before_needs_the_three_numbers(tmp_path: Path, capsys) -> None:
         main(["--model", str(tmp_path), "--skip-before", "--before", "0.2578", "--run-dir", str(tmp_path / "r")])
     assert stop.value.code == 2 and "--skip-before needs --before 'PASS1 CORRECT N'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_every_phase_of_the_gpu_study_composes_and_validates(tiny_model_dir: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands `bash bench/gpu_lease.sh study` runs (the Qwen recipes, cluster=single_gpu, the default budget)
+    pass the start-up checks every rlpost command makes before Ray starts: a bad override or size there would cost
+    a GPU lease. (The CPU smoke test above runs the debug recipe, not these.) This machine has neither a GPU nor
+    vLLM, the two checks that look at the machine: a cluster address stands for the GPU machine (the checks then
+    leave the GPUs to the cluster), and vLLM's install check is skipped."""
+    import rlpost.rollout.vllm_engine
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    monkeypatch.setattr(rlpost.rollout.vllm_engine, "check_vllm", lambda: None)
+    args = build_parser().parse_args(["--model", tiny_model_dir, "--skip-before", "--before", "0.2578 340 1319"])
+    args.rm_gpus = 1.0
+    run = tmp_path / "run"
+    run.mkdir()
+    # the pair files the earlier phases write: 1,500 pairs of 2,048 prompts, 700 of them among the RM's first half
+    (run / "pairs.jsonl").write_text("{}\n" * 1500)
+    (run / "pairs_rm.jsonl").write_text("{}\n" * 700)
+    build_tiny_rm(run / "d_rm" / "hf_model", tiny_model_dir)  # what the RM phase exports, checked by (d)'s start-up
+    commands = phase_commands(args, run, [])
+    assert set(commands) == {"pairs", "a", "b", "c", "d_rm", "d"}
+    steps = {}
+    for key, cmd in commands.items():
+        module, overrides = cmd[2], cmd[3:]
+        cfg = compose_config(overrides, "rm" if module == "rlpost.train_rm" else "config")
+        assert cfg.cluster.colocate and cfg.model.path == str(Path(tiny_model_dir).resolve()), key
+        validate(cfg)
+        steps[key] = cfg.trainer.steps
+        assert cfg.data.limit == 2048 and cfg.trainer.prompts_per_step == 64 and cfg.trainer.max_minutes == 10
+    # 16,384 samples = 32 steps of 64 x 8; (d) half of that after the RM's 1,024 prompts x 8; 2 passes over pairs
+    assert (steps["b"], steps["c"], steps["d"]) == (32, 32, 16)
+    assert (steps["a"], steps["d_rm"]) == (math.ceil(2 * 1500 / 64), math.ceil(2 * 700 / 64))
