@@ -74,9 +74,13 @@
 #   study ARMS in the background: bench.online_vs_offline --arms ARMS (issue 15) once the model is converted, the
 #              GSM8K "before" reused. Arms run in the order given, each leaving its arm_<key>.json once its
 #              GSM8K after is done, and `wait` brings those back (study-*/): so `study adbc` goes on while the
-#              lease lasts (estimates, none run yet: pairs + a ~7.5 minutes, d ~7, b and c ~8 each, so all four
-#              ~30, more than a lease holds after the staging), the next lease runs the arms still missing, and
-#              `python -m bench.online_vs_offline --merge DIR DIR` joins the leases' arms into one table and plot
+#              lease lasts, the next lease runs the arms still missing (`study bc` or `study c`), and
+#              `python -m bench.online_vs_offline --merge DIR DIR` joins the leases' arms into one table and plot.
+#              Estimates from session 14's runs (actors up in 149 s on a fresh machine, 76 s once vLLM's compile
+#              cache is warm; ~50 s from the last step to the export; GSM8K after ~90 s; 512 samples a step in
+#              ~6.5 s): pairs ~5.5 minutes (16,384 samples), a ~4, d (RM, then 16 GRPO steps) ~7, b and c ~7
+#              each: ~31 in all, against the ~24.5 a lease has once the model is converted (~4.4 minutes in).
+#              So a, d and perhaps b in the first lease (a and d need the pairs, which do not outlive it)
 #   trl        in the background: bench.vs_trl, both sides, two engines for rlpost (TRL 1.16.0 + accelerate 1.16.0 wheels from .trl:
 #              `pip download trl==1.16.0 accelerate==1.16.0 --no-deps -d .trl` on the CPU machine); if 7 minutes
 #              are left, rlpost alone again with rollout.kv_cache_gb=4

@@ -19,7 +19,8 @@ on the first P = SAMPLES / GROUP prompts of GSM8K train, each drawing SAMPLES co
   verifier only evaluates (a weight-0 reward component that `reward.accuracy` names).
 Online arms run `trainer.steps = budget / (prompts_per_step x GROUP)`; every training run also stops at
 `--minutes` of training. Recipes: `--dpo-experiment` for (a) and (b), `--grpo-experiment` for (c) and (d)
-(the qwen05b ones by default; their comments give sources); `-- overrides` go to every run.
+(the qwen05b ones by default; their comments give sources); every phase's engines get `--kv-cache-gb` of KV
+cache (6: the same engines in every arm); `-- overrides` go to every run.
 
 Measured: GSM8K test pass@1 before (once, or `--skip-before --before "PASS1 CORRECT N"` measured earlier) and
 after (each arm's exported policy) by `bench/gsm8k.py`'s protocol (`--limit N`: the first N problems); minutes
@@ -109,7 +110,8 @@ def phase_commands(args: argparse.Namespace, run: Path, extra: list[str]) -> dic
     per_step, rm_prompts = pps * n, int(args.rm_share * prompts)
     common = [f"cluster={args.cluster}", f"model.path={Path(args.model).resolve()}", f"data.limit={prompts}",
               f"trainer.prompts_per_step={pps}", f"trainer.max_minutes={args.minutes:g}", "logger.progress=false",
-              f"reward.accuracy={Path(args.verifier).stem}", *extra]
+              f"reward.accuracy={Path(args.verifier).stem}",
+              *([f"rollout.kv_cache_gb={args.kv_cache_gb:g}"] if args.kv_cache_gb else []), *extra]
 
     def verifier(weight: float) -> str:
         return f"reward.functions=[{{path: {args.verifier}, name: {args.verifier_name}, weight: {weight:g}}}]"
@@ -160,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rm-gpus", type=float, default=None,
                         help="(d): reward.models[0].num_gpus (default: 1 on a GPU cluster, 0 on a CPU one)")
     parser.add_argument("--minutes", type=float, default=10.0, help="each training run's budget")
+    parser.add_argument("--kv-cache-gb", type=float, default=6.0,
+                        help="every phase's rollout.kv_cache_gb: one engine memory in all arms (the GRPO recipe's "
+                             "own is a share of the GPU, ~47 GB an engine), room for (d)'s reward model beside "
+                             "the learner and the engines, and engines that build beside the learner (0 = each "
+                             "recipe's own)")
     parser.add_argument("--limit", type=int, default=0, help="GSM8K before/after on the first N problems (0 = all)")
     add_before_arguments(parser)
     parser.add_argument("--verifier", default="rewards/gsm8k.py", help="the verifier's reward file (and label)")
