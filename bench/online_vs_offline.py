@@ -208,43 +208,63 @@ def main(argv: list[str] | None = None) -> int:
     else:
         before = gsm8k_accuracy(run_phase("before", gsm8k + ["--model", args.model, "--label", "before"],
                                           run / "before.log"))[0]
-    if set(args.arms) & {"a", "d"}:
-        run_phase("pairs", phase_commands(args, run, extra)["pairs"], run / "pairs.log")
     heading = (f"{machine('cuda' if args.engine == 'vllm' else 'cpu')}, model {Path(args.model).name}, "
                f"{prompts} GSM8K train prompts x {n} samples, {args.samples} samples per arm")
+    # An arm that fails is one line, and the others go on: on a lent GPU, (d)'s failure must not cost (b) and (c).
+    failed: dict[str, str] = {}
+    if set(args.arms) & {"a", "d"}:
+        try:
+            run_phase("pairs", phase_commands(args, run, extra)["pairs"], run / "pairs.log")
+        except SystemExit as err:
+            failed |= {key: f"the pairs it needs were not written ({err})" for key in args.arms if key in "ad"}
     arms: dict[str, dict] = {}
     for key in args.arms:
-        t0 = time.perf_counter()
-        out = run / key
-        arm: dict = {"curve": [], "pair_accuracy": None}
-        if key == "d":
-            subset(run / "pairs.jsonl", run / "pairs_rm.jsonl", int(args.rm_share * prompts))
-            run_phase("d_rm", phase_commands(args, run, extra)["d_rm"], run / "d_rm.log")
-            arm["pair_accuracy"] = last_value(read_rows(run / "d_rm"), "eval/pair_accuracy")
-        run_phase(key, phase_commands(args, run, extra)[key], run / f"{key}.log")
-        rows = read_rows(out)
-        offset = int(args.rm_share * prompts) * n if key == "d" else 0
-        if key == "a":
-            arm["samples"], arm["pair_accuracy"] = prompts * n, last_value(rows, "eval/pair_accuracy")
-            arm["train_minutes"] = last_value(rows, "time/wall") / 60
-        else:
-            done = summarize(rows, n)
-            arm["samples"], arm["train_minutes"] = offset + done["samples"], done["train_minutes"]
-            arm["curve"] = online_curve(rows, n, offset)
-        if key == "d":
-            arm["train_minutes"] += last_value(read_rows(run / "d_rm"), "time/wall") / 60
-        outcomes = run / f"{key}_after_outcomes.json"
-        arm["after"] = gsm8k_accuracy(run_phase(f"{key}_after", gsm8k + ["--model", str(out / "hf_model"), "--label",
-                                                                      f"after ({key}) {ARMS[key]}", "--outcomes",
-                                                                      str(outcomes)],
-                                                run / f"{key}_after.log"))[0]
-        arm["outcomes"] = json.loads(outcomes.read_text())["correct"]
-        arm["job_minutes"] = (time.perf_counter() - t0) / 60
-        arms[key] = arm
+        if key in failed:
+            continue
+        try:
+            arms[key] = run_arm(key, args, run, extra, gsm8k)
+        except SystemExit as err:
+            failed[key] = str(err)
+            print(f"[online_vs_offline] ({key}) {ARMS[key]} failed: {err}; the other arms go on", flush=True)
+            continue
         # each arm as it ends: a lost machine keeps the finished ones, and --merge joins runs of several leases
-        (run / f"arm_{key}.json").write_text(json.dumps({**arm, "before": before, "heading": heading}))
-    report(arms, before, heading, "python -m bench.online_vs_offline " + " ".join(argv), args)
-    return 0
+        (run / f"arm_{key}.json").write_text(json.dumps({**arms[key], "before": before, "heading": heading}))
+    if arms:
+        report(arms, before, heading, "python -m bench.online_vs_offline " + " ".join(argv), args)
+    for key, why in failed.items():
+        print(f"bench/online_vs_offline.py: error: arm ({key}) {ARMS[key]} failed: {why}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def run_arm(key: str, args: argparse.Namespace, run: Path, extra: list[str], gsm8k: list[str]) -> dict:
+    """One arm: its training run(s), then GSM8K on its exported policy; its summary (what arm_<key>.json keeps)."""
+    t0, out = time.perf_counter(), run / key
+    n, prompts = args.group, args.samples // args.group
+    arm: dict = {"curve": [], "pair_accuracy": None}
+    if key == "d":
+        subset(run / "pairs.jsonl", run / "pairs_rm.jsonl", int(args.rm_share * prompts))
+        run_phase("d_rm", phase_commands(args, run, extra)["d_rm"], run / "d_rm.log")
+        arm["pair_accuracy"] = last_value(read_rows(run / "d_rm"), "eval/pair_accuracy")
+    run_phase(key, phase_commands(args, run, extra)[key], run / f"{key}.log")
+    rows = read_rows(out)
+    offset = int(args.rm_share * prompts) * n if key == "d" else 0
+    if key == "a":
+        arm["samples"], arm["pair_accuracy"] = prompts * n, last_value(rows, "eval/pair_accuracy")
+        arm["train_minutes"] = last_value(rows, "time/wall") / 60
+    else:
+        done = summarize(rows, n)
+        arm["samples"], arm["train_minutes"] = offset + done["samples"], done["train_minutes"]
+        arm["curve"] = online_curve(rows, n, offset)
+    if key == "d":
+        arm["train_minutes"] += last_value(read_rows(run / "d_rm"), "time/wall") / 60
+    outcomes = run / f"{key}_after_outcomes.json"
+    arm["after"] = gsm8k_accuracy(run_phase(f"{key}_after", gsm8k + ["--model", str(out / "hf_model"), "--label",
+                                                                  f"after ({key}) {ARMS[key]}", "--outcomes",
+                                                                  str(outcomes)],
+                                            run / f"{key}_after.log"))[0]
+    arm["outcomes"] = json.loads(outcomes.read_text())["correct"]
+    arm["job_minutes"] = (time.perf_counter() - t0) / 60
+    return arm
 
 
 def merged_arms(run_dirs: list[Path]) -> tuple[dict[str, dict], float, str]:

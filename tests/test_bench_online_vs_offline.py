@@ -123,3 +123,40 @@ def test_every_phase_of_the_gpu_study_composes_and_validates(tiny_model_dir: str
     # 16,384 samples = 32 steps of 64 x 8; (d) half of that after the RM's 1,024 prompts x 8; 2 passes over pairs
     assert (steps["b"], steps["c"], steps["d"]) == (32, 32, 16)
     assert (steps["a"], steps["d_rm"]) == (math.ceil(2 * 1500 / 64), math.ceil(2 * 700 / 64))
+
+
+def test_a_failed_arm_is_one_line_and_the_others_go_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys) -> None:
+    """The study's control flow alone (the arms' runs are the slow test's): the pairs fail, so (a) and (d) cannot
+    run; (b) fails on its own; (c) still runs, is kept and reported; the exit code says something failed."""
+    import bench.online_vs_offline as study
+
+    def run_phase(name: str, cmd: list[str], log: Path) -> str:
+        assert name == "pairs"
+        raise SystemExit("bench/learn_gsm8k.py: error: the pairs phase failed (exit 1); see pairs.log")
+
+    ran = []
+
+    def run_arm(key: str, *args) -> dict:
+        ran.append(key)
+        if key == "b":
+            raise SystemExit("bench/learn_gsm8k.py: error: the b phase failed (exit 1); see b.log")
+        return {"curve": [], "pair_accuracy": None, "samples": 16384, "train_minutes": 4.0, "job_minutes": 7.0,
+                "after": 0.33, "outcomes": [1, 0]}
+
+    monkeypatch.setattr(study, "run_phase", run_phase)
+    monkeypatch.setattr(study, "run_arm", run_arm)
+    results, run = tmp_path / "RESULTS.md", tmp_path / "run"
+    code = main(["--model", str(tmp_path), "--engine", "hf", "--cluster", "debug_cpu", "--arms", "adbc",
+                 "--skip-before", "--before", "0.2578 340 1319", "--run-dir", str(run), "--results", str(results),
+                 "--plot", str(tmp_path / "p.png")])
+    assert code == 1 and ran == ["b", "c"]
+    assert [p.name for p in run.glob("arm_*.json")] == ["arm_c.json"]
+    assert "| (c) GRPO | 0.2578 -> 0.3300 |" in results.read_text()
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["bench/online_vs_offline.py: error: arm (a) offline DPO failed: the pairs it needs were not written "
+                   "(bench/learn_gsm8k.py: error: the pairs phase failed (exit 1); see pairs.log)",
+                   "bench/online_vs_offline.py: error: arm (d) RM + GRPO failed: the pairs it needs were not written "
+                   "(bench/learn_gsm8k.py: error: the pairs phase failed (exit 1); see pairs.log)",
+                   "bench/online_vs_offline.py: error: arm (b) online DPO failed: bench/learn_gsm8k.py: error: the b "
+                   "phase failed (exit 1); see b.log"]
