@@ -80,7 +80,14 @@
 #              cache is warm; ~50 s from the last step to the export; GSM8K after ~90 s; 512 samples a step in
 #              ~6.5 s): pairs ~5.5 minutes (16,384 samples), a ~4, d (RM, then 16 GRPO steps) ~7, b and c ~7
 #              each: ~31 in all, against the ~24.5 a lease has once the model is converted (~4.4 minutes in).
-#              So a, d and perhaps b in the first lease (a and d need the pairs, which do not outlive it)
+#              So a, d and perhaps b in the first lease (a and d need the pairs, which do not outlive it).
+#              An arm that fails is one line and the others go on. CPU dry run of the whole path (session 14,
+#              ~2 minutes; fake kit: /tmp/site/_kit/env.sh sourcing the venv, /tmp/model-install.rc = 0,
+#              /tmp/lease_t0 = now): STUDY_ARGS='--model TINY --engine hf --cluster debug_cpu --samples 16
+#              --group 4 --prompts-per-step 2 --limit 2 --dpo-experiment gsm8k_grpo_debug --grpo-experiment
+#              gsm8k_grpo_debug --verifier $PWD/tests/rewards_for_tests.py --verifier-name text_length --
+#              rollout.max_new_tokens=8 learner.num_ranks=1 rollout.num_engines=1 reward.num_workers=1
+#              eval.limit=2 eval.num_samples=0' OUT=/tmp/out bash bench/gpu_lease.sh study adbc, then `wait`
 #   trl        in the background: bench.vs_trl, both sides, two engines for rlpost (TRL 1.16.0 + accelerate 1.16.0 wheels from .trl:
 #              `pip download trl==1.16.0 accelerate==1.16.0 --no-deps -d .trl` on the CPU machine); if 7 minutes
 #              are left, rlpost alone again with rollout.kv_cache_gb=4
@@ -217,14 +224,18 @@ case "$mode" in
       --orders sorted --tied 0 2>&1 | tail -n 25 | tee -a "$OUT/bench_learner.log"
     echo "lease left $(left) s" ;;
   study)  # in the background: issue 15's arms $1 (e.g. adbc, then what is missing in a later lease), once the model is there
+    # STUDY_ARGS: more bench.online_vs_offline arguments, split as a command line (the CPU dry run: --model TINY
+    # --engine hf --cluster debug_cpu ... -- overrides; later options win)
     rm -rf /tmp/rlpost-bg && mkdir -p /tmp/rlpost-bg && echo "$1" > /tmp/rlpost-bg/arms
+    echo "${STUDY_ARGS:-}" > /tmp/rlpost-bg/study_args
     in_background study-run ;;
   study-run)  # the background part of `study`, in /tmp/rlpost-repo
-    bg=/tmp/rlpost-bg; arms=$(cat $bg/arms)
+    bg=/tmp/rlpost-bg; arms=$(cat $bg/arms); eval "study_args=($(cat $bg/study_args))"
     rc=$(wait_rc /tmp/model-install.rc 600); [ "$rc" = 0 ] || { echo "model rc=$rc"; tail /tmp/model-install.log; exit 3; }
     kit_env
     python3 -m bench.online_vs_offline --model $QWEN --arms "$arms" --skip-before --before "0.2578 340 1319" \
-      --run-dir /tmp/rlpost-study-"$arms" --results "$bg/RESULTS.md" --plot "$bg/runs/online_vs_offline_$arms.png"
+      --run-dir /tmp/rlpost-study-"$arms" --results "$bg/RESULTS.md" --plot "$bg/runs/online_vs_offline_$arms.png" \
+      "${study_args[@]}"
     echo "lease left $(left) s" ;;
   trl)  # in the background (both sides take ~10 minutes, more than one call may run): follow it with `wait`
     rm -rf /tmp/rlpost-bg /tmp/trl-wheels && mkdir -p /tmp/rlpost-bg /tmp/trl-wheels && cp .trl/*.whl /tmp/trl-wheels/
