@@ -110,6 +110,7 @@ def phase_commands(args: argparse.Namespace, run: Path, extra: list[str]) -> dic
     per_step, rm_prompts = pps * n, int(args.rm_share * prompts)
     common = [f"cluster={args.cluster}", f"model.path={Path(args.model).resolve()}", f"data.limit={prompts}",
               f"trainer.prompts_per_step={pps}", f"trainer.max_minutes={args.minutes:g}", "logger.progress=false",
+              "trainer.final_checkpoint=false",  # the exported policy is what is measured
               f"reward.accuracy={Path(args.verifier).stem}",
               *([f"rollout.kv_cache_gb={args.kv_cache_gb:g}"] if args.kv_cache_gb else []), *extra]
 

@@ -81,7 +81,7 @@ class TrainLoop(TrainerCheckpointing, ABC):
     def fit(self) -> list[dict[str, float]]:
         """Train from `start_step + 1` to `trainer.steps`, or until `trainer.max_minutes` of training have passed
         (then the step that crossed the budget is the last): evaluate where `evaluation` says; checkpoint every
-        `trainer.save_every` steps and at the last; export the final model.
+        `trainer.save_every` steps and at the last (unless `trainer.final_checkpoint=false`); export the final model.
 
         `time/wall` is the seconds since the start of training (the step-0 evaluation included, start-up not),
         continued across resumes, so the budget and the report's wall-clock axis cover the whole run."""
@@ -119,7 +119,8 @@ class TrainLoop(TrainerCheckpointing, ABC):
             logger.log(step, metrics)
             history.append(metrics)
             stop_if_collapsed(step, metrics, cfg.trainer.max_kl, cfg.trainer.min_entropy, self.checkpoints)
-            saved = final or bool(cfg.trainer.save_every and step % cfg.trainer.save_every == 0)
+            saved = (final and cfg.trainer.final_checkpoint) or bool(cfg.trainer.save_every
+                                                                      and step % cfg.trainer.save_every == 0)
             if saved:
                 self.save_checkpoint(step)
             stop = signals.pending()  # SIGTERM/SIGINT asked for a stop at this boundary (rlpost.signals)

@@ -375,6 +375,8 @@ def validate_operations(cfg: DictConfig) -> None:
              "dir; set trainer.run_dir to an absolute path on storage every node can reach (rlpost-submit does)")
     _require(tc.save_every >= 0, f"trainer.save_every={tc.save_every}: must be >= 0 (0 = only at the end)")
     _require(tc.keep_checkpoints >= 1, f"trainer.keep_checkpoints={tc.keep_checkpoints}: must be >= 1")
+    _require(tc.final_checkpoint or tc.export_hf, "trainer.final_checkpoint=false with trainer.export_hf=false "
+             "would keep nothing of the trained model; set one of them true")
     _require(ec.every >= 0 and ec.limit >= 0 and ec.num_samples >= 0,
              f"eval.every={ec.every}, eval.limit={ec.limit}, eval.num_samples={ec.num_samples}: must be >= 0")
     _require(not ec.num_samples or 1 <= ec.k <= ec.num_samples,

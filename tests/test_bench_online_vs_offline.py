@@ -120,6 +120,7 @@ def test_every_phase_of_the_gpu_study_composes_and_validates(tiny_model_dir: str
         steps[key] = cfg.trainer.steps
         assert cfg.data.limit == 2048 and cfg.trainer.prompts_per_step == 64 and cfg.trainer.max_minutes == 10
         assert cfg.rollout.kv_cache_gb == 6  # every arm's engines alike, whatever its recipe's own setting
+        assert not cfg.trainer.final_checkpoint and (cfg.trainer.export_hf or module == "rlpost.pairs")
     # 16,384 samples = 32 steps of 64 x 8; (d) half of that after the RM's 1,024 prompts x 8; 2 passes over pairs
     assert (steps["b"], steps["c"], steps["d"]) == (32, 32, 16)
     assert (steps["a"], steps["d_rm"]) == (math.ceil(2 * 1500 / 64), math.ceil(2 * 700 / 64))

@@ -149,9 +149,12 @@ def test_generated_pairs_round_trip(local_ray, tiny_model_dir: str, tmp_path: Pa
     common = ("trainer.steps=2", "trainer.prompts_per_step=2", "learner.micro_batch_size=4", "pairs.eval_fraction=0.3")
     rm = run(offline_cfg("rm", tiny_model_dir, str(out), tmp_path / "rm", *common))
     check_reward_model(RewardModelConfig(path=str(tmp_path / "rm" / "hf_model")), 0, "cpu")
-    dpo = run(offline_cfg("config", tiny_model_dir, str(out), tmp_path / "dpo", "algo=dpo_offline", *common))
+    dpo = run(offline_cfg("config", tiny_model_dir, str(out), tmp_path / "dpo", "algo=dpo_offline", *common,
+                          "trainer.final_checkpoint=false"))  # as bench/online_vs_offline.py runs it
     assert len(rm) == len(dpo) == 2 and "rm/loss" in rm[-1] and "dpo/loss" in dpo[-1]
     assert (tmp_path / "dpo" / "hf_model" / "config.json").is_file()
+    assert (tmp_path / "rm" / "checkpoints" / "step_000002").is_dir()
+    assert not (tmp_path / "dpo" / "checkpoints").exists()
 
 
 

@@ -42,10 +42,12 @@ def test_preset_without_model_path_names_the_field() -> None:
     ("eval.temperature=0", "eval.temperature=0.0: pass@k samples need a temperature > 0"),
     ("eval.every=4", r"^eval.every=4 is larger than trainer.steps=3, so it would never fire; set eval.every <= 3"),
     ("trainer.max_minutes=-1", "trainer.max_minutes=-1.0: must be >= 0"),
+    ("trainer.final_checkpoint=false trainer.export_hf=false",
+     "^trainer.final_checkpoint=false with trainer.export_hf=false would keep nothing of the trained model"),
 ])
 def test_operations_validation(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        validate(make("experiment=gsm8k_grpo_debug", override))
+        validate(make("experiment=gsm8k_grpo_debug", *override.split()))
 
 
 def test_relative_run_dir_refused_inside_a_ray_job(monkeypatch) -> None:
