@@ -77,9 +77,10 @@
 #              lease lasts, the next lease runs the arms still missing (`study bc` or `study c`), and
 #              `python -m bench.online_vs_offline --merge DIR DIR` joins the leases' arms into one table and plot.
 #              Estimates from session 14's runs (actors up in 149 s on a fresh machine, 76 s once vLLM's compile
-#              cache is warm; ~50 s from the last step to the export; GSM8K after ~90 s; 512 samples a step in
-#              ~6.5 s): pairs ~5.5 minutes (16,384 samples), a ~4, d (RM, then 16 GRPO steps) ~7, b and c ~7
-#              each: ~31 in all, against the ~24.5 a lease has once the model is converted (~4.4 minutes in).
+#              cache is warm; ~25 s from the last step to the export with no final checkpoint (~50 with one);
+#              GSM8K after ~90 s; 512 samples a step in ~6.5 s): pairs ~5.5 minutes (16,384 samples), a ~3.5,
+#              d (RM, then 16 GRPO steps) ~6.5, b and c ~6.5 each: ~28.5 in all, against the ~24.5 a lease has
+#              once the model is converted (~4.4 minutes in).
 #              So a, d and perhaps b in the first lease (a and d need the pairs, which do not outlive it).
 #              An arm that fails is one line and the others go on. CPU dry run of the whole path (session 14,
 #              ~2 minutes; fake kit: /tmp/site/_kit/env.sh sourcing the venv, /tmp/model-install.rc = 0,
