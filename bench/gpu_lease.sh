@@ -24,6 +24,10 @@
 #                          --before "0.2578 340 1319"
 #                        bash bench/gpu_lease.sh trl               (carry .trl: rlpost and TRL side by side;
 #                                                                   then `wait 300` calls)
+#                        bash bench/gpu_lease.sh study adbc        (issue 15, the next lease's plan: from the kit's
+#                          last call, `mkdir -p /tmp/kit && cp .kit*/* /tmp/kit/ && bash bench/gpu_lease.sh kit-bg &&
+#                          bash bench/gpu_lease.sh study adbc`, it waits for the model; then `wait 300` calls; the
+#                          lease after: `study bc` or `study c`, whatever arm_*.json did not come back)
 # Or two runs in one lease, the first on the kit's SmolLM2 while the model pack is still arriving (the GPU is idle
 # then), the second (TRL side by side) once the model is converted:
 #   carry .kit03:        mkdir -p /tmp/kit && cp .kit*/* /tmp/kit/ && bash bench/gpu_lease.sh kit-bg && \
