@@ -28,7 +28,7 @@ class PairedDifference:
 
     def describe(self) -> str:
         """One phrase for a results file, e.g. "+0.0303 (95% CI +0.0121 to +0.0485; 60 vs 20 problems solved by
-        only one, McNemar p = 7.0e-06)"."""
+        only one, McNemar p = 7e-06)"."""
         return (f"{self.diff:+.4f} (95% CI {self.ci_low:+.4f} to {self.ci_high:+.4f}; {self.only_x} vs "
                 f"{self.only_y} problems solved by only one, McNemar p = {self.p_value:.2g})")
 

@@ -258,7 +258,7 @@ class TrainerConfig:
     prompts_per_step: int = 8
     seed: int = 0
     run_dir: str = "runs/${experiment}-${now:%Y%m%d-%H%M%S}"  # made absolute by the driver
-    save_every: int = 0  # checkpoint every N steps (0 = only at the end); always one at the last step
+    save_every: int = 0  # checkpoint every N steps (0 = only at the end); one at the last step too, unless:
     # false: none at the last step, the exported hf_model/ is the result: for measured runs that will not be
     # resumed (bench/), where writing the optimizer state costs 20-45 s on the 0.5B model on one H200.
     final_checkpoint: bool = True

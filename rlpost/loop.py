@@ -119,8 +119,8 @@ class TrainLoop(TrainerCheckpointing, ABC):
             logger.log(step, metrics)
             history.append(metrics)
             stop_if_collapsed(step, metrics, cfg.trainer.max_kl, cfg.trainer.min_entropy, self.checkpoints)
-            saved = (final and cfg.trainer.final_checkpoint) or bool(cfg.trainer.save_every
-                                                                      and step % cfg.trainer.save_every == 0)
+            periodic = bool(cfg.trainer.save_every and step % cfg.trainer.save_every == 0)
+            saved = periodic or (final and cfg.trainer.final_checkpoint)
             if saved:
                 self.save_checkpoint(step)
             stop = signals.pending()  # SIGTERM/SIGINT asked for a stop at this boundary (rlpost.signals)
