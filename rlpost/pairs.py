@@ -64,8 +64,9 @@ def generate_pairs(cfg: DictConfig) -> dict[str, int]:
                                      cfg.data.system_prompt, cfg.data.max_prompt_tokens)
     chunk, n = cfg.trainer.prompts_per_step, pc.samples_per_prompt
     plain = OmegaConf.to_container(cfg, resolve=True)
-    # Engines only: no learner ranks to place, so no GPU shared with one (vLLM need not sleep).
-    plain["learner"]["num_ranks"], plain["critic"]["enabled"], plain["cluster"]["colocate"] = 0, False, False
+    # Engines only: no learner ranks to place (so nothing to sleep for); a colocated layout keeps its engines per
+    # GPU (`rollout.engines_per_gpu` on one GPU, as `cluster=single_gpu` runs them), a split one a GPU each.
+    plain["learner"]["num_ranks"], plain["critic"]["enabled"], plain["rollout"]["sleep_level"] = 0, False, 0
     init_ray(cfg.cluster.address, cfg.cluster.num_cpus or max(rc.num_engines + cfg.reward.num_actors,
                                                               os.cpu_count() or 1))
     placement = Placement(plain)

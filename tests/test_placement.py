@@ -55,5 +55,18 @@ def test_reward_model_actors_fit_in_the_colocated_bundles() -> None:
         assert [placement.engine_bundle(i) for i in range(4)] == [0, 0, 1, 1]
         assert placement.gpus["rollout"] == pytest.approx(1 / 3)
         placement.shutdown()
+
+        # Engines only (`rlpost.pairs` on cluster=single_gpu: the recipe's two engines, no learner): one GPU for
+        # both, not a GPU each (which a one-GPU machine does not have).
+        cfg["learner"]["num_ranks"], cfg["rollout"]["num_engines"] = 0, 4
+        placement = Placement(cfg)
+        assert placement.shared.bundle_specs == [{"GPU": 1, "CPU": 2}] * 2  # 4 engines, 2 a GPU
+        assert [placement.engine_bundle(i) for i in range(4)] == [0, 0, 1, 1]
+        assert placement.gpus["rollout"] == pytest.approx(1 / 2)
+        placement.shutdown()
+        cfg["rollout"]["num_engines"] = 2
+        placement = Placement(cfg)
+        assert placement.shared.bundle_specs == [{"GPU": 1, "CPU": 2}]
+        placement.shutdown()
     finally:
         ray.shutdown()

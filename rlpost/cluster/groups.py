@@ -129,10 +129,14 @@ class Placement:
             self.bundles["rollout"] = [{"CPU": 1}] * rc["num_engines"]
             self.gpus = dict.fromkeys([*ranks, "rollout"], 0.0)
         elif self.colocated:
-            require_gpus(ranks["learner"], cfg["cluster"]["name"])
+            # One bundle per learner GPU; with no learner ranks (`rlpost.pairs`: engines only), one per
+            # `engines_per_gpu` engines, so the engines share their GPUs as the run's layout says.
+            gpus = ranks["learner"] or -(-rc["num_engines"] // self.engines_per_gpu)
+            require_gpus(gpus, cfg["cluster"]["name"])
             scorers = sum(m["num_actors"] for m in cfg["reward"]["models"] if m["num_gpus"] > 0)
-            members = colocated_members(len(ranks), scorers, ranks["learner"], self.engines_per_gpu)
-            self.shared = create_placement_group("gpus", [{"GPU": 1, "CPU": members}] * ranks["learner"])
+            groups = sum(1 for n in ranks.values() if n)  # rank groups with a rank on every GPU
+            members = colocated_members(groups, scorers, gpus, self.engines_per_gpu)
+            self.shared = create_placement_group("gpus", [{"GPU": 1, "CPU": members}] * gpus)
             self.gpus = dict.fromkeys([*ranks, "rollout", "reward_model"], 1.0 / members)
         else:
             tp = rc["tensor_parallel_size"]
