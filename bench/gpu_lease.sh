@@ -231,8 +231,10 @@ case "$mode" in
   study)  # in the background: issue 15's arms $1 (e.g. adbc, then what is missing in a later lease), once the model is there
     # STUDY_ARGS: more bench.online_vs_offline arguments, split as a command line (the CPU dry run: --model TINY
     # --engine hf --cluster debug_cpu ... -- overrides; later options win)
+    # STUDY_THEN="ARMS [arguments]": a second study after the first, e.g. a variant of the protocol
+    # (STUDY_THEN='ad --tag v2 --offline-epochs 1 --rm-epochs 4'), in a run folder of its own
     rm -rf /tmp/rlpost-bg && mkdir -p /tmp/rlpost-bg && echo "$1" > /tmp/rlpost-bg/arms
-    echo "${STUDY_ARGS:-}" > /tmp/rlpost-bg/study_args
+    echo "${STUDY_ARGS:-}" > /tmp/rlpost-bg/study_args; echo "${STUDY_THEN:-}" > /tmp/rlpost-bg/study_then
     in_background study-run ;;
   study-run)  # the background part of `study`, in /tmp/rlpost-repo
     bg=/tmp/rlpost-bg; arms=$(cat $bg/arms); eval "study_args=($(cat $bg/study_args))"
@@ -241,7 +243,14 @@ case "$mode" in
     python3 -m bench.online_vs_offline --model $QWEN --arms "$arms" --skip-before --before "0.2578 340 1319" \
       --run-dir /tmp/rlpost-study-"$arms" --results "$bg/RESULTS.md" --plot "$bg/runs/online_vs_offline_$arms.png" \
       "${study_args[@]}"
-    echo "lease left $(left) s" ;;
+    echo "lease left $(left) s"
+    eval "then=($(cat $bg/study_then))"
+    if [ ${#then[@]} -gt 0 ]; then
+      python3 -m bench.online_vs_offline --model $QWEN --arms "${then[0]}" --skip-before --before "0.2578 340 1319" \
+        --run-dir /tmp/rlpost-study-then-"${then[0]}" --results "$bg/RESULTS.md" \
+        --plot "$bg/runs/online_vs_offline_then.png" "${then[@]:1}" "${study_args[@]}"
+      echo "lease left $(left) s"
+    fi ;;
   trl)  # in the background (both sides take ~10 minutes, more than one call may run): follow it with `wait`
     rm -rf /tmp/rlpost-bg /tmp/trl-wheels && mkdir -p /tmp/rlpost-bg /tmp/trl-wheels && cp .trl/*.whl /tmp/trl-wheels/
     in_background trl-run ;;

@@ -41,17 +41,34 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
 
 from bench.common import append_section, machine, markdown_table
 from bench.learn_gsm8k import add_before_arguments, gsm8k_accuracy, known_before, run_phase, summarize
-from bench.paired import PairedDifference, paired_difference
+from bench.paired import PairedDifference, paired_difference, wilson_interval
 from rlpost.train import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = {"a": "offline DPO", "b": "online DPO", "c": "GRPO", "d": "RM + GRPO"}
+
+
+def label(name: str) -> str:
+    """"(a) offline DPO", or "(a-1ep) offline DPO" for an arm run with `--tag 1ep`."""
+    return f"({name}) {ARMS[name[0]]}"
+
+
+def pair_accuracy_cell(arm: dict) -> str:
+    """The held-out pair accuracy with its count and 95% interval where the count was kept."""
+    acc, n = arm.get("pair_accuracy"), arm.get("held_out_pairs")
+    if acc is None:
+        return ""
+    if not n:
+        return f"{acc:.3f}"
+    low, high = wilson_interval(round(acc * n), int(n))
+    return f"{acc:.3f} of {int(n)} ({low:.2f}-{high:.2f})"
 
 
 def read_rows(run: Path) -> list[dict]:
@@ -78,7 +95,7 @@ def plot(arms: dict[str, dict], before: float, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, arm in arms.items():
         line, = ax.plot([0, arm["samples"]], [before, arm["after"]], "o--",
-                        label=f"({key}) {ARMS[key]}, bench/gsm8k.py")
+                        label=f"{label(key)}, bench/gsm8k.py")
         if arm["curve"]:
             ax.plot(*zip(*arm["curve"], strict=True), "-", color=line.get_color(), alpha=0.6,
                     label=f"({key}) in-run eval/pass@1")
@@ -117,10 +134,11 @@ def phase_commands(args: argparse.Namespace, run: Path, extra: list[str]) -> dic
     def verifier(weight: float) -> str:
         return f"reward.functions=[{{path: {args.verifier}, name: {args.verifier_name}, weight: {weight:g}}}]"
 
-    def offline_steps(pairs: Path) -> int:  # `--offline-epochs` passes over the pairs written so far
+    def offline_steps(pairs: Path, epochs: float) -> int:  # passes over the pairs written so far
         count = len(pairs.read_text().splitlines()) if pairs.exists() else 0
-        return max(1, math.ceil(args.offline_epochs * count / pps))
+        return max(1, math.ceil(epochs * count / pps))
 
+    rm_epochs = args.offline_epochs if args.rm_epochs is None else args.rm_epochs
     online = [f"algo.group_size={n}", "algo.dynamic_sampling=false"]
     train = [sys.executable, "-m", "rlpost.train"]
     pairs, rm_pairs = run / "pairs.jsonl", run / "pairs_rm.jsonl"
@@ -132,13 +150,13 @@ def phase_commands(args: argparse.Namespace, run: Path, extra: list[str]) -> dic
         "pairs": [sys.executable, "-m", "rlpost.pairs", f"experiment={args.dpo_experiment}", *common, verifier(1),
                   f"pairs.samples_per_prompt={n}", f"pairs.path={pairs}"],
         "a": train + [f"experiment={args.dpo_experiment}", "algo=dpo_offline", *common, verifier(1),
-                      f"pairs.path={pairs}", f"trainer.steps={offline_steps(pairs)}"],
+                      f"pairs.path={pairs}", f"trainer.steps={offline_steps(pairs, args.offline_epochs)}"],
         "b": train + [f"experiment={args.dpo_experiment}", "algo=online_dpo", *common, *online, verifier(1),
                       f"trainer.steps={max(1, args.samples // per_step)}"],
         "c": train + [f"experiment={args.grpo_experiment}", "algo=grpo", *common, *online, verifier(1),
                       f"trainer.steps={max(1, args.samples // per_step)}"],
         "d_rm": [sys.executable, "-m", "rlpost.train_rm", *common, verifier(1), f"pairs.path={rm_pairs}",
-                 f"trainer.steps={offline_steps(rm_pairs)}"],
+                 f"trainer.steps={offline_steps(rm_pairs, rm_epochs)}"],
         "d": train + [f"experiment={args.grpo_experiment}", "algo=grpo", *common, *online, verifier(0),
                       reward_model, f"trainer.steps={max(1, grpo_budget // per_step)}"],
     }
@@ -158,7 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=int, default=16384, help="completions each arm samples in all")
     parser.add_argument("--group", type=int, default=8, help="completions per prompt, in every arm")
     parser.add_argument("--prompts-per-step", type=int, default=64)
-    parser.add_argument("--offline-epochs", type=float, default=2.0, help="passes over the pairs: (a) and the RM")
+    parser.add_argument("--offline-epochs", type=float, default=2.0,
+                        help="(a)'s passes over the pairs (2: about as many optimizer steps as (b) takes)")
+    parser.add_argument("--rm-epochs", type=float, default=None,
+                        help="(d): the RM's passes over its pairs (default --offline-epochs)")
     parser.add_argument("--rm-share", type=float, default=0.5, help="(d): the budget's share spent on RM pairs")
     parser.add_argument("--rm-gpus", type=float, default=None,
                         help="(d): reward.models[0].num_gpus (default: 1 on a GPU cluster, 0 on a CPU one)")
@@ -175,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dpo-experiment", default="gsm8k_online_dpo_qwen05b")
     parser.add_argument("--grpo-experiment", default="gsm8k_grpo_qwen05b")
     parser.add_argument("--arms", default="abcd", help="which arms to run, e.g. ac")
+    parser.add_argument("--tag", default="",
+                        help="a variant of the protocol (e.g. --tag 1ep --offline-epochs 1): its arms are kept and "
+                             "reported as (a-1ep) ..., beside the protocol's own arms in --merge")
     parser.add_argument("--run-dir", default="/tmp/rlpost-online-vs-offline")
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
     parser.add_argument("--plot", default=str(ROOT / "bench" / "runs" / "online_vs_offline.png"))
@@ -192,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.model:
         parser.error("--model is required (unless --merge)")
+    if args.tag and not re.fullmatch(r"[A-Za-z0-9_.]+", args.tag):
+        parser.error(f"--tag {args.tag!r}: letters, digits, '_' and '.' only (it names files)")
     known = known_before(parser, args)
 
     if args.rm_gpus is None:
@@ -220,20 +246,21 @@ def main(argv: list[str] | None = None) -> int:
             failed |= {key: f"the pairs it needs were not written ({err})" for key in args.arms if key in "ad"}
     arms: dict[str, dict] = {}
     for key in args.arms:
+        name = f"{key}-{args.tag}" if args.tag else key
         if key in failed:
             continue
         try:
-            arms[key] = run_arm(key, args, run, extra, gsm8k)
+            arms[name] = run_arm(key, args, run, extra, gsm8k)
         except SystemExit as err:
             failed[key] = str(err)
-            print(f"[online_vs_offline] ({key}) {ARMS[key]} failed: {err}; the other arms go on", flush=True)
+            print(f"[online_vs_offline] {label(name)} failed: {err}; the other arms go on", flush=True)
             continue
         # each arm as it ends: a lost machine keeps the finished ones, and --merge joins runs of several leases
-        (run / f"arm_{key}.json").write_text(json.dumps({**arms[key], "before": before, "heading": heading}))
+        (run / f"arm_{name}.json").write_text(json.dumps({**arms[name], "before": before, "heading": heading}))
     if arms:
         report(arms, before, heading, "python -m bench.online_vs_offline " + " ".join(argv), args)
     for key, why in failed.items():
-        print(f"bench/online_vs_offline.py: error: arm ({key}) {ARMS[key]} failed: {why}", file=sys.stderr)
+        print(f"bench/online_vs_offline.py: error: arm {label(key)} failed: {why}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -241,16 +268,20 @@ def run_arm(key: str, args: argparse.Namespace, run: Path, extra: list[str], gsm
     """One arm: its training run(s), then GSM8K on its exported policy; its summary (what arm_<key>.json keeps)."""
     t0, out = time.perf_counter(), run / key
     n, prompts = args.group, args.samples // args.group
-    arm: dict = {"curve": [], "pair_accuracy": None}
+    name = f"{key}-{args.tag}" if args.tag else key
+    arm: dict = {"curve": [], "pair_accuracy": None, "held_out_pairs": None}
     if key == "d":
         subset(run / "pairs.jsonl", run / "pairs_rm.jsonl", int(args.rm_share * prompts))
         run_phase("d_rm", phase_commands(args, run, extra)["d_rm"], run / "d_rm.log")
-        arm["pair_accuracy"] = last_value(read_rows(run / "d_rm"), "eval/pair_accuracy")
+        rm_rows = read_rows(run / "d_rm")
+        arm["pair_accuracy"], arm["held_out_pairs"] = (last_value(rm_rows, "eval/pair_accuracy"),
+                                                       last_value(rm_rows, "eval/pairs"))
     run_phase(key, phase_commands(args, run, extra)[key], run / f"{key}.log")
     rows = read_rows(out)
     offset = int(args.rm_share * prompts) * n if key == "d" else 0
     if key == "a":
         arm["samples"], arm["pair_accuracy"] = prompts * n, last_value(rows, "eval/pair_accuracy")
+        arm["held_out_pairs"] = last_value(rows, "eval/pairs")
         arm["train_minutes"] = last_value(rows, "time/wall") / 60
     else:
         done = summarize(rows, n)
@@ -260,7 +291,7 @@ def run_arm(key: str, args: argparse.Namespace, run: Path, extra: list[str], gsm
         arm["train_minutes"] += last_value(read_rows(run / "d_rm"), "time/wall") / 60
     outcomes = run / f"{key}_after_outcomes.json"
     arm["after"] = gsm8k_accuracy(run_phase(f"{key}_after", gsm8k + ["--model", str(out / "hf_model"), "--label",
-                                                                  f"after ({key}) {ARMS[key]}", "--outcomes",
+                                                                  f"after {label(name)}", "--outcomes",
                                                                   str(outcomes)],
                                             run / f"{key}_after.log"))[0]
     arm["outcomes"] = json.loads(outcomes.read_text())["correct"]
@@ -281,13 +312,13 @@ def merged_arms(run_dirs: list[Path]) -> tuple[dict[str, dict], float, str]:
     if len(befores) > 1:
         raise SystemExit(f"bench/online_vs_offline.py: error: --merge: the runs started from different GSM8K "
                          f"'before' values {sorted(befores)}; merge runs of one model and protocol")
-    arms = {key: found[key] for key in ARMS if key in found}
+    arms = {name: found[name] for name in sorted(found, key=lambda name: (list(ARMS).index(name[0]), name))}
     return arms, befores.pop(), next(iter(arms.values()))["heading"]
 
 
 def against_offline(arms: dict[str, dict]) -> dict[str, PairedDifference]:
-    """Each online arm's GSM8K outcomes against offline DPO's, paired by problem, where both arms kept them
-    (arms run before the outcomes were recorded have none)."""
+    """Each other arm's GSM8K outcomes against the protocol's offline DPO (a), paired by problem, where both arms
+    kept them (arms run before the outcomes were recorded have none); a variant of (a) is compared with it too."""
     offline = arms.get("a", {}).get("outcomes")
     if not offline:
         return {}
@@ -299,22 +330,22 @@ def report(arms: dict[str, dict], before: float, heading: str, command: str, arg
     """The table, the verdict (when offline DPO ran beside an online arm) and the plot, into `--results`."""
     table = markdown_table(
         ["arm", "GSM8K pass@1 before -> after", "train min", "job min", "samples", "held-out pair accuracy"],
-        [[f"({k}) {ARMS[k]}", f"{before:.4f} -> {a['after']:.4f}", f"{a['train_minutes']:.1f}",
-          f"{a['job_minutes']:.1f}", str(a["samples"]),
-          "" if a["pair_accuracy"] is None else f"{a['pair_accuracy']:.3f}"] for k, a in arms.items()])
+        [[label(k), f"{before:.4f} -> {a['after']:.4f}", f"{a['train_minutes']:.1f}",
+          f"{a['job_minutes']:.1f}", str(a["samples"]), pair_accuracy_cell(a)] for k, a in arms.items()])
     verdict = ""
-    if "a" in arms and set(arms) & {"b", "c", "d"}:
-        best = max((k for k in arms if k != "a"), key=lambda k: arms[k]["after"])
+    online = [k for k in arms if k[0] != "a"]
+    if "a" in arms and online:
+        best = max(online, key=lambda k: arms[k]["after"])
         gap = arms[best]["after"] - arms["a"]["after"]
         outcome = "beat" if gap > 0 else "tied with" if gap == 0 else "did not beat"
-        verdict = (f"Online {outcome} offline here: the best online arm, ({best}) "
-                   f"{ARMS[best]}, ended at {arms[best]['after']:.4f} against offline DPO's {arms['a']['after']:.4f} "
+        verdict = (f"Online {outcome} offline here: the best online arm, {label(best)}, ended at "
+                   f"{arms[best]['after']:.4f} against offline DPO's {arms['a']['after']:.4f} "
                    f"({gap:+.4f}).")
         paired = against_offline(arms)
         if paired:
             verdict += ("\n\nProblem by problem against (a) offline DPO on the same test problems (bench/paired.py; "
                         "a 95% interval that holds 0 means no difference this study can tell from noise):\n"
-                        + "\n".join(f"- ({k}) {ARMS[k]} - (a): {d.describe()}" for k, d in paired.items()))
+                        + "\n".join(f"- {label(k)} - (a): {d.describe()}" for k, d in paired.items()))
     plot(arms, before, Path(args.plot))
     print(table + "\n" + verdict, flush=True)
     append_section(Path(args.results), "Online vs offline (`bench/online_vs_offline.py`)", heading, command, table,

@@ -53,3 +53,14 @@ def paired_difference(x: Sequence[bool], y: Sequence[bool]) -> PairedDifference:
     only_x, only_y = d.count(1), d.count(-1)
     p = min(1.0, 2 * binomial_cdf_half(min(only_x, only_y), only_x + only_y)) if only_x + only_y else 1.0
     return PairedDifference(mean, mean - half, mean + half, only_x, only_y, p)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% interval of a proportion from `successes` of `n` (Wilson's score interval: unlike the normal one it
+    stays inside [0, 1] and keeps its coverage at the few dozen held-out pairs an accuracy is measured on here)."""
+    if n <= 0:
+        raise ValueError(f"wilson_interval needs n > 0, got {n}")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)  # clamped: 0 of n is (0, x), not (-1e-17, x)

@@ -7,8 +7,9 @@ A step: the next `trainer.prompts_per_step` pairs of `pairs.path` (epoch after e
 (`LearnerGroup.experience`) -> `LearnerGroup.train_step` in `algo.num_minibatches` mini-batches (the learner's
 DPO loss, or `RewardModelRank`'s Bradley-Terry loss) -> one metrics row. The held-out pairs (`pairs.eval_path`,
 or the last `pairs.eval_fraction` of the file; the first `eval.limit` of them) are evaluated at the start, every
-`eval.every` steps and at the end: `eval/pair_accuracy` (the share ranked right), `eval/margin` and `eval/loss`,
-from the RM's scores, or from DPO's implicit reward beta x the log-ratio gap to the reference.
+`eval.every` steps and at the end: `eval/pair_accuracy` (the share ranked right, a tie counting as wrong),
+`eval/margin`, `eval/loss` and `eval/pairs` (how many: an accuracy on 57 pairs is +-0.13), from the RM's scores,
+or from DPO's implicit reward beta x the log-ratio gap to the reference.
 
 Why a driver of its own rather than a mode of `rlpost.trainer.Trainer`: every phase of the online step but the
 update (rollout, rewards, dynamic sampling, sync, the engines' evaluation) is absent here, and what remains is
@@ -118,7 +119,8 @@ class OfflineTrainer(TrainLoop):
             loss, margin = DPO_LOSSES.get(algo.dpo_loss)(policy[0::2], policy[1::2], ref[0::2], ref[1::2],
                                                          algo.dpo_beta)
         return {"eval/pair_accuracy": float((margin > 0).float().mean()), "eval/margin": float(margin.mean()),
-                "eval/loss": float(loss.mean()), "time/eval": time.perf_counter() - t0}
+                "eval/loss": float(loss.mean()), "eval/pairs": float(len(margin)),
+                "time/eval": time.perf_counter() - t0}
 
     def evaluation(self, step: int, final: bool) -> dict[str, float]:
         """The held-out pairs at the start, every `eval.every` steps and at the last."""

@@ -45,10 +45,13 @@ def test_two_stage_arm_on_cpu(tiny_model_dir: str, tmp_path: Path) -> None:
     assert plot.is_file()
 
 
-def write_arm(run: Path, key: str, before: float, after: float, curve: list, outcomes: list | None = None) -> None:
+def write_arm(run: Path, key: str, before: float, after: float, curve: list, outcomes: list | None = None,
+              held_out_pairs: int | None = None) -> None:
     run.mkdir(parents=True, exist_ok=True)
-    arm = {"curve": curve, "pair_accuracy": 0.7 if key in "ad" else None, "samples": 16384, "train_minutes": 5.0,
+    arm = {"curve": curve, "pair_accuracy": 0.7 if key[0] in "ad" else None, "samples": 16384, "train_minutes": 5.0,
            "job_minutes": 8.0, "after": after, "before": before, "heading": "H200, model qwen"}
+    if held_out_pairs is not None:  # arms of the first lease kept no count
+        arm["held_out_pairs"] = held_out_pairs
     if outcomes is not None:  # arms from before the outcomes were recorded have none
         arm["outcomes"] = outcomes
     (run / f"arm_{key}.json").write_text(json.dumps(arm))
@@ -73,6 +76,31 @@ def test_merge_joins_arms_of_separate_runs(tmp_path: Path) -> None:
            "p = 0.25)" in text
     assert "- (d)" not in text
     assert plot.is_file()
+
+
+def test_a_tagged_variant_sits_beside_its_arm_and_is_no_online_arm(tmp_path: Path) -> None:
+    """`--tag 1ep` arms (a variant of the protocol, another lease) are rows of their own after the arm they vary,
+    compared with (a) problem by problem, and never taken for the best online arm."""
+    write_arm(tmp_path / "l1", "a", 0.2578, 0.21, [], [1, 0, 0, 0], held_out_pairs=113)
+    write_arm(tmp_path / "l1", "b", 0.2578, 0.31, [], [1, 1, 0, 0])
+    write_arm(tmp_path / "l2", "a-1ep", 0.2578, 0.33, [], [1, 1, 1, 0], held_out_pairs=113)
+    results = tmp_path / "RESULTS.md"
+    assert main(["--merge", str(tmp_path / "l2"), str(tmp_path / "l1"), "--results", str(results),
+                 "--plot", str(tmp_path / "p.png")]) == 0
+    text = results.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| (")]
+    assert [r.split("|")[1].strip() for r in rows] == ["(a) offline DPO", "(a-1ep) offline DPO", "(b) online DPO"]
+    # 0.7 of 113 is 79: Wilson's 95% interval 0.609-0.776
+    assert rows[0].split("|")[6].strip() == "0.700 of 113 (0.61-0.78)" and rows[2].split("|")[6].strip() == ""
+    assert "the best online arm, (b) online DPO, ended at 0.3100 against offline DPO's 0.2100 (+0.1000)" in text
+    assert "- (a-1ep) offline DPO - (a): +0.5000" in text and "- (b) online DPO - (a): +0.2500" in text
+
+
+def test_tag_names_files_so_it_is_checked_first(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["--model", str(tmp_path), "--tag", "1 ep/x", "--run-dir", str(tmp_path / "r")])
+    assert stop.value.code == 2 and "--tag '1 ep/x': letters, digits" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_merge_refuses_runs_from_different_starts(tmp_path: Path) -> None:
@@ -124,6 +152,11 @@ def test_every_phase_of_the_gpu_study_composes_and_validates(tiny_model_dir: str
     # 16,384 samples = 32 steps of 64 x 8; (d) half of that after the RM's 1,024 prompts x 8; 2 passes over pairs
     assert (steps["b"], steps["c"], steps["d"]) == (32, 32, 16)
     assert (steps["a"], steps["d_rm"]) == (math.ceil(2 * 1500 / 64), math.ceil(2 * 700 / 64))
+    # the variant planned for the second lease: one pass for (a), four for the RM
+    args.offline_epochs, args.rm_epochs = 1.0, 4.0
+    variant = phase_commands(args, run, [])
+    assert f"trainer.steps={math.ceil(1500 / 64)}" in variant["a"]
+    assert f"trainer.steps={math.ceil(4 * 700 / 64)}" in variant["d_rm"]
 
 
 def test_a_failed_arm_is_one_line_and_the_others_go_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.paired import binomial_cdf_half, paired_difference
+from bench.paired import binomial_cdf_half, paired_difference, wilson_interval
 
 
 def test_paired_difference_hand_computed() -> None:
@@ -43,3 +43,13 @@ def test_binomial_cdf_half_exact_at_gsm8k_sizes() -> None:
 def test_paired_difference_refuses_unpaired_lists() -> None:
     with pytest.raises(ValueError, match="one non-zero length, got 3 and 2"):
         paired_difference([True] * 3, [True] * 2)
+
+
+def test_wilson_interval_against_hand_values() -> None:
+    # 5 of 10: centre (0.5 + 1.96^2/20) / (1 + 1.96^2/10) = 0.5; half 1.96 * sqrt(0.025 + 0.0096) / 1.3842 = 0.2634
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    # 0 of 10: the interval starts at 0 (not at -1e-17) and ends at 1.96^2 / (10 + 1.96^2) = 0.2775
+    assert wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))
+    assert wilson_interval(10, 10)[1] == 1.0
+    with pytest.raises(ValueError, match="n > 0"):
+        wilson_interval(0, 0)
