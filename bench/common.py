@@ -56,11 +56,13 @@ def command_line(module: str) -> str:
     return " ".join(["python", "-m", module, *sys.argv[1:]])
 
 
-def append_section(path: Path, heading: str, details: str, command: str, table: str, tail: str = "") -> None:
+def append_section(path: Path, heading: str, details: str, command: str, table: str, tail: str = "",
+                   software: str = "") -> None:
     """Append one run's section to a results file (created if missing): heading and date, what ran and where,
-    software versions, the exact command, the table. It goes at the end; bench/RESULTS.md keeps newest first by
-    hand."""
-    section = (f"### {time.strftime('%Y-%m-%d')} — {heading}\n\n{details}. Software: {versions()}.\n\n`{command}`\n\n"
+    software versions (this process's, or `software` for results measured elsewhere and joined here), the exact
+    command, the table. It goes at the end; bench/RESULTS.md keeps newest first by hand."""
+    section = (f"### {time.strftime('%Y-%m-%d')} — {heading}\n\n{details}. Software: {software or versions()}.\n\n"
+               f"`{command}`\n\n"
                f"{table}\n" + (f"\n{tail}\n" if tail else ""))
     text = path.read_text() if path.exists() else ""
     path.write_text((text.rstrip() + "\n\n" if text.strip() else "") + section)

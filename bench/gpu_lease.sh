@@ -24,10 +24,14 @@
 #                          --before "0.2578 340 1319"
 #                        bash bench/gpu_lease.sh trl               (carry .trl: rlpost and TRL side by side;
 #                                                                   then `wait 300` calls)
-#                        bash bench/gpu_lease.sh study adbc        (issue 15, the next lease's plan: from the kit's
-#                          last call, `mkdir -p /tmp/kit && cp .kit*/* /tmp/kit/ && bash bench/gpu_lease.sh kit-bg &&
-#                          bash bench/gpu_lease.sh study adbc`, it waits for the model; then `wait 300` calls; the
-#                          lease after: `study bc` or `study c`, whatever arm_*.json did not come back)
+#                        bash bench/gpu_lease.sh study adbc        (issue 15; session 15's lease, from the kit's
+#                          last call: `mkdir -p /tmp/kit && cp .kit*/* /tmp/kit/ && bash bench/gpu_lease.sh kit-bg &&
+#                          bash bench/gpu_lease.sh study adbc`, it waits for the model; then `wait 300` calls:
+#                          a, d and b came back, c was cut at step 3.) The next lease's plan, the same way:
+#                          STUDY_THEN='ad --tag v2 --offline-epochs 1 --rm-epochs 8' bash bench/gpu_lease.sh study c
+#                          (c ~7 minutes on a fresh machine; then the variant: pairs ~5.5, a-v2 ~3, d-v2 ~8.5 with
+#                          its 64 RM steps, likely cut by the lease's end); afterwards, on the CPU machine,
+#                          `python -m bench.online_vs_offline --merge bench/runs/online_vs_offline/lease1 DIR DIR`
 # Or two runs in one lease, the first on the kit's SmolLM2 while the model pack is still arriving (the GPU is idle
 # then), the second (TRL side by side) once the model is converted:
 #   carry .kit03:        mkdir -p /tmp/kit && cp .kit*/* /tmp/kit/ && bash bench/gpu_lease.sh kit-bg && \
@@ -78,7 +82,7 @@
 #   study ARMS in the background: bench.online_vs_offline --arms ARMS (issue 15) once the model is converted, the
 #              GSM8K "before" reused. Arms run in the order given, each leaving its arm_<key>.json once its
 #              GSM8K after is done, and `wait` brings those back (study-*/): so `study adbc` goes on while the
-#              lease lasts, the next lease runs the arms still missing (`study bc` or `study c`), and
+#              lease lasts, the next lease runs the arms still missing (`study c` after session 15), and
 #              `python -m bench.online_vs_offline --merge DIR DIR` joins the leases' arms into one table and plot.
 #              Estimates from session 14's runs (actors up in 149 s on a fresh machine, 76 s once vLLM's compile
 #              cache is warm; ~25 s from the last step to the export with no final checkpoint (~50 with one);
@@ -232,7 +236,7 @@ case "$mode" in
     # STUDY_ARGS: more bench.online_vs_offline arguments, split as a command line (the CPU dry run: --model TINY
     # --engine hf --cluster debug_cpu ... -- overrides; later options win)
     # STUDY_THEN="ARMS [arguments]": a second study after the first, e.g. a variant of the protocol
-    # (STUDY_THEN='ad --tag v2 --offline-epochs 1 --rm-epochs 4'), in a run folder of its own
+    # (STUDY_THEN='ad --tag v2 --offline-epochs 1 --rm-epochs 8'), in a run folder of its own
     rm -rf /tmp/rlpost-bg && mkdir -p /tmp/rlpost-bg && echo "$1" > /tmp/rlpost-bg/arms
     echo "${STUDY_ARGS:-}" > /tmp/rlpost-bg/study_args; echo "${STUDY_THEN:-}" > /tmp/rlpost-bg/study_then
     in_background study-run ;;

@@ -46,7 +46,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import append_section, machine, markdown_table
+from bench.common import append_section, machine, markdown_table, versions
 from bench.learn_gsm8k import add_before_arguments, gsm8k_accuracy, known_before, run_phase, summarize
 from bench.paired import PairedDifference, paired_difference, wilson_interval
 from rlpost.train import compose_config
@@ -212,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(ours)
     if args.merge:
         arms, before, heading = merged_arms([Path(d) for d in args.merge])
-        report(arms, before, heading, "python -m bench.online_vs_offline " + " ".join(argv), args)
+        # the software the arms ran on, as each kept it, not this process's
+        software = "; ".join(sorted({arm.get("software") or "not recorded" for arm in arms.values()}))
+        report(arms, before, heading, "python -m bench.online_vs_offline " + " ".join(argv), args, software)
         return 0
     if not args.model:
         parser.error("--model is required (unless --merge)")
@@ -256,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[online_vs_offline] {label(name)} failed: {err}; the other arms go on", flush=True)
             continue
         # each arm as it ends: a lost machine keeps the finished ones, and --merge joins runs of several leases
-        (run / f"arm_{name}.json").write_text(json.dumps({**arms[name], "before": before, "heading": heading}))
+        (run / f"arm_{name}.json").write_text(json.dumps({**arms[name], "before": before, "heading": heading,
+                                                          "software": versions()}))
     if arms:
         report(arms, before, heading, "python -m bench.online_vs_offline " + " ".join(argv), args)
     for key, why in failed.items():
@@ -326,8 +329,10 @@ def against_offline(arms: dict[str, dict]) -> dict[str, PairedDifference]:
             if key != "a" and arm.get("outcomes") and len(arm["outcomes"]) == len(offline)}
 
 
-def report(arms: dict[str, dict], before: float, heading: str, command: str, args: argparse.Namespace) -> None:
-    """The table, the verdict (when offline DPO ran beside an online arm) and the plot, into `--results`."""
+def report(arms: dict[str, dict], before: float, heading: str, command: str, args: argparse.Namespace,
+           software: str = "") -> None:
+    """The table, the verdict (when offline DPO ran beside an online arm) and the plot, into `--results`
+    (`software`: the versions the arms ran on, when not this process's)."""
     table = markdown_table(
         ["arm", "GSM8K pass@1 before -> after", "train min", "job min", "samples", "held-out pair accuracy"],
         [[label(k), f"{before:.4f} -> {a['after']:.4f}", f"{a['train_minutes']:.1f}",
@@ -349,7 +354,7 @@ def report(arms: dict[str, dict], before: float, heading: str, command: str, arg
     plot(arms, before, Path(args.plot))
     print(table + "\n" + verdict, flush=True)
     append_section(Path(args.results), "Online vs offline (`bench/online_vs_offline.py`)", heading, command, table,
-                   f"{verdict}\n\nPlot: {args.plot}")
+                   f"{verdict}\n\nPlot: {args.plot}", software)
 
 
 if __name__ == "__main__":

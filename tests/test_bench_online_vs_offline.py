@@ -75,6 +75,7 @@ def test_merge_joins_arms_of_separate_runs(tmp_path: Path) -> None:
     assert "- (c) GRPO - (a): +0.3000 (95% CI +0.0006 to +0.5994; 3 vs 0 problems solved by only one, McNemar " \
            "p = 0.25)" in text
     assert "- (d)" not in text
+    assert "Software: not recorded." in text  # the arms kept none, and this process's versions are not theirs
     assert plot.is_file()
 
 
@@ -152,11 +153,11 @@ def test_every_phase_of_the_gpu_study_composes_and_validates(tiny_model_dir: str
     # 16,384 samples = 32 steps of 64 x 8; (d) half of that after the RM's 1,024 prompts x 8; 2 passes over pairs
     assert (steps["b"], steps["c"], steps["d"]) == (32, 32, 16)
     assert (steps["a"], steps["d_rm"]) == (math.ceil(2 * 1500 / 64), math.ceil(2 * 700 / 64))
-    # the variant planned for the second lease: one pass for (a), four for the RM
-    args.offline_epochs, args.rm_epochs = 1.0, 4.0
+    # the variant planned for the second lease: one pass for (a), eight for the RM
+    args.offline_epochs, args.rm_epochs = 1.0, 8.0
     variant = phase_commands(args, run, [])
     assert f"trainer.steps={math.ceil(1500 / 64)}" in variant["a"]
-    assert f"trainer.steps={math.ceil(4 * 700 / 64)}" in variant["d_rm"]
+    assert f"trainer.steps={math.ceil(8 * 700 / 64)}" in variant["d_rm"]
 
 
 def test_a_failed_arm_is_one_line_and_the_others_go_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
