@@ -28,10 +28,11 @@
 #                          last call: `mkdir -p /tmp/kit && cp .kit*/* /tmp/kit/ && bash bench/gpu_lease.sh kit-bg &&
 #                          bash bench/gpu_lease.sh study adbc`, it waits for the model; then `wait 300` calls:
 #                          a, d and b came back, c was cut at step 3.) The next lease's plan, the same way:
-#                          STUDY_THEN='ad --tag v2 --offline-epochs 1 --rm-epochs 8' bash bench/gpu_lease.sh study c
-#                          (c ~7 minutes on a fresh machine; then the variant: pairs ~5.5, a-v2 ~3, d-v2 ~8.5 with
-#                          its 64 RM steps, likely cut by the lease's end); afterwards, on the CPU machine,
-#                          `python -m bench.online_vs_offline --merge bench/runs/online_vs_offline/lease1 DIR DIR`
+#                          STUDY_THEN='ad --tag v2 --rm-epochs 8' bash bench/gpu_lease.sh study c
+#                          (c ~7 minutes on a fresh machine; then the variant: pairs ~5.5, a-v2 ~3.5 (session 15's
+#                          fix of truncated pairs, two passes as before), d-v2 ~8.5 with its 64 RM steps, likely cut
+#                          by the lease's end); afterwards, on the CPU machine, `python -m bench.online_vs_offline
+#                          --merge bench/runs/online_vs_offline/lease1 DIR DIR --baseline a-v2`
 # Or two runs in one lease, the first on the kit's SmolLM2 while the model pack is still arriving (the GPU is idle
 # then), the second (TRL side by side) once the model is converted:
 #   carry .kit03:        mkdir -p /tmp/kit && cp .kit*/* /tmp/kit/ && bash bench/gpu_lease.sh kit-bg && \
@@ -236,7 +237,7 @@ case "$mode" in
     # STUDY_ARGS: more bench.online_vs_offline arguments, split as a command line (the CPU dry run: --model TINY
     # --engine hf --cluster debug_cpu ... -- overrides; later options win)
     # STUDY_THEN="ARMS [arguments]": a second study after the first, e.g. a variant of the protocol
-    # (STUDY_THEN='ad --tag v2 --offline-epochs 1 --rm-epochs 8'), in a run folder of its own
+    # (STUDY_THEN='ad --tag v2 --rm-epochs 8'), in a run folder of its own
     rm -rf /tmp/rlpost-bg && mkdir -p /tmp/rlpost-bg && echo "$1" > /tmp/rlpost-bg/arms
     echo "${STUDY_ARGS:-}" > /tmp/rlpost-bg/study_args; echo "${STUDY_THEN:-}" > /tmp/rlpost-bg/study_then
     in_background study-run ;;

@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dpo-experiment", default="gsm8k_online_dpo_qwen05b")
     parser.add_argument("--grpo-experiment", default="gsm8k_grpo_qwen05b")
     parser.add_argument("--arms", default="abcd", help="which arms to run, e.g. ac")
+    parser.add_argument("--baseline", default="a",
+                        help="the offline arm the online ones are measured against, e.g. a-v2 (--merge of a "
+                             "variant of (a) that replaces the protocol's own)")
     parser.add_argument("--tag", default="",
                         help="a variant of the protocol (e.g. --tag 1ep --offline-epochs 1): its arms are kept and "
                              "reported as (a-1ep) ..., beside the protocol's own arms in --merge")
@@ -212,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(ours)
     if args.merge:
         arms, before, heading = merged_arms([Path(d) for d in args.merge])
+        if args.baseline != "a" and args.baseline not in arms:
+            parser.error(f"--baseline {args.baseline}: no such arm in the runs merged (they hold {', '.join(arms)})")
         # the software the arms ran on, as each kept it, not this process's
         software = "; ".join(sorted({arm.get("software") or "not recorded" for arm in arms.values()}))
         report(arms, before, heading, "python -m bench.online_vs_offline " + " ".join(argv), args, software)
@@ -319,14 +324,14 @@ def merged_arms(run_dirs: list[Path]) -> tuple[dict[str, dict], float, str]:
     return arms, befores.pop(), next(iter(arms.values()))["heading"]
 
 
-def against_offline(arms: dict[str, dict]) -> dict[str, PairedDifference]:
-    """Each other arm's GSM8K outcomes against the protocol's offline DPO (a), paired by problem, where both arms
-    kept them (arms run before the outcomes were recorded have none); a variant of (a) is compared with it too."""
-    offline = arms.get("a", {}).get("outcomes")
+def against_offline(arms: dict[str, dict], baseline: str) -> dict[str, PairedDifference]:
+    """Each other arm's GSM8K outcomes against the offline arm `baseline`'s, paired by problem, where both arms
+    kept them (arms run before the outcomes were recorded have none); other variants of (a) are compared too."""
+    offline = arms.get(baseline, {}).get("outcomes")
     if not offline:
         return {}
     return {key: paired_difference(arm["outcomes"], offline) for key, arm in arms.items()
-            if key != "a" and arm.get("outcomes") and len(arm["outcomes"]) == len(offline)}
+            if key != baseline and arm.get("outcomes") and len(arm["outcomes"]) == len(offline)}
 
 
 def report(arms: dict[str, dict], before: float, heading: str, command: str, args: argparse.Namespace,
@@ -337,20 +342,19 @@ def report(arms: dict[str, dict], before: float, heading: str, command: str, arg
         ["arm", "GSM8K pass@1 before -> after", "train min", "job min", "samples", "held-out pair accuracy"],
         [[label(k), f"{before:.4f} -> {a['after']:.4f}", f"{a['train_minutes']:.1f}",
           f"{a['job_minutes']:.1f}", str(a["samples"]), pair_accuracy_cell(a)] for k, a in arms.items()])
-    verdict = ""
+    verdict, base = "", args.baseline
     online = [k for k in arms if k[0] != "a"]
-    if "a" in arms and online:
+    if base in arms and online:
         best = max(online, key=lambda k: arms[k]["after"])
-        gap = arms[best]["after"] - arms["a"]["after"]
+        gap = arms[best]["after"] - arms[base]["after"]
         outcome = "beat" if gap > 0 else "tied with" if gap == 0 else "did not beat"
         verdict = (f"Online {outcome} offline here: the best online arm, {label(best)}, ended at "
-                   f"{arms[best]['after']:.4f} against offline DPO's {arms['a']['after']:.4f} "
-                   f"({gap:+.4f}).")
-        paired = against_offline(arms)
+                   f"{arms[best]['after']:.4f} against {label(base)}'s {arms[base]['after']:.4f} ({gap:+.4f}).")
+        paired = against_offline(arms, base)
         if paired:
-            verdict += ("\n\nProblem by problem against (a) offline DPO on the same test problems (bench/paired.py; "
+            verdict += (f"\n\nProblem by problem against {label(base)} on the same test problems (bench/paired.py; "
                         "a 95% interval that holds 0 means no difference this study can tell from noise):\n"
-                        + "\n".join(f"- {label(k)} - (a): {d.describe()}" for k, d in paired.items()))
+                        + "\n".join(f"- {label(k)} - ({base}): {d.describe()}" for k, d in paired.items()))
     plot(arms, before, Path(args.plot))
     print(table + "\n" + verdict, flush=True)
     append_section(Path(args.results), "Online vs offline (`bench/online_vs_offline.py`)", heading, command, table,

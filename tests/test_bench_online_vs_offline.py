@@ -68,8 +68,8 @@ def test_merge_joins_arms_of_separate_runs(tmp_path: Path) -> None:
     rows = [line for line in text.splitlines() if line.startswith("| (")]
     assert [r.split("|")[1].strip() for r in rows] == ["(a) offline DPO", "(c) GRPO", "(d) RM + GRPO"]  # arm order
     assert "0.2578 -> 0.3500" in rows[1]
-    assert "Online beat offline here: the best online arm, (c) GRPO, ended at 0.3500 against offline DPO's 0.2900 " \
-           "(+0.0600)." in text
+    assert "Online beat offline here: the best online arm, (c) GRPO, ended at 0.3500 against (a) offline DPO's " \
+           "0.2900 (+0.0600)." in text
     # c solves 3 problems a does not, a none that c does not: d = 0.3 +- 1.96 * 0.48305 / sqrt(10) = 0.2994;
     # McNemar 2 * P(Bin(3, 1/2) = 0) = 0.25
     assert "- (c) GRPO - (a): +0.3000 (95% CI +0.0006 to +0.5994; 3 vs 0 problems solved by only one, McNemar " \
@@ -79,7 +79,7 @@ def test_merge_joins_arms_of_separate_runs(tmp_path: Path) -> None:
     assert plot.is_file()
 
 
-def test_a_tagged_variant_sits_beside_its_arm_and_is_no_online_arm(tmp_path: Path) -> None:
+def test_a_tagged_variant_sits_beside_its_arm_and_is_no_online_arm(tmp_path: Path, capsys) -> None:
     """`--tag 1ep` arms (a variant of the protocol, another lease) are rows of their own after the arm they vary,
     compared with (a) problem by problem, and never taken for the best online arm."""
     write_arm(tmp_path / "l1", "a", 0.2578, 0.21, [], [1, 0, 0, 0], held_out_pairs=113)
@@ -93,8 +93,18 @@ def test_a_tagged_variant_sits_beside_its_arm_and_is_no_online_arm(tmp_path: Pat
     assert [r.split("|")[1].strip() for r in rows] == ["(a) offline DPO", "(a-1ep) offline DPO", "(b) online DPO"]
     # 0.7 of 113 is 79: Wilson's 95% interval 0.609-0.776
     assert rows[0].split("|")[6].strip() == "0.700 of 113 (0.61-0.78)" and rows[2].split("|")[6].strip() == ""
-    assert "the best online arm, (b) online DPO, ended at 0.3100 against offline DPO's 0.2100 (+0.1000)" in text
+    assert "the best online arm, (b) online DPO, ended at 0.3100 against (a) offline DPO's 0.2100 (+0.1000)" in text
     assert "- (a-1ep) offline DPO - (a): +0.5000" in text and "- (b) online DPO - (a): +0.2500" in text
+    # the variant as the reference instead (e.g. one that fixes the protocol's (a))
+    assert main(["--merge", str(tmp_path / "l2"), str(tmp_path / "l1"), "--baseline", "a-1ep", "--results",
+                 str(results), "--plot", str(tmp_path / "p.png")]) == 0
+    text = results.read_text().split("### ")[-1]
+    assert "Online did not beat offline here: the best online arm, (b) online DPO, ended at 0.3100 against " \
+           "(a-1ep) offline DPO's 0.3300 (-0.0200)." in text
+    assert "- (a) offline DPO - (a-1ep): -0.5000" in text
+    with pytest.raises(SystemExit):
+        main(["--merge", str(tmp_path / "l1"), "--baseline", "a-1ep", "--results", str(results)])
+    assert "--baseline a-1ep: no such arm in the runs merged (they hold a, b)" in capsys.readouterr().err
 
 
 def test_tag_names_files_so_it_is_checked_first(tmp_path: Path, capsys) -> None:

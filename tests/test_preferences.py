@@ -63,6 +63,7 @@ BAD_ROWS = [
     ({"prompt": "Hi", "chosen": " ", "rejected": "Hello."}, "row 2.*'chosen' is an empty completion"),
     ({"prompt": "Hi", "chosen": "Same.", "rejected": "Same."}, "row 2.*the same text"),
     ({"prompt": "word " * 300, "chosen": "A.", "rejected": "B."}, r"row 2.*over data.max_prompt_tokens=256"),
+    ({**GOOD, "rejected_truncated": "yes"}, "row 2.*'rejected_truncated' is 'yes'; it must be true or false"),
 ]
 
 
@@ -121,6 +122,22 @@ def test_pair_sequences_policy_stops_rm_reads_the_rendering(tiny_model_dir):
     prompts, completions = pair_sequences(tokenizer, [pair], stops)
     assert prompts == [prompt_ids, prompt_ids]
     assert tokenizer.decode(completions[0]) == "Blue.<|im_end|>" and completions[1][-1] in stops
+
+
+def test_truncated_completion_reaches_the_policy_without_an_end_of_turn(tiny_model_dir, tmp_path):
+    """A completion the sampler cut at its token limit never stopped: the policy's tokens of it end without the
+    end-of-turn token (DPO must not learn to stop, or not to stop, where nothing stopped); the reward model reads
+    the rendering as its scorer will, end of turn included; the flag comes from the row."""
+    tokenizer = load_tokenizer(tiny_model_dir)
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{**GOOD, "rejected_truncated": True}])
+    (pair,), _ = load_preference_pairs(path, "pairs.path", tokenizer, PairsConfig(), 256)
+    assert (pair.chosen_truncated, pair.rejected_truncated) == (False, True)
+    _, policy = pair_sequences(tokenizer, [pair], stop_token_ids(tiny_model_dir, tokenizer))
+    assert [tokenizer.decode(c) for c in policy] == ["Blue.<|im_end|>", "Seven."]
+    prompts, rm = pair_sequences(tokenizer, [pair], None)
+    full = conversation_ids(tokenizer, [pair.messages] * 2, ["Blue.", "Seven."])
+    assert [p + c for p, c in zip(prompts, rm, strict=True)] == full
+    assert tokenizer.decode(rm[1]).startswith("Seven.<|im_end|>")
 
 
 def test_rm_and_dpo_offline_configs(tmp_path):

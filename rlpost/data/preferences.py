@@ -9,8 +9,12 @@ Tokens. A prompt renders through the model's chat template with the generation p
 online training's prompts. A completion is the rest of the conversation rendered with it as the assistant turn
 (`conversation_ids`). The policy (DPO) gets the completion up to and including its first stop token, where a
 sampling engine stops; the reward model reads the whole rendering, exactly what `RewardModelScorer` feeds it when
-the RM later scores live completions. Completions are text, not token ids, so a pair file is model-independent
-and `python -m rlpost.pairs` output is read like any user's file.
+the RM later scores live completions. A completion cut by the sampler's token limit (`chosen_truncated` /
+`rejected_truncated` true in its row, as `python -m rlpost.pairs` writes them) never stopped, so the policy gets it
+without the end-of-turn token the template closes every turn with: otherwise DPO would train "stop here" into
+the chosen side and "do not stop here" into the rejected one, at places the sampler never stopped. Completions
+are text, not token ids, so a pair file is model-independent and `python -m rlpost.pairs` output is read like any
+user's file.
 """
 
 from __future__ import annotations
@@ -35,15 +39,18 @@ class PreferencePair:
     chosen: str
     rejected: str
     prompt_ids: list[int]  # the chat-templated prompt, generation prompt included
+    chosen_truncated: bool = False  # cut by the sampler's token limit: it has no end of turn
+    rejected_truncated: bool = False
 
 
 class BadRow(ValueError):
     """What is wrong with one row (the caller adds the file and row number)."""
 
 
-def parse_row(row: dict[str, Any], pc: PairsConfig) -> tuple[list[dict[str, str]], str, str]:
-    """(messages, chosen, rejected) of a row, or BadRow saying what is wrong with it. The prompt is the user turn
-    as a string, or a list of {role, content} chat messages (e.g. with a system prompt)."""
+def parse_row(row: dict[str, Any], pc: PairsConfig) -> tuple[list[dict[str, str]], str, str, bool, bool]:
+    """(messages, chosen, rejected, chosen_truncated, rejected_truncated) of a row, or BadRow saying what is wrong
+    with it. The prompt is the user turn as a string, or a list of {role, content} chat messages (e.g. with a
+    system prompt); the truncation flags are optional (false: the completion ended where it ends)."""
     for which in ("prompt", "chosen", "rejected"):
         key = getattr(pc, f"{which}_key")
         if key not in row:
@@ -62,7 +69,13 @@ def parse_row(row: dict[str, Any], pc: PairsConfig) -> tuple[list[dict[str, str]
             raise BadRow(f"'{key}' is an empty completion")
     if chosen == rejected:
         raise BadRow(f"'{pc.chosen_key}' and '{pc.rejected_key}' are the same text, which ranks nothing")
-    return messages, chosen, rejected
+    flags = []
+    for key in ("chosen_truncated", "rejected_truncated"):
+        flag = row.get(key, False)
+        if not isinstance(flag, bool):
+            raise BadRow(f"'{key}' is {flag!r}; it must be true or false (or left out: false)")
+        flags.append(flag)
+    return messages, chosen, rejected, *flags
 
 
 def load_preference_pairs(path: str, field: str, tokenizer, pc: PairsConfig, max_prompt_tokens: int
@@ -70,7 +83,7 @@ def load_preference_pairs(path: str, field: str, tokenizer, pc: PairsConfig, max
     """The good pairs of the file at `path` (named `field` in messages) and the number of bad rows skipped."""
     require_chat_template(tokenizer)
     rows = load_rows(path, field)
-    parsed: list[tuple[int, list[dict[str, str]], str, str]] = []
+    parsed: list[tuple[int, list[dict[str, str]], str, str, bool, bool]] = []
     bad: list[str] = []
 
     def reject(n: int, problem: str) -> None:
@@ -85,14 +98,14 @@ def load_preference_pairs(path: str, field: str, tokenizer, pc: PairsConfig, max
             parsed.append((n, *parse_row(row, pc)))
         except BadRow as err:
             reject(n, str(err))
-    texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for _, m, _, _ in parsed]
+    texts = [tokenizer.apply_chat_template(p[1], add_generation_prompt=True, tokenize=False) for p in parsed]
     all_ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     pairs = []
-    for (n, messages, chosen, rejected), ids in zip(parsed, all_ids, strict=True):
+    for (n, messages, chosen, rejected, *truncated), ids in zip(parsed, all_ids, strict=True):
         if len(ids) > max_prompt_tokens:
             reject(n, f"the prompt is {len(ids)} tokens, over data.max_prompt_tokens={max_prompt_tokens}")
         else:
-            pairs.append(PreferencePair(n, messages, chosen, rejected, list(ids)))
+            pairs.append(PreferencePair(n, messages, chosen, rejected, list(ids), *truncated))
     if bad:
         more = f" ({len(bad) - MAX_LINES} not shown)" if len(bad) > MAX_LINES else ""
         print(f"[rlpost] {field}: skipped {len(bad)} of {len(rows)} rows{more}; pairs.on_bad_row=stop makes a bad "
@@ -120,21 +133,23 @@ def pair_sequences(tokenizer, pairs: list[PreferencePair], stop_ids: set[int] | 
 
     The prompt is the longest common prefix of the generation prompt and the rendered conversation (the whole
     generation prompt for templates that, like ChatML, render the assistant turn after it); with `stop_ids` the
-    completion is cut after its first stop token (the policy), without it the rest of the rendering is kept (the
-    reward model, which reads the conversation as its scorer renders it)."""
+    completion is cut after its first stop token, or before it for a truncated completion (the policy), without
+    it the rest of the rendering is kept (the reward model, which reads the conversation as its scorer renders
+    it, truncated or not)."""
     if not pairs:
         return [], []
     messages = [p.messages for p in pairs for _ in range(2)]
     full = conversation_ids(tokenizer, messages, [c for p in pairs for c in (p.chosen, p.rejected)])
     prompts, completions = [], []
-    for prompt, ids in zip([p.prompt_ids for p in pairs for _ in range(2)], full, strict=True):
+    truncated = [t for p in pairs for t in (p.chosen_truncated, p.rejected_truncated)]
+    for prompt, ids, cut_short in zip([p.prompt_ids for p in pairs for _ in range(2)], full, truncated, strict=True):
         cut = 0
         while cut < min(len(prompt), len(ids) - 1) and prompt[cut] == ids[cut]:
             cut += 1
         completion = ids[cut:]
-        if stop_ids is not None:
-            end = next((i for i, t in enumerate(completion) if t in stop_ids), len(completion) - 1)
-            completion = completion[:end + 1]
+        stop = next((i for i, t in enumerate(completion) if t in stop_ids), None) if stop_ids is not None else None
+        if stop is not None:
+            completion = completion[:stop] if cut_short else completion[:stop + 1]
         prompts.append(ids[:cut])
         completions.append(completion)
     return prompts, completions
