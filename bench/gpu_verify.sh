@@ -64,10 +64,10 @@ case "$mode" in
     while kill -0 "$(cat "$bg/pid")" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
     grep -E "\[rlpost\]|\[learn_gsm8k\]|rror" "$bg/console.log" | tail -n 25 || true
     kill -0 "$(cat "$bg/pid")" 2>/dev/null && echo "still running" || echo "finished"
-    # issue 15's study: each arm's summary, phase logs and metrics (not its checkpoints or exported model)
+    # issue 15's study: each arm's summary, phase logs, metrics and the pair file (not checkpoints or models)
     tar czf "$OUT/bg.tar.gz" -C / tmp/rlpost-bg $(cd / && ls -d tmp/rlpost-learn-*/report.md tmp/rlpost-learn-*/plots \
       tmp/rlpost-learn-*/metrics.jsonl tmp/rlpost-learn-*/learn_*.log tmp/rlpost-study-*/*.json \
-      tmp/rlpost-study-*/*.log tmp/rlpost-study-*/*/metrics.jsonl 2>/dev/null) ;;
+      tmp/rlpost-study-*/*.log tmp/rlpost-study-*/*/metrics.jsonl tmp/rlpost-study-*/pairs.jsonl 2>/dev/null) ;;
   sync)
     python3 -m bench.sync --model "$MODEL" --qwen05b /tmp/qwen2-0.5b-random "$@" 2>&1 | tee -a "$OUT/sync.log" ;;
   *)

@@ -52,7 +52,7 @@ def pair_row(prompt: Prompt, index: int, keys: tuple[str, str, str], chosen: Sam
 
 
 def generate_pairs(cfg: DictConfig) -> dict[str, int]:
-    """Sample, score and write the pairs; returns the counts (prompts, pairs, ties)."""
+    """Sample, score and write the pairs; returns the counts (prompts, pairs, ties, pairs with a truncated side)."""
     pc, rc = cfg.pairs, cfg.rollout
     if not pc.path:
         raise ConfigError("pairs.path is empty; set it to the jsonl file the pairs are written to")
@@ -79,7 +79,7 @@ def generate_pairs(cfg: DictConfig) -> dict[str, int]:
     keys = (pc.prompt_key, pc.chosen_key, pc.rejected_key)
     os.makedirs(os.path.dirname(os.path.abspath(pc.path)), exist_ok=True)
     tmp = f"{pc.path}.tmp-{os.getpid()}"
-    written = 0
+    written = cut = 0
     try:
         groups.append(RolloutGroup(plain, model_path, placement))
         rewards, rollout = groups
@@ -100,15 +100,17 @@ def generate_pairs(cfg: DictConfig) -> dict[str, int]:
                                    (result.total[c], result.total[r]))
                     out.write(json.dumps(row) + "\n")
                     written += 1
+                    cut += row["chosen_truncated"] or row["rejected_truncated"]
         os.replace(tmp, pc.path)
     finally:
         for group in (*groups, placement):
             group.shutdown()
         if os.path.exists(tmp):
             os.remove(tmp)
-    counts = {"prompts": len(prompts), "pairs": written, "ties": len(prompts) - written}
+    counts = {"prompts": len(prompts), "pairs": written, "ties": len(prompts) - written, "truncated": cut}
     print(f"[rlpost] {written} pairs from {len(prompts)} prompts x {n} samples written to {pc.path}; "
-          f"{counts['ties']} prompts skipped (their completions all tied)"
+          f"{counts['ties']} prompts skipped (their completions all tied); {cut} pairs with a side cut by "
+          f"rollout.max_new_tokens={rc.max_new_tokens}"
           + (f"; {dropped} longer than data.max_prompt_tokens dropped" if dropped else ""), flush=True)
     return counts
 

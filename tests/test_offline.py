@@ -149,6 +149,7 @@ def test_generated_pairs_round_trip(local_ray, tiny_model_dir: str, tmp_path: Pa
     # the random model rarely ends a turn within 12 tokens: the rows say which completions the limit cut
     flags = [r[k] for r in rows for k in ("chosen_truncated", "rejected_truncated")]
     assert all(isinstance(f, bool) for f in flags) and any(flags)
+    assert counts["truncated"] == sum(r["chosen_truncated"] or r["rejected_truncated"] for r in rows)
 
     common = ("trainer.steps=2", "trainer.prompts_per_step=2", "learner.micro_batch_size=4", "pairs.eval_fraction=0.3")
     rm = run(offline_cfg("rm", tiny_model_dir, str(out), tmp_path / "rm", *common))
