@@ -55,6 +55,11 @@ ROOT = Path(__file__).resolve().parent.parent
 ARMS = {"a": "offline DPO", "b": "online DPO", "c": "GRPO", "d": "RM + GRPO"}
 
 
+def arm_name(key: str, tag: str) -> str:
+    """An arm's name in files and tables: its key, and `--tag`'s variant after a dash (a-v2)."""
+    return f"{key}-{tag}" if tag else key
+
+
 def label(name: str) -> str:
     """"(a) offline DPO", or "(a-1ep) offline DPO" for an arm run with `--tag 1ep`."""
     return f"({name}) {ARMS[name[0]]}"
@@ -250,16 +255,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run_phase("pairs", phase_commands(args, run, extra)["pairs"], run / "pairs.log")
         except SystemExit as err:
-            failed |= {key: f"the pairs it needs were not written ({err})" for key in args.arms if key in "ad"}
+            failed |= {arm_name(key, args.tag): f"the pairs it needs were not written ({err})"
+                       for key in args.arms if key in "ad"}
     arms: dict[str, dict] = {}
     for key in args.arms:
-        name = f"{key}-{args.tag}" if args.tag else key
-        if key in failed:
+        name = arm_name(key, args.tag)
+        if name in failed:
             continue
         try:
             arms[name] = run_arm(key, args, run, extra, gsm8k)
         except SystemExit as err:
-            failed[key] = str(err)
+            failed[name] = str(err)
             print(f"[online_vs_offline] {label(name)} failed: {err}; the other arms go on", flush=True)
             continue
         # each arm as it ends: a lost machine keeps the finished ones, and --merge joins runs of several leases
@@ -267,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                                                           "software": versions()}))
     if arms:
         report(arms, before, heading, "python -m bench.online_vs_offline " + " ".join(argv), args)
-    for key, why in failed.items():
-        print(f"bench/online_vs_offline.py: error: arm {label(key)} failed: {why}", file=sys.stderr)
+    for name, why in failed.items():
+        print(f"bench/online_vs_offline.py: error: arm {label(name)} failed: {why}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -276,7 +282,7 @@ def run_arm(key: str, args: argparse.Namespace, run: Path, extra: list[str], gsm
     """One arm: its training run(s), then GSM8K on its exported policy; its summary (what arm_<key>.json keeps)."""
     t0, out = time.perf_counter(), run / key
     n, prompts = args.group, args.samples // args.group
-    name = f"{key}-{args.tag}" if args.tag else key
+    name = arm_name(key, args.tag)
     arm: dict = {"curve": [], "pair_accuracy": None, "held_out_pairs": None}
     if key == "d":
         subset(run / "pairs.jsonl", run / "pairs_rm.jsonl", int(args.rm_share * prompts))
