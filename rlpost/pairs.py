@@ -10,10 +10,10 @@ scored by the configured rewards (`reward.functions` and `reward.models`, in the
 best against the worst completion of each prompt (`algo.pairs`' selector, best_worst by default) becomes one row
 of `pairs.path`: the prompt (the user turn, or the chat messages when there is a system prompt), chosen, rejected,
 their scores, whether `rollout.max_new_tokens` cut each, the prompt's index, and the dataset row's other columns
-(GSM8K's `answer`). Prompts whose
-completions all tie are skipped and counted. Sampling from the initial policy means an offline run on these pairs
-starts from the same information as an online run from that model (the comparison of arXiv 2503.01067). The file
-is written to a temp name and renamed, so `pairs.path` is complete or absent.
+(GSM8K's `answer`). Prompts whose completions all tie are skipped and counted. Sampling from the initial policy
+means an offline run on these pairs starts from the same information as an online run from that model (the
+comparison of arXiv 2503.01067). The file is written to a temp name and renamed, so `pairs.path` is complete or
+absent.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from rlpost.cluster.ray_cluster import init_ray
 from rlpost.config import ConfigError
 from rlpost.data import Prompt, build_prompts, load_rows
 from rlpost.models import load_tokenizer, resolve_model_path
-from rlpost.rollout.engine import Sample, SamplingParams
+from rlpost.rollout.engine import SamplingParams
 from rlpost.validate import validate
 
 
-def pair_row(prompt: Prompt, index: int, keys: tuple[str, str, str], chosen: Sample, rejected: Sample,
-             texts: tuple[str, str], scores: tuple[float, float]) -> dict:
+def pair_row(prompt: Prompt, index: int, keys: tuple[str, str, str], texts: tuple[str, str],
+             scores: tuple[float, float], truncated: tuple[bool, bool]) -> dict:
     """One output row: the prompt as `rlpost.data.preferences` reads it back, the two completions, their scores,
     whether each was cut by `rollout.max_new_tokens` (then the policy is trained on it without an end of turn,
     as it was sampled), the prompt's index among the prompts sampled (so a subset of prompts selects its pairs),
@@ -46,8 +46,7 @@ def pair_row(prompt: Prompt, index: int, keys: tuple[str, str, str], chosen: Sam
     messages = prompt.messages
     row = {prompt_key: messages[0]["content"] if len(messages) == 1 else messages, chosen_key: texts[0],
            rejected_key: texts[1], "chosen_score": scores[0], "rejected_score": scores[1],
-           "chosen_truncated": chosen.finish_reason == "length",
-           "rejected_truncated": rejected.finish_reason == "length", "prompt_index": index}
+           "chosen_truncated": truncated[0], "rejected_truncated": truncated[1], "prompt_index": index}
     return {**{k: v for k, v in prompt.columns.items() if k not in row}, **row}
 
 
@@ -96,11 +95,12 @@ def generate_pairs(cfg: DictConfig) -> dict[str, int]:
                                        [p.messages for p in batch])
                 result.check_failures(cfg.reward.max_failure_frac)
                 for c, r in select_pairs(result.total, n, cfg.algo.pairs, rng):
-                    row = pair_row(batch[c], start + c // n, keys, samples[c], samples[r], (texts[c], texts[r]),
-                                   (result.total[c], result.total[r]))
+                    truncated = (samples[c].finish_reason == "length", samples[r].finish_reason == "length")
+                    row = pair_row(batch[c], start + c // n, keys, (texts[c], texts[r]),
+                                   (result.total[c], result.total[r]), truncated)
                     out.write(json.dumps(row) + "\n")
                     written += 1
-                    cut += row["chosen_truncated"] or row["rejected_truncated"]
+                    cut += any(truncated)
         os.replace(tmp, pc.path)
     finally:
         for group in (*groups, placement):

@@ -98,7 +98,7 @@ def load_preference_pairs(path: str, field: str, tokenizer, pc: PairsConfig, max
             parsed.append((n, *parse_row(row, pc)))
         except BadRow as err:
             reject(n, str(err))
-    texts = [tokenizer.apply_chat_template(p[1], add_generation_prompt=True, tokenize=False) for p in parsed]
+    texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for _, m, *_ in parsed]
     all_ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     pairs = []
     for (n, messages, chosen, rejected, *truncated), ids in zip(parsed, all_ids, strict=True):
@@ -141,15 +141,16 @@ def pair_sequences(tokenizer, pairs: list[PreferencePair], stop_ids: set[int] | 
     messages = [p.messages for p in pairs for _ in range(2)]
     full = conversation_ids(tokenizer, messages, [c for p in pairs for c in (p.chosen, p.rejected)])
     prompts, completions = [], []
-    truncated = [t for p in pairs for t in (p.chosen_truncated, p.rejected_truncated)]
-    for prompt, ids, cut_short in zip([p.prompt_ids for p in pairs for _ in range(2)], full, truncated, strict=True):
+    sides = [(p.prompt_ids, cut_short) for p in pairs for cut_short in (p.chosen_truncated, p.rejected_truncated)]
+    for (prompt, cut_short), ids in zip(sides, full, strict=True):
         cut = 0
         while cut < min(len(prompt), len(ids) - 1) and prompt[cut] == ids[cut]:
             cut += 1
         completion = ids[cut:]
-        stop = next((i for i, t in enumerate(completion) if t in stop_ids), None) if stop_ids is not None else None
-        if stop is not None:
-            completion = completion[:stop] if cut_short else completion[:stop + 1]
+        if stop_ids is not None:
+            stop = next((i for i, t in enumerate(completion) if t in stop_ids), None)
+            if stop is not None:
+                completion = completion[:stop] if cut_short else completion[:stop + 1]
         prompts.append(ids[:cut])
         completions.append(completion)
     return prompts, completions
