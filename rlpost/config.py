@@ -346,6 +346,12 @@ class RLPostConfig:
 PAIR_OBJECTIVES = ("dpo", "rm")  # objectives that train on (chosen, rejected) pairs, two sequences each
 
 
+def sequences_per_example(objective: str) -> int:
+    """Consecutive items that make one training example and must stay together, in order, through every
+    shuffle, deal and length sort: a (chosen, rejected) pair (dpo, rm), or one completion (pg)."""
+    return 2 if objective in PAIR_OBJECTIVES else 1
+
+
 def train_sequences_per_step(cfg: Any) -> int:
     """Sequences the learner trains on per step: every completion (pg), or one (chosen, rejected) pair per prompt
     (dpo, rm; offline a "prompt" is a pair of the file). Works on the DictConfig and on its plain-dict form."""

@@ -34,7 +34,7 @@ from rlpost.algos.dynamic_sampling import informative_groups, refill_size, tied_
 from rlpost.cluster.engines import RolloutGroup
 from rlpost.cluster.groups import CriticGroup, LearnerGroup, Placement, RewardGroup, WeightSync
 from rlpost.cluster.ray_cluster import init_ray
-from rlpost.config import needs_old_logprobs, needs_reference
+from rlpost.config import needs_old_logprobs, needs_reference, sequences_per_example
 from rlpost.data import Prompt, PromptLoader, build_prompts, load_rows, resolve_data_path
 from rlpost.eval import Evaluator
 from rlpost.experience import MiniBatch, TrainItem, pg_items
@@ -319,7 +319,7 @@ class Trainer(TrainLoop):
         cfg = self.cfg
         if not items:  # dpo, and no prompt gave a pair: nothing to learn from this step
             return {}
-        unit = 2 if cfg.algo.objective == "dpo" else 1
+        unit = sequences_per_example(cfg.algo.objective)
         items = shuffled(items, unit, np.random.default_rng([cfg.trainer.seed, step]))
         metrics: dict[str, float] = {}
         if self.critic is not None:

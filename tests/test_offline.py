@@ -3,9 +3,8 @@ reward-model training (`rlpost-train-rm`'s config through `rlpost.train.run`), o
 `python -m rlpost.pairs` feeding both.
 
 The synthetic task: each pair's two completions are the same three words followed by " good" (chosen) or " bad"
-(rejected). One token decides, so the random tiny model learns it in a few steps (plain PyTorch needs ~10 steps
-of 8 pairs at LR 1e-3 to rank every held-out pair right).
-"""
+(rejected), with one more word on one side or the other (`marker_pairs`). One token decides, so the random tiny model
+learns it in a few steps (plain PyTorch needs ~10 steps of 8 pairs at LR 1e-3 to rank every held-out pair right)."""
 
 from __future__ import annotations
 
@@ -31,12 +30,15 @@ WORDS = ["apple", "river", "stone", "cloud", "music", "paper", "garden", "window
 
 
 def marker_pairs(n: int, seed: int) -> list[dict]:
+    """One extra word on the chosen side in half the rows and on the rejected side in the other half: length says
+    nothing about which side wins, so a trainer that lost the pairing (sorting sequences one by one by length)
+    cannot pass as one that learnt the marker."""
     rng = random.Random(seed)
     rows = []
-    for _ in range(n):
-        body = " ".join(rng.sample(WORDS, 3))
-        rows.append({"prompt": f"Describe the {rng.choice(WORDS)}.", "chosen": f"{body} good",
-                     "rejected": f"{body} bad"})
+    for i in range(n):
+        body, extra = " ".join(rng.sample(WORDS, 3)), rng.choice(WORDS)
+        chosen, rejected = (f"{body} {extra} good", f"{body} bad") if i % 2 else (f"{body} good", f"{body} {extra} bad")
+        rows.append({"prompt": f"Describe the {rng.choice(WORDS)}.", "chosen": chosen, "rejected": rejected})
     return rows
 
 

@@ -183,8 +183,11 @@ def test_learner_padded_micro_batches_are_sorted_by_length():
     micros = _padded_rank()._micro_batches(items)
     assert [[ids[id(it)] for it in m] for m in micros] == [[5, 0], [2, 3], [1, 4]]  # 4 5 | 5 5 | 6 7 tokens
     # DPO: pairs (0, 1), (2, 3), (4, 5) of at most 6, 5, 7 tokens stay whole, shortest pair first.
-    micros = _padded_rank("dpo")._micro_batches(items)
-    assert [[ids[id(it)] for it in m] for m in micros] == [[2, 3], [0, 1], [4, 5]]
+    # The reward model's pairs too, chosen first, although the rejected (1) is longer than its chosen (0): sorted
+    # one by one (session 16's bug), pair k became (shorter, longer) and the RM learnt "shorter wins".
+    for objective in ("dpo", "rm"):
+        micros = _padded_rank(objective)._micro_batches(items)
+        assert [[ids[id(it)] for it in m] for m in micros] == [[2, 3], [0, 1], [4, 5]], objective
 
 
 def test_learner_forward_only_values_come_back_in_the_callers_order():

@@ -43,7 +43,13 @@ from rlpost.algos import (
     masked_mean,
     sequence_logprob,
 )
-from rlpost.config import RunError, needs_reference, samples_per_rank, train_sequences_per_step
+from rlpost.config import (
+    RunError,
+    needs_reference,
+    samples_per_rank,
+    sequences_per_example,
+    train_sequences_per_step,
+)
 from rlpost.digest import weights_digest
 from rlpost.experience import MiniBatch, TrainItem
 from rlpost.learner.checkpointing import CheckpointMixin
@@ -263,8 +269,9 @@ class LearnerRank(CheckpointMixin):
     # ---- training ---------------------------------------------------------------------------------------
     def _micro_batches(self, items: list[TrainItem]) -> list[list[TrainItem]]:
         """`micro_batch_size` items each, sorted by length (`rlpost.packing.length_order`), or token-budget chunks
-        in order; a DPO pair stays in one micro-batch."""
-        unit = 2 if self.cfg["algo"]["objective"] == "dpo" else 1
+        in order; a (chosen, rejected) pair stays together, in that order, in one micro-batch (the pair losses
+        read items 2k and 2k+1 as pair k)."""
+        unit = sequences_per_example(self.cfg["algo"]["objective"])
         if not self.packed:
             order = length_order([len(it.prompt_ids) + len(it.completion_ids) for it in items], unit)
             items = [items[i] for i in order]
