@@ -12,6 +12,7 @@ on the first P = SAMPLES / GROUP prompts of GSM8K train, each drawing SAMPLES co
 - (a) offline DPO: `python -m rlpost.pairs` samples GROUP completions per prompt from the initial policy, the
   verifier (`--verifier`: the math check by default; the CPU smoke test uses a dense stand-in) scores them, best
   vs worst (ties skipped) is a pair; `algo=dpo_offline` trains `--offline-epochs` passes over them, no engines.
+  `--pairs FILE` takes an earlier run's pair file instead (same model, prompts and samples: a lease saved).
 - (b) online DPO (`algo=online_dpo`) with the verifier; dynamic sampling off, so it draws exactly SAMPLES.
 - (c) GRPO (`algo=grpo`) with the verifier.
 - (d) the two-stage route: `rlpost-train-rm` on (a)'s pairs from the first `--rm-share` of the prompts (those
@@ -82,6 +83,25 @@ def read_rows(run: Path) -> list[dict]:
 
 def last_value(rows: list[dict], key: str) -> float | None:
     return next((r[key] for r in reversed(rows) if r.get(key) is not None), None)
+
+
+def copy_pairs(source: Path, out: Path, prompts: int) -> int:
+    """`--pairs`: an earlier run's pair file (gzip-compressed if it ends in .gz) as this run's `pairs.jsonl`; its
+    number of pairs. Refused, in one line, if a row's prompt was not among the first `prompts` this run samples."""
+    import gzip
+
+    if not source.is_file():
+        raise SystemExit(f"bench/online_vs_offline.py: error: --pairs {source}: no such file")
+    text = gzip.decompress(source.read_bytes()).decode() if source.suffix == ".gz" else source.read_text()
+    lines = [line for line in text.splitlines() if line.strip()]
+    for number, line in enumerate(lines, 1):
+        index = json.loads(line).get("prompt_index")
+        if not isinstance(index, int) or not 0 <= index < prompts:
+            raise SystemExit(f"bench/online_vs_offline.py: error: --pairs {source}: row {number} has prompt_index "
+                             f"{index!r}, not one of this run's {prompts} prompts (--samples / --group): pass the "
+                             f"pairs.jsonl of a run with the same --samples and --group")
+    out.write_text("".join(line + "\n" for line in lines))
+    return len(lines)
 
 
 def subset(pairs: Path, out: Path, prompts: int) -> int:
@@ -186,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rm-epochs", type=float, default=None,
                         help="(d): the RM's passes over its pairs (default --offline-epochs)")
     parser.add_argument("--rm-share", type=float, default=0.5, help="(d): the budget's share spent on RM pairs")
+    parser.add_argument("--pairs", default="",
+                        help="(a), (d): train on this pair file (`rlpost.pairs`' jsonl, or .jsonl.gz) instead of "
+                             "sampling it again; it must come from --model with the same --samples and --group (an "
+                             "earlier run's pairs.jsonl), and its samples still count in each arm's budget")
     parser.add_argument("--rm-gpus", type=float, default=None,
                         help="(d): reward.models[0].num_gpus (default: 1 on a GPU cluster, 0 on a CPU one)")
     parser.add_argument("--minutes", type=float, default=10.0, help="each training run's budget")
@@ -253,7 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     failed: dict[str, str] = {}
     if set(args.arms) & {"a", "d"}:
         try:
-            run_phase("pairs", phase_commands(args, run, extra)["pairs"], run / "pairs.log")
+            if args.pairs:
+                print(f"[online_vs_offline] pairs: {copy_pairs(Path(args.pairs), run / 'pairs.jsonl', prompts)} "
+                      f"from {args.pairs}", flush=True)
+            else:
+                run_phase("pairs", phase_commands(args, run, extra)["pairs"], run / "pairs.log")
         except SystemExit as err:
             failed |= {arm_name(key, args.tag): f"the pairs it needs were not written ({err})"
                        for key in args.arms if key in "ad"}

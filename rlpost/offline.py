@@ -105,9 +105,11 @@ class OfflineTrainer(TrainLoop):
                 "data/epoch": float(self.loader.epoch), "perf/step_seconds": time.perf_counter() - t0}
 
     def evaluate(self) -> dict[str, float]:
-        """Held-out pair accuracy, margin and loss under the model as it is now."""
+        """Held-out pair accuracy, margin and loss under the model as it is now (DPO: also each side's log-ratio
+        to the reference, as in training)."""
         algo, t0 = self.cfg.algo, time.perf_counter()
         prompts, completions = self.eval_prompts, self.eval_completions
+        sides: dict[str, float] = {}
         if self.rm:
             scores = torch.tensor(self.learners.score(prompts, completions))
             loss, margin = REWARD_MODEL_LOSSES.get(algo.rm_loss)(scores[0::2], scores[1::2])
@@ -118,8 +120,10 @@ class OfflineTrainer(TrainLoop):
             ref = sequence_logprob(*padded(self.eval_ref), algo.dpo_length_norm)
             loss, margin = DPO_LOSSES.get(algo.dpo_loss)(policy[0::2], policy[1::2], ref[0::2], ref[1::2],
                                                          algo.dpo_beta)
+            sides = {"eval/chosen_logratio": float((policy - ref)[0::2].mean()),
+                     "eval/rejected_logratio": float((policy - ref)[1::2].mean())}
         return {"eval/pair_accuracy": float((margin > 0).float().mean()), "eval/margin": float(margin.mean()),
-                "eval/loss": float(loss.mean()), "eval/pairs": float(len(margin)),
+                "eval/loss": float(loss.mean()), "eval/pairs": float(len(margin)), **sides,
                 "time/eval": time.perf_counter() - t0}
 
     def evaluation(self, step: int, final: bool) -> dict[str, float]:

@@ -205,3 +205,19 @@ def test_a_failed_arm_is_one_line_and_the_others_go_on(tmp_path: Path, monkeypat
                    "(bench/learn_gsm8k.py: error: the pairs phase failed (exit 1); see pairs.log)",
                    "bench/online_vs_offline.py: error: arm (b) online DPO failed: bench/learn_gsm8k.py: error: the b "
                    "phase failed (exit 1); see b.log"]
+
+
+def test_pairs_of_an_earlier_run_are_reused_or_refused_in_one_line(tmp_path: Path) -> None:
+    import gzip
+
+    from bench.online_vs_offline import copy_pairs
+
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b", "prompt_index": i} for i in (0, 3, 1)]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / "pairs.jsonl.gz").write_bytes(gzip.compress(text.encode()))
+    assert copy_pairs(tmp_path / "pairs.jsonl.gz", tmp_path / "out.jsonl", prompts=4) == 3
+    assert (tmp_path / "out.jsonl").read_text() == text
+    with pytest.raises(SystemExit, match=r"row 2 has prompt_index 3, not one of this run's 3 prompts"):
+        copy_pairs(tmp_path / "pairs.jsonl.gz", tmp_path / "out.jsonl", prompts=3)
+    with pytest.raises(SystemExit, match="--pairs .*missing.jsonl: no such file"):
+        copy_pairs(tmp_path / "missing.jsonl", tmp_path / "out.jsonl", prompts=3)

@@ -95,6 +95,12 @@ def test_offline_dpo_raises_the_margin(local_ray, tiny_model_dir: str, tmp_path:
     assert before["eval/pairs"] == after["eval/pairs"] == 12  # the last tenth of 120 (pairs.eval_fraction)
     assert after["eval/margin"] > 0.1 and after["eval/pair_accuracy"] > 0.8, after
     assert history[-1]["dpo/margin"] > history[0]["dpo/margin"]
+    # each side's log-ratio to the reference, the margin's two halves: margin = beta * (chosen - rejected)
+    beta = cfg.algo.dpo_beta
+    for row, prefix in ((after, "eval/"), (history[-1], "dpo/")):
+        halves = beta * (row[f"{prefix}chosen_logratio"] - row[f"{prefix}rejected_logratio"])
+        assert halves == pytest.approx(row[f"{prefix}margin"], rel=1e-3, abs=1e-5), row
+    assert before["eval/chosen_logratio"] == before["eval/rejected_logratio"] == pytest.approx(0.0, abs=1e-4)
 
 
 def test_offline_resume_is_exact_and_a_collapse_stops_before_its_checkpoint(local_ray, tiny_model_dir: str,

@@ -419,6 +419,11 @@ class LearnerRank(CheckpointMixin):
                                                            algo["dpo_beta"])
         loss = self._pair_loss(per_pair, margin, mb, means, "dpo")
         with torch.no_grad():
+            # log pi/pi_ref of each side (DPO's implicit reward / beta): a margin that grows while both fall is
+            # the chosen answers losing likelihood too, the mass going to sequences in no pair
+            log_ratio = seq - ref_seq
+            means.add("dpo/chosen_logratio", log_ratio[0::2].mean(), float(len(per_pair)))
+            means.add("dpo/rejected_logratio", log_ratio[1::2].mean(), float(len(per_pair)))
             means.add("actor/entropy", masked_mean(entropy, mask), float(mask.sum()))
             self._check_rollout_logprobs(micro, batch, logprobs, means, first_pass)
         return loss
