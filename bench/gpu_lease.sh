@@ -27,12 +27,16 @@
 #                        bash bench/gpu_lease.sh study adbc        (issue 15; session 15's lease, from the kit's
 #                          last call: `mkdir -p /tmp/kit && cp .kit*/* /tmp/kit/ && bash bench/gpu_lease.sh kit-bg &&
 #                          bash bench/gpu_lease.sh study adbc`, it waits for the model; then `wait 300` calls:
-#                          a, d and b came back, c was cut at step 3.) The next lease's plan, the same way:
-#                          STUDY_THEN='ad --tag v2 --rm-epochs 8' bash bench/gpu_lease.sh study c
-#                          (c ~7 minutes on a fresh machine; then the variant: pairs ~5.5, a-v2 ~3.5 (session 15's
-#                          fix of truncated pairs, two passes as before), d-v2 ~8.5 with its 64 RM steps, likely cut
-#                          by the lease's end); afterwards, on the CPU machine, `python -m bench.online_vs_offline
-#                          --merge bench/runs/online_vs_offline/lease1 DIR DIR --baseline a-v2`
+#                          a, d and b came back, c was cut at step 3. Session 16's lease:
+#                          STUDY_THEN='ad --tag v2 --rm-epochs 8' bash bench/gpu_lease.sh study c: c (10.0 min),
+#                          pairs (5.3), a-v2 (3.7), d-v2's RM (4.5), its GRPO cut.) The next lease's plan, (d) with
+#                          session 16's fix of RM pairing, on session 16's pairs (no sampling), the same way:
+#                          STUDY_ARGS='--pairs bench/runs/online_vs_offline/lease2/pairs.jsonl.gz' \
+#                          STUDY_THEN='ad --tag v3 --offline-epochs 1 --rm-epochs 8' bash bench/gpu_lease.sh study d
+#                          (d ~9 minutes: RM two passes, 16 GRPO steps, GSM8K; then a-v3 ~3, one pass and the
+#                          log-ratio metrics, d-v3 ~12, likely cut); afterwards, on the CPU machine, `python -m
+#                          bench.online_vs_offline --merge bench/runs/online_vs_offline/lease1 .../lease2 DIR DIR
+#                          --baseline a-v2`
 # Or two runs in one lease, the first on the kit's SmolLM2 while the model pack is still arriving (the GPU is idle
 # then), the second (TRL side by side) once the model is converted:
 #   carry .kit03:        mkdir -p /tmp/kit && cp .kit*/* /tmp/kit/ && bash bench/gpu_lease.sh kit-bg && \
