@@ -43,13 +43,7 @@ from rlpost.algos import (
     masked_mean,
     sequence_logprob,
 )
-from rlpost.config import (
-    RunError,
-    needs_reference,
-    samples_per_rank,
-    sequences_per_example,
-    train_sequences_per_step,
-)
+from rlpost.config import RunError, needs_reference, samples_per_rank, sequences_per_example, train_sequences_per_step
 from rlpost.digest import weights_digest
 from rlpost.experience import MiniBatch, TrainItem
 from rlpost.learner.checkpointing import CheckpointMixin
@@ -269,8 +263,7 @@ class LearnerRank(CheckpointMixin):
     # ---- training ---------------------------------------------------------------------------------------
     def _micro_batches(self, items: list[TrainItem]) -> list[list[TrainItem]]:
         """`micro_batch_size` items each, sorted by length (`rlpost.packing.length_order`), or token-budget chunks
-        in order; a (chosen, rejected) pair stays together, in that order, in one micro-batch (the pair losses
-        read items 2k and 2k+1 as pair k)."""
+        in order; a (chosen, rejected) pair stays together and in order (pair losses read items 2k, 2k+1)."""
         unit = sequences_per_example(self.cfg["algo"]["objective"])
         if not self.packed:
             order = length_order([len(it.prompt_ids) + len(it.completion_ids) for it in items], unit)
@@ -419,11 +412,9 @@ class LearnerRank(CheckpointMixin):
                                                            algo["dpo_beta"])
         loss = self._pair_loss(per_pair, margin, mb, means, "dpo")
         with torch.no_grad():
-            # log pi/pi_ref of each side (DPO's implicit reward / beta): a margin that grows while both fall is
-            # the chosen answers losing likelihood too, the mass going to sequences in no pair
-            log_ratio = seq - ref_seq
-            means.add("dpo/chosen_logratio", log_ratio[0::2].mean(), float(len(per_pair)))
-            means.add("dpo/rejected_logratio", log_ratio[1::2].mean(), float(len(per_pair)))
+            # each side's log pi/pi_ref: both falling while the margin grows = the chosen losing likelihood too
+            for side, log_ratio in (("chosen", seq[0::2] - ref_seq[0::2]), ("rejected", seq[1::2] - ref_seq[1::2])):
+                means.add(f"dpo/{side}_logratio", log_ratio.mean(), float(len(per_pair)))
             means.add("actor/entropy", masked_mean(entropy, mask), float(mask.sum()))
             self._check_rollout_logprobs(micro, batch, logprobs, means, first_pass)
         return loss
