@@ -31,7 +31,7 @@ import ray
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rlpost.algos import DPO_LOSSES, REWARD_MODEL_LOSSES, sequence_logprob
+from rlpost.algos import DPO_LOSSES, REWARD_MODEL_LOSSES, pair_accuracy, sequence_logprob
 from rlpost.cluster.groups import LearnerGroup, Placement, RewardModelLearnerGroup
 from rlpost.cluster.ray_cluster import init_ray
 from rlpost.config import RewardModelConfig
@@ -122,7 +122,7 @@ class OfflineTrainer(TrainLoop):
                                                          algo.dpo_beta)
             sides = {"eval/chosen_logratio": float((policy - ref)[0::2].mean()),
                      "eval/rejected_logratio": float((policy - ref)[1::2].mean())}
-        return {"eval/pair_accuracy": float((margin > 0).float().mean()), "eval/margin": float(margin.mean()),
+        return {"eval/pair_accuracy": float(pair_accuracy(margin)), "eval/margin": float(margin.mean()),
                 "eval/loss": float(loss.mean()), "eval/pairs": float(len(margin)), **sides,
                 "time/eval": time.perf_counter() - t0}
 

@@ -303,3 +303,11 @@ def test_entropy():
     logits = torch.tensor([0.0, math.log(3)], dtype=torch.float64) + 1000
     close(entropy_from_logits(logits), -(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
     close(entropy_from_logits(torch.tensor([0.0, -1000.0])), 0.0)
+
+
+def test_pair_accuracy_counts_a_tie_as_half():
+    from rlpost.algos import pair_accuracy
+
+    # right, wrong, tie, right: (1 + 0 + 0.5 + 1) / 4
+    assert pair_accuracy(torch.tensor([0.3, -2.0, 0.0, 1e-6])).item() == pytest.approx(0.625)
+    assert pair_accuracy(torch.zeros(5)).item() == 0.5  # policy == reference: no ranking at all

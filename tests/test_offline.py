@@ -92,6 +92,7 @@ def test_offline_dpo_raises_the_margin(local_ray, tiny_model_dir: str, tmp_path:
     print(f"\n[offline] DPO: held-out margin {before['eval/margin']:.3f} -> {after['eval/margin']:.3f}, accuracy "
           f"{before['eval/pair_accuracy']:.2f} -> {after['eval/pair_accuracy']:.2f}")
     assert before["step"] == 0 and abs(before["eval/margin"]) < 1e-4
+    assert before["eval/pair_accuracy"] == 0.5  # policy = reference: every margin ties, a coin flip each
     assert before["eval/pairs"] == after["eval/pairs"] == 12  # the last tenth of 120 (pairs.eval_fraction)
     assert after["eval/margin"] > 0.1 and after["eval/pair_accuracy"] > 0.8, after
     assert history[-1]["dpo/margin"] > history[0]["dpo/margin"]

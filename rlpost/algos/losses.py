@@ -236,7 +236,7 @@ def dpo_loss(chosen: Tensor, rejected: Tensor, ref_chosen: Tensor, ref_rejected:
     -log sigmoid(beta * ((log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l)))).
 
     Inputs are sequence logprobs (see `sequence_logprob`). Returns (loss [P], margin [P]) where the margin is the
-    implicit reward difference beta * (...) (detached, for logging: accuracy = margin > 0). At beta -> 0, or for a
+    implicit reward difference beta * (...) (detached, for logging: `pair_accuracy`). At beta -> 0, or for a
     pair whose two log ratios are equal (e.g. identical completions), the loss is log 2.
     """
     margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
@@ -264,6 +264,14 @@ def bradley_terry_loss(chosen: Tensor, rejected: Tensor) -> tuple[Tensor, Tensor
     """Bradley-Terry (Ouyang et al., arXiv 2203.02155, eq. 1) per pair [P]: -log sigmoid(r(y_w) - r(y_l)), the
     negative log-likelihood that the chosen completion wins under P(w > l) = sigmoid(r_w - r_l). Only score
     differences are learnt, so a trained RM's absolute level is arbitrary (`reward.models[i].normalize` exists
-    for that). Returns (loss [P], margin r_w - r_l [P], detached: accuracy = margin > 0)."""
+    for that). Returns (loss [P], margin r_w - r_l [P], detached: see `pair_accuracy`)."""
     margin = chosen - rejected
     return -torch.nn.functional.logsigmoid(margin), margin.detach()
+
+
+def pair_accuracy(margin: Tensor) -> Tensor:
+    """The share of pairs ranked right from their margins [P] (chosen minus rejected, in any of the losses above):
+    1 for a positive margin, 0 for a negative one, and 1/2 for a tie, the coin flip a ranking that cannot tell the
+    two apart stands for (AUC's convention). So DPO's first step, where the policy is the reference and every
+    margin is exactly 0, reads 0.5, not 0."""
+    return ((margin > 0).float() + 0.5 * (margin == 0).float()).mean()

@@ -41,6 +41,7 @@ from rlpost.algos import (
     decoupled_ppo_loss,
     importance_ratio_stats,
     masked_mean,
+    pair_accuracy,
     sequence_logprob,
 )
 from rlpost.config import RunError, needs_reference, samples_per_rank, sequences_per_example, train_sequences_per_step
@@ -350,13 +351,12 @@ class LearnerRank(CheckpointMixin):
     def _pair_loss(self, per_pair: torch.Tensor, margin: torch.Tensor, mb: MiniBatch, means: WeightedMeans,
                    prefix: str) -> torch.Tensor:
         """A preference loss (DPO, the reward model's) summed over this micro-batch's pairs and normalised by the
-        mini-batch's global pair count; logs `<prefix>/loss`, `/margin` and `/accuracy` (margin > 0) per pair."""
+        mini-batch's global pair count; logs `<prefix>/loss`, `/margin` and `/accuracy` (`pair_accuracy`) per pair."""
         _, num_seqs = self._normalisers(mb)
         with torch.no_grad():
-            pairs = float(len(per_pair))
-            means.add(f"{prefix}/loss", per_pair.mean(), pairs)
-            means.add(f"{prefix}/margin", margin.mean(), pairs)
-            means.add(f"{prefix}/accuracy", (margin > 0).float().mean(), pairs)
+            logged = {"loss": per_pair.mean(), "margin": margin.mean(), "accuracy": pair_accuracy(margin)}
+            for name, value in logged.items():
+                means.add(f"{prefix}/{name}", value, float(len(per_pair)))
         return per_pair.sum() / (num_seqs / 2)
 
     def _micro_loss(self, micro: list[TrainItem], batch: Batch, mb: MiniBatch, means: WeightedMeans,
