@@ -159,7 +159,7 @@ def phase_commands(args: argparse.Namespace, run: Path, extra: list[str]) -> dic
     def verifier(weight: float) -> str:
         return f"reward.functions=[{{path: {args.verifier}, name: {args.verifier_name}, weight: {weight:g}}}]"
 
-    def offline_steps(pairs: Path, epochs: float) -> int:  # passes over the pairs written so far
+    def offline_steps(pairs: Path, epochs: float) -> int:  # passes over the pair file, held-out pairs included
         count = len(pairs.read_text().splitlines()) if pairs.exists() else 0
         return max(1, math.ceil(epochs * count / pps))
 
@@ -202,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--group", type=int, default=8, help="completions per prompt, in every arm")
     parser.add_argument("--prompts-per-step", type=int, default=64)
     parser.add_argument("--offline-epochs", type=float, default=2.0,
-                        help="(a)'s passes over the pairs (2: about as many optimizer steps as (b) takes)")
+                        help="(a)'s passes over the pairs (2: about as many optimizer steps as (b) takes), counted "
+                             "over the whole pair file: with the held-out tenth left out of training, 2 makes ~2.2 "
+                             "passes over the training pairs (kept so for comparable arms)")
     parser.add_argument("--rm-epochs", type=float, default=None,
                         help="(d): the RM's passes over its pairs (default --offline-epochs)")
     parser.add_argument("--rm-share", type=float, default=0.5, help="(d): the budget's share spent on RM pairs")
