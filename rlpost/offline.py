@@ -120,8 +120,9 @@ class OfflineTrainer(TrainLoop):
             ref = sequence_logprob(*padded(self.eval_ref), algo.dpo_length_norm)
             loss, margin = DPO_LOSSES.get(algo.dpo_loss)(policy[0::2], policy[1::2], ref[0::2], ref[1::2],
                                                          algo.dpo_beta)
-            sides = {"eval/chosen_logratio": float((policy - ref)[0::2].mean()),
-                     "eval/rejected_logratio": float((policy - ref)[1::2].mean())}
+            log_ratio = policy - ref  # chosen, rejected, chosen, ...
+            sides = {"eval/chosen_logratio": float(log_ratio[0::2].mean()),
+                     "eval/rejected_logratio": float(log_ratio[1::2].mean())}
         return {"eval/pair_accuracy": float(pair_accuracy(margin)), "eval/margin": float(margin.mean()),
                 "eval/loss": float(loss.mean()), "eval/pairs": float(len(margin)), **sides,
                 "time/eval": time.perf_counter() - t0}
