@@ -29,14 +29,13 @@
 #                          bash bench/gpu_lease.sh study adbc`, it waits for the model; then `wait 300` calls:
 #                          a, d and b came back, c was cut at step 3. Session 16's lease:
 #                          STUDY_THEN='ad --tag v2 --rm-epochs 8' bash bench/gpu_lease.sh study c: c (10.0 min),
-#                          pairs (5.3), a-v2 (3.7), d-v2's RM (4.5), its GRPO cut.) The next lease's plan, (d) with
-#                          session 16's fix of RM pairing, on session 16's pairs (no sampling), the same way:
+#                          pairs (5.3), a-v2 (3.7), d-v2's RM (4.5), its GRPO cut. Session 17's, (d) with the
+#                          fix of RM pairing, on session 16's pairs (no sampling), the same way:
 #                          STUDY_ARGS='--pairs bench/runs/online_vs_offline/lease2/pairs.jsonl.gz' \
 #                          STUDY_THEN='ad --tag v3 --offline-epochs 1 --rm-epochs 8' bash bench/gpu_lease.sh study d
-#                          (d ~9 minutes: RM two passes, 16 GRPO steps, GSM8K; then a-v3 ~3, one pass and the
-#                          log-ratio metrics, d-v3 ~12, likely cut); afterwards, on the CPU machine, `python -m
-#                          bench.online_vs_offline --merge bench/runs/online_vs_offline/lease1 .../lease2 DIR DIR
-#                          --baseline a-v2`
+#                          (d 12.8 minutes with a cold compile cache, a-v3 3.8, d-v3 lost at its RM's step 5);
+#                          then, on the CPU machine, `python -m bench.online_vs_offline --merge
+#                          bench/runs/online_vs_offline/lease1 .../lease2 .../lease3 --baseline a-v3`.)
 # Or two runs in one lease, the first on the kit's SmolLM2 while the model pack is still arriving (the GPU is idle
 # then), the second (TRL side by side) once the model is converted:
 #   carry .kit03:        mkdir -p /tmp/kit && cp .kit*/* /tmp/kit/ && bash bench/gpu_lease.sh kit-bg && \
