@@ -227,9 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dpo-experiment", default="gsm8k_online_dpo_qwen05b")
     parser.add_argument("--grpo-experiment", default="gsm8k_grpo_qwen05b")
     parser.add_argument("--arms", default="abcd", help="which arms to run, e.g. ac")
-    parser.add_argument("--baseline", default="a",
-                        help="the offline arm the online ones are measured against, e.g. a-v2 (--merge of a "
-                             "variant of (a) that replaces the protocol's own)")
+    parser.add_argument("--baseline", default="",
+                        help="the offline arm the online ones are measured against, e.g. a-v2 (default: the "
+                             "offline arm, (a) or a tagged variant of it, with the best GSM8K after: online is "
+                             "said to beat offline only if it beats the best offline run)")
     parser.add_argument("--tag", default="",
                         help="a variant of the protocol (e.g. --tag 1ep --offline-epochs 1): its arms are kept and "
                              "reported as (a-1ep) ..., beside the protocol's own arms in --merge")
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(ours)
     if args.merge:
         arms, before, heading = merged_arms([Path(d) for d in args.merge])
-        if args.baseline != "a" and args.baseline not in arms:
+        if args.baseline and args.baseline not in arms:
             parser.error(f"--baseline {args.baseline}: no such arm in the runs merged (they hold {', '.join(arms)})")
         # the software the arms ran on, as each kept it, not this process's
         software = "; ".join(sorted({arm.get("software") or "not recorded" for arm in arms.values()}))
@@ -370,6 +371,13 @@ def against_offline(arms: dict[str, dict], baseline: str) -> dict[str, PairedDif
             if key != baseline and arm.get("outcomes") and len(arm["outcomes"]) == len(offline)}
 
 
+def best_offline(arms: dict[str, dict]) -> str:
+    """The offline arm ((a) or a tagged variant) with the best GSM8K after, "" if none ran: the default
+    reference, so that a variant which did worse (say, one more pass) never makes online look better than it is."""
+    offline = [key for key in arms if key[0] == "a"]
+    return max(offline, key=lambda key: arms[key]["after"]) if offline else ""
+
+
 def report(arms: dict[str, dict], before: float, heading: str, command: str, args: argparse.Namespace,
            software: str = "") -> None:
     """The table, the verdict (when offline DPO ran beside an online arm) and the plot, into `--results`
@@ -378,7 +386,7 @@ def report(arms: dict[str, dict], before: float, heading: str, command: str, arg
         ["arm", "GSM8K pass@1 before -> after", "train min", "job min", "samples", "held-out pair accuracy"],
         [[label(k), f"{before:.4f} -> {a['after']:.4f}", f"{a['train_minutes']:.1f}",
           f"{a['job_minutes']:.1f}", str(a["samples"]), pair_accuracy_cell(a)] for k, a in arms.items()])
-    verdict, base = "", args.baseline
+    verdict, base = "", args.baseline or best_offline(arms)
     online = [k for k in arms if k[0] != "a"]
     if base in arms and online:
         best = max(online, key=lambda k: arms[k]["after"])

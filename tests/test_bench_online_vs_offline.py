@@ -86,8 +86,8 @@ def test_a_tagged_variant_sits_beside_its_arm_and_is_no_online_arm(tmp_path: Pat
     write_arm(tmp_path / "l1", "b", 0.2578, 0.31, [], [1, 1, 0, 0])
     write_arm(tmp_path / "l2", "a-1ep", 0.2578, 0.33, [], [1, 1, 1, 0], held_out_pairs=113)
     results = tmp_path / "RESULTS.md"
-    assert main(["--merge", str(tmp_path / "l2"), str(tmp_path / "l1"), "--results", str(results),
-                 "--plot", str(tmp_path / "p.png")]) == 0
+    assert main(["--merge", str(tmp_path / "l2"), str(tmp_path / "l1"), "--baseline", "a", "--results",
+                 str(results), "--plot", str(tmp_path / "p.png")]) == 0
     text = results.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| (")]
     assert [r.split("|")[1].strip() for r in rows] == ["(a) offline DPO", "(a-1ep) offline DPO", "(b) online DPO"]
@@ -95,8 +95,8 @@ def test_a_tagged_variant_sits_beside_its_arm_and_is_no_online_arm(tmp_path: Pat
     assert rows[0].split("|")[6].strip() == "0.700 of 113 (0.61-0.78)" and rows[2].split("|")[6].strip() == ""
     assert "the best online arm, (b) online DPO, ended at 0.3100 against (a) offline DPO's 0.2100 (+0.1000)" in text
     assert "- (a-1ep) offline DPO - (a): +0.5000" in text and "- (b) online DPO - (a): +0.2500" in text
-    # the variant as the reference instead (e.g. one that fixes the protocol's (a))
-    assert main(["--merge", str(tmp_path / "l2"), str(tmp_path / "l1"), "--baseline", "a-1ep", "--results",
+    # by default the reference is the best offline run, here the variant (0.33 against (a)'s 0.21)
+    assert main(["--merge", str(tmp_path / "l2"), str(tmp_path / "l1"), "--results",
                  str(results), "--plot", str(tmp_path / "p.png")]) == 0
     text = results.read_text().split("### ")[-1]
     assert "Online did not beat offline here: the best online arm, (b) online DPO, ended at 0.3100 against " \
