@@ -26,9 +26,9 @@ cache (6: the same engines in every arm); `-- overrides` go to every run.
 Measured: GSM8K test pass@1 before (once, or `--skip-before --before "PASS1 CORRECT N"` measured earlier) and
 after (each arm's exported policy) by `bench/gsm8k.py`'s protocol (`--limit N`: the first N problems); minutes
 of training (`time/wall`); samples drawn; held-out pair accuracy of (a)'s DPO implicit reward and of (d)'s RM
-(the "verification" side of the gap); each online arm against offline DPO problem by problem (bench/paired.py:
-the difference with its 95% interval and McNemar's test). One section with the table and
-the plot (pass@1 against samples seen: the full-test before/after of every arm, and the online arms' in-run
+(the "verification" side of the gap); each online arm against the best offline run (or `--baseline`) problem
+by problem (bench/paired.py: the difference with its 95% interval and McNemar's test). One section with the
+table and the plot (pass@1 against samples seen: the full-test before/after of every arm, and the online arms' in-run
 `eval/pass@1` curves, on `eval.limit` problems) goes to `--results`; each phase's log is `RUN/<phase>.log`.
 
 Where (d)'s RM runs: `--rm-gpus` (`reward.models[0].num_gpus`; default 1 on a GPU cluster, 0 on a CPU one). On
