@@ -40,6 +40,7 @@ the CPU (slowly for a 0.5B RM).
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import re
@@ -85,11 +86,14 @@ def last_value(rows: list[dict], key: str) -> float | None:
     return next((r[key] for r in reversed(rows) if r.get(key) is not None), None)
 
 
+def held_out(rows: list[dict]) -> dict:
+    """An offline run's last held-out pair accuracy and its pair count (DPO's implicit reward, or the RM)."""
+    return {"pair_accuracy": last_value(rows, "eval/pair_accuracy"), "held_out_pairs": last_value(rows, "eval/pairs")}
+
+
 def copy_pairs(source: Path, out: Path, prompts: int) -> int:
     """`--pairs`: an earlier run's pair file (gzip-compressed if it ends in .gz) as this run's `pairs.jsonl`; its
     number of pairs. Refused, in one line, if a row's prompt was not among the first `prompts` this run samples."""
-    import gzip
-
     if not source.is_file():
         raise SystemExit(f"bench/online_vs_offline.py: error: --pairs {source}: no such file")
     text = gzip.decompress(source.read_bytes()).decode() if source.suffix == ".gz" else source.read_text()
@@ -319,21 +323,19 @@ def run_arm(key: str, args: argparse.Namespace, run: Path, extra: list[str], gsm
         subset(run / "pairs.jsonl", run / "pairs_rm.jsonl", int(args.rm_share * prompts))
         run_phase("d_rm", phase_commands(args, run, extra)["d_rm"], run / "d_rm.log")
         rm_rows = read_rows(run / "d_rm")
-        arm["pair_accuracy"], arm["held_out_pairs"] = (last_value(rm_rows, "eval/pair_accuracy"),
-                                                       last_value(rm_rows, "eval/pairs"))
+        arm |= held_out(rm_rows)
     run_phase(key, phase_commands(args, run, extra)[key], run / f"{key}.log")
     rows = read_rows(out)
     offset = int(args.rm_share * prompts) * n if key == "d" else 0
     if key == "a":
-        arm["samples"], arm["pair_accuracy"] = prompts * n, last_value(rows, "eval/pair_accuracy")
-        arm["held_out_pairs"] = last_value(rows, "eval/pairs")
-        arm["train_minutes"] = last_value(rows, "time/wall") / 60
+        arm |= held_out(rows)
+        arm["samples"], arm["train_minutes"] = prompts * n, last_value(rows, "time/wall") / 60
     else:
         done = summarize(rows, n)
         arm["samples"], arm["train_minutes"] = offset + done["samples"], done["train_minutes"]
         arm["curve"] = online_curve(rows, n, offset)
     if key == "d":
-        arm["train_minutes"] += last_value(read_rows(run / "d_rm"), "time/wall") / 60
+        arm["train_minutes"] += last_value(rm_rows, "time/wall") / 60
     outcomes = run / f"{key}_after_outcomes.json"
     arm["after"] = gsm8k_accuracy(run_phase(f"{key}_after", gsm8k + ["--model", str(out / "hf_model"), "--label",
                                                                   f"after {label(name)}", "--outcomes",

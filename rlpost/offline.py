@@ -7,7 +7,7 @@ A step: the next `trainer.prompts_per_step` pairs of `pairs.path` (epoch after e
 (`LearnerGroup.experience`) -> `LearnerGroup.train_step` in `algo.num_minibatches` mini-batches (the learner's
 DPO loss, or `RewardModelRank`'s Bradley-Terry loss) -> one metrics row. The held-out pairs (`pairs.eval_path`,
 or the last `pairs.eval_fraction` of the file; the first `eval.limit` of them) are evaluated at the start, every
-`eval.every` steps and at the end: `eval/pair_accuracy` (the share ranked right, a tie counting as wrong),
+`eval.every` steps and at the end: `eval/pair_accuracy` (the share ranked right, a tie counting half),
 `eval/margin`, `eval/loss` and `eval/pairs` (how many: an accuracy on 57 pairs is +-0.13), from the RM's scores,
 or from DPO's implicit reward beta x the log-ratio gap to the reference.
 
